@@ -1,0 +1,52 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install what they need.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+WORKDIR ?= workdir/demo
+# Fake CPU devices for sharding tests; set before jax is imported (tests/conftest.py sets it too).
+export XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+# 2 workers on the 2-core CI machine; override with PYTEST_WORKERS=0 for a serial run.
+PYTEST_WORKERS ?= 2
+
+.PHONY: venv install install-test demo test test-all lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP_RUN): requirements.txt | $(BIN)/python
+	# torch is installed first and pinned so that nothing pulls an unpinned (CUDA, multi-GB) build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(STAMP_TEST): $(STAMP_RUN) requirements-test.txt requirements-envs.txt
+	$(BIN)/pip install -q -r requirements-test.txt
+	$(BIN)/pip install -q -c requirements-test.txt -r requirements-envs.txt
+	touch $@
+
+install: $(STAMP_RUN)
+install-test: $(STAMP_TEST)
+
+demo: $(STAMP_RUN)
+	$(BIN)/python -m leafe_jax.main --config=configs/demo.py --workdir=$(WORKDIR)
+
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check leafe_jax tests benchmarks configs launch
+
+test: lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) tests; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+test-all: lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m '' tests
+
+bench: $(STAMP_TEST)
+	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) workdir

@@ -1,0 +1,116 @@
+r"""Entry point: runs the stages a config lists, each writing under --workdir and resuming from it.
+
+  python -m leafe_jax.main --config=configs/demo.py --workdir=/tmp/demo [--config.train.lr=1e-5 ...]
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import os
+from collections.abc import Sequence
+from types import ModuleType
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from leafe_jax import config_schema
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory every stage writes to and resumes from.")
+
+# Stage name -> module exposing CONFIG_SECTION, default_config() and run(config, workdir, stage_dir).
+# A new stage is one module plus one line here.
+#
+# An entry of config.stages is "name" or "name@variant". For "name@variant" the overrides in
+# config.variants.<variant> (a ConfigDict with the same sections as the config) are merged into a copy of the
+# config for that stage only, and the stage writes under <workdir>/<name>_<variant> instead of
+# <workdir>/<name>. Input paths inside stage configs are relative to --workdir (absolute paths stay).
+STAGES: dict[str, str] = {
+    "expert_data": "leafe_jax.baselines.expert_stage",
+    "train": "leafe_jax.train.stage",
+    "explore": "leafe_jax.explore.stage",
+    "distill": "leafe_jax.explore.distill_stage",
+    "eval": "leafe_jax.eval.stage",
+    "report": "leafe_jax.eval.report_stage",
+}
+
+# Top-level fields that belong to no single stage.
+_GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}}
+
+
+def _load_stage(name: str) -> ModuleType:
+  if name not in STAGES:
+    raise config_schema.ConfigError(f"unknown stage {name!r} in config.stages; known: {sorted(STAGES)}")
+  return importlib.import_module(STAGES[name])
+
+
+def _schema() -> ml_collections.ConfigDict:
+  schema = ml_collections.ConfigDict(_GLOBAL_FIELDS)
+  for name in STAGES:
+    module = _load_stage(name)
+    if module.CONFIG_SECTION not in schema:
+      schema[module.CONFIG_SECTION] = module.default_config()
+  return schema
+
+
+def _merge(base: ml_collections.ConfigDict, overrides: ml_collections.ConfigDict, path: str) -> None:
+  for key, value in overrides.items():
+    if isinstance(value, ml_collections.ConfigDict) and isinstance(base.get(key), ml_collections.ConfigDict):
+      _merge(base[key], value, f"{path}.{key}")
+    else:
+      base[key] = value
+
+
+def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_collections.ConfigDict]]:
+  """Validates the config and every variant, and returns (stage_id, module, stage_config) per stage.
+
+  Everything is checked before any stage runs: unknown stages, unknown variants, unknown or ill-typed fields
+  (in the config and in each variant's overrides). Sections of stages this invocation does not run are
+  validated too: one config file usually serves several invocations (explore on CPU hosts, train on a pod).
+  """
+  entries = list(config.get("stages", ()))
+  if not entries:
+    raise config_schema.ConfigError("config.stages is empty: name at least one of " + ", ".join(STAGES))
+  schema = _schema()
+  config_schema.validate(config, schema)
+  variants = config.get("variants", {}) or {}
+  for variant, overrides in variants.items():
+    config_schema.validate(overrides, schema, f"config.variants.{variant}")
+  planned = []
+  for entry in entries:
+    name, _, variant = entry.partition("@")
+    module = _load_stage(name)
+    stage_config = config
+    if variant:
+      if variant not in variants:
+        raise config_schema.ConfigError(
+            f"stage {entry!r} names variant {variant!r}, but config.variants has only {sorted(variants)}"
+        )
+      stage_config = copy.deepcopy(config)
+      with stage_config.unlocked():
+        _merge(stage_config, variants[variant], "config")
+    planned.append((f"{name}_{variant}" if variant else name, module, stage_config))
+  return planned
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Runs every stage of `config` in order; each resumes from what it left in `workdir`."""
+  planned = plan(config)
+  os.makedirs(workdir, exist_ok=True)
+  for stage_id, module, stage_config in planned:
+    logging.info("=== stage %s", stage_id)
+    module.run(stage_config, workdir, os.path.join(workdir, stage_id))
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required")
+  run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
