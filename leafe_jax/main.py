@@ -20,8 +20,8 @@ from leafe_jax import config_schema
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory every stage writes to and resumes from.")
 
-# Stage name -> module exposing CONFIG_SECTION, default_config() and run(config, workdir, stage_dir).
-# A new stage is one module plus one line here.
+# Stage name -> module exposing CONFIG_SECTION (== the stage name: the config section it reads),
+# default_config() and run(config, workdir, stage_dir). A new stage is one module plus one line here.
 #
 # An entry of config.stages is "name" or "name@variant". For "name@variant" the overrides in
 # config.variants.<variant> (a ConfigDict with the same sections as the config) are merged into a copy of the
@@ -43,15 +43,25 @@ _GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}}
 def _load_stage(name: str) -> ModuleType:
   if name not in STAGES:
     raise config_schema.ConfigError(f"unknown stage {name!r} in config.stages; known: {sorted(STAGES)}")
-  return importlib.import_module(STAGES[name])
+  module = importlib.import_module(STAGES[name])
+  if module.CONFIG_SECTION != name:
+    raise RuntimeError(f"{STAGES[name]}.CONFIG_SECTION is {module.CONFIG_SECTION!r}, expected {name!r}")
+  return module
 
 
-def _schema() -> ml_collections.ConfigDict:
+def _schema(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The schema of every section the config (or one of its variants) uses, plus the global fields.
+
+  Only the stages that run or have a section are imported: an explorer host never imports the trainer.
+  """
   schema = ml_collections.ConfigDict(_GLOBAL_FIELDS)
-  for name in STAGES:
-    module = _load_stage(name)
-    if module.CONFIG_SECTION not in schema:
-      schema[module.CONFIG_SECTION] = module.default_config()
+  sections = set(config.keys())
+  for overrides in (config.get("variants", {}) or {}).values():
+    sections.update(overrides.keys())
+  sections.update(entry.partition("@")[0] for entry in config.get("stages", ()))
+  for name in sorted(sections - set(_GLOBAL_FIELDS)):
+    if name in STAGES:
+      schema[name] = _load_stage(name).default_config()
   return schema
 
 
@@ -73,7 +83,7 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_co
   entries = list(config.get("stages", ()))
   if not entries:
     raise config_schema.ConfigError("config.stages is empty: name at least one of " + ", ".join(STAGES))
-  schema = _schema()
+  schema = _schema(config)
   config_schema.validate(config, schema)
   variants = config.get("variants", {}) or {}
   for variant, overrides in variants.items():
