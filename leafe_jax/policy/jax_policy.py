@@ -1,0 +1,95 @@
+"""JaxPolicy: the in-process policy client, a HF directory served by the jitted sampler."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+
+from leafe_jax.policy.base import Completion, Message
+from leafe_jax.policy.chat import encode_prompt
+
+_FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+
+
+def _eos_ids(hf_dir: str, tokenizer) -> tuple[int, ...]:
+  """End-of-sequence ids: generation_config.json's eos_token_id (int or list) and the tokenizer's eos."""
+  ids: list[int] = []
+  generation_config = os.path.join(hf_dir, "generation_config.json")
+  if os.path.exists(generation_config):
+    with open(generation_config) as f:
+      eos = json.load(f).get("eos_token_id")
+    ids.extend([eos] if isinstance(eos, int) else list(eos or []))
+  if tokenizer.eos_token_id is not None:
+    ids.append(tokenizer.eos_token_id)
+  if not ids:
+    raise ValueError(f"{hf_dir}: neither generation_config.json nor the tokenizer defines an eos token")
+  return tuple(dict.fromkeys(ids))
+
+
+class JaxPolicy:
+  """Policy over a local HF directory (config.json, safetensors, tokenizer files).
+
+  Tokenization and chat templating happen here, once; the sampler sees token ids only.
+  """
+
+  def __init__(self, hf_dir: str, *, mesh=None, dtype=jnp.float32, max_cache_len: int = 4096):
+    # Imported here so that explorer hosts using a remote policy never import the model code.
+    from transformers import AutoTokenizer
+
+    from leafe_jax.models import from_hf
+    from leafe_jax.sampling import Sampler
+
+    self.hf_dir = hf_dir
+    self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    model, params = from_hf(hf_dir, dtype=dtype, mesh=mesh)
+    pad_id = self.tokenizer.pad_token_id
+    if pad_id is None:
+      pad_id = self.tokenizer.eos_token_id or 0
+    self.sampler = Sampler(
+        model,
+        params,
+        tokenizer=self.tokenizer,
+        mesh=mesh,
+        pad_id=pad_id,
+        eos_ids=_eos_ids(hf_dir, self.tokenizer),
+        max_cache_len=max_cache_len,
+    )
+
+  def generate(
+      self,
+      prompts: Sequence[Sequence[Message]],
+      *,
+      n: int = 1,
+      temperature: float = 1.0,
+      top_p: float = 1.0,
+      max_new_tokens: int = 256,
+      stop: Sequence[str] = (),
+      seed: int = 0,
+  ) -> list[list[Completion]]:
+    if not prompts:
+      return []
+    prompt_ids = [encode_prompt(self.tokenizer, messages) for messages in prompts]
+    samples = self.sampler.generate(
+        prompt_ids,
+        n=n,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop_strings=tuple(stop),
+        seed=seed,
+    )
+    return [
+        [
+            Completion(
+                text=s.text,
+                token_ids=tuple(s.token_ids),
+                logprobs=tuple(s.logprobs),
+                finish_reason=_FINISH_REASONS.get(s.finish_reason, s.finish_reason),
+            )
+            for s in per_prompt
+        ]
+        for per_prompt in samples
+    ]

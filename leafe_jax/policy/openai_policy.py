@@ -1,0 +1,117 @@
+"""OpenAIPolicy: a client of an OpenAI-compatible chat-completions server (vLLM, SGLang, TGI) for scale.
+
+Uses only the standard library, so explorer hosts need no extra package. Requests for different prompts run
+concurrently in a thread pool; each asks for `n` choices with per-token log-probs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from leafe_jax.policy.base import Completion, Message
+
+
+class PolicyServerError(RuntimeError):
+  """The server answered with an error, or did not answer within the retries."""
+
+
+class OpenAIPolicy:
+  """Policy served by `base_url` (e.g. http://host:8000/v1) under `model` name."""
+
+  def __init__(
+      self,
+      base_url: str,
+      model: str,
+      *,
+      api_key: str = "EMPTY",
+      timeout_s: float = 600.0,
+      max_retries: int = 3,
+      retry_backoff_s: float = 2.0,
+      max_concurrency: int = 64,
+  ):
+    self.url = base_url.rstrip("/") + "/chat/completions"
+    self.model = model
+    self.api_key = api_key
+    self.timeout_s = timeout_s
+    self.max_retries = max_retries
+    self.retry_backoff_s = retry_backoff_s
+    self.max_concurrency = max_concurrency
+
+  def _post(self, payload: dict) -> dict:
+    body = json.dumps(payload).encode()
+    request = urllib.request.Request(
+        self.url,
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
+    )
+    last_error: Exception | None = None
+    for attempt in range(self.max_retries + 1):
+      try:
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+          return json.loads(response.read())
+      except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace")[:500]
+        if e.code < 500:  # a client error will not go away by retrying
+          raise PolicyServerError(f"{self.url}: HTTP {e.code}: {detail}") from e
+        last_error = e
+      except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        last_error = e
+      if attempt < self.max_retries:
+        time.sleep(self.retry_backoff_s * (2**attempt))
+    raise PolicyServerError(f"{self.url}: no answer after {self.max_retries + 1} tries: {last_error}")
+
+  def _one(self, messages, n, temperature, top_p, max_new_tokens, stop, seed) -> list[Completion]:
+    payload = {
+        "model": self.model,
+        "messages": list(messages),
+        "n": n,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_tokens": max_new_tokens,
+        "seed": seed,
+        "logprobs": True,
+    }
+    if stop:
+      payload["stop"] = list(stop)
+    answer = self._post(payload)
+    choices = sorted(answer.get("choices", []), key=lambda c: c.get("index", 0))
+    if len(choices) != n:
+      raise PolicyServerError(f"{self.url}: asked for n={n} choices, got {len(choices)}")
+    completions = []
+    for choice in choices:
+      content = (choice.get("logprobs") or {}).get("content") or []
+      completions.append(
+          Completion(
+              text=choice["message"].get("content") or "",
+              logprobs=tuple(float(t["logprob"]) for t in content),
+              finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+          )
+      )
+    return completions
+
+  def generate(
+      self,
+      prompts: Sequence[Sequence[Message]],
+      *,
+      n: int = 1,
+      temperature: float = 1.0,
+      top_p: float = 1.0,
+      max_new_tokens: int = 256,
+      stop: Sequence[str] = (),
+      seed: int = 0,
+  ) -> list[list[Completion]]:
+    if not prompts:
+      return []
+    workers = min(self.max_concurrency, len(prompts))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      # Distinct seeds per prompt keep prompts independent while the whole call stays reproducible.
+      futures = [
+          pool.submit(self._one, m, n, temperature, top_p, max_new_tokens, tuple(stop), seed + i)
+          for i, m in enumerate(prompts)
+      ]
+      return [f.result() for f in futures]

@@ -1,0 +1,103 @@
+"""Policy clients that need no model: chat encoding, the tiny tokenizer, the OpenAI-compatible client."""
+
+import http.server
+import json
+import threading
+
+import pytest
+from transformers import AutoTokenizer
+
+from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
+from leafe_jax.policy.chat import encode_prompt, encode_turn
+from leafe_jax.policy.openai_policy import OpenAIPolicy, PolicyServerError
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  out = tmp_path_factory.mktemp("tok")
+  corpus = ["Grid:\n#####\n#_P_#\n#_X√#\nAction?", "<think>go</think><action>up</action>"] * 20
+  train_tokenizer(corpus, vocab_size=300, out_dir=str(out), model_max_length=512)
+  return AutoTokenizer.from_pretrained(str(out))
+
+
+def test_tiny_tokenizer_round_trips_text_exactly(tokenizer):
+  text = "Grid:\n#_√S_#\n<action>left</action> unseen words ünïcode"
+  assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_encode_turn_masks_exactly_the_response_and_end_of_turn(tokenizer):
+  messages = [{"role": "user", "content": "Grid:\n#_P_#\nAction?"}]
+  ids, mask = encode_turn(tokenizer, messages, "<action>up</action>")
+  prompt = encode_prompt(tokenizer, messages)
+  assert ids[: len(prompt)] == prompt and mask[: len(prompt)] == [0] * len(prompt)
+  target = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+  assert target == "<action>up</action><|im_end|>\n"
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  requests: list = []
+  fail_first = 0
+
+  def do_POST(self):
+    payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    type(self).requests.append(payload)
+    if type(self).fail_first > 0:
+      type(self).fail_first -= 1
+      self.send_response(503)
+      self.end_headers()
+      return
+    prompt = payload["messages"][-1]["content"]
+    choices = [
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": f"{prompt}-{i}"},
+            "finish_reason": "stop",
+            "logprobs": {"content": [{"token": "a", "logprob": -0.5}, {"token": "b", "logprob": -1.0}]},
+        }
+        for i in range(payload["n"])
+    ]
+    body = json.dumps({"choices": choices}).encode()
+    self.send_response(200)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture
+def server():
+  _Handler.requests = []
+  _Handler.fail_first = 0
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+  httpd.shutdown()
+
+
+def test_openai_policy_returns_n_completions_per_prompt_in_order(server):
+  policy = OpenAIPolicy(server, "m", retry_backoff_s=0.0)
+  prompts = [[{"role": "user", "content": f"p{i}"}] for i in range(3)]
+  out = policy.generate(prompts, n=2, temperature=0.4, max_new_tokens=7, stop=["</action>"], seed=5)
+  assert [[c.text for c in row] for row in out] == [[f"p{i}-0", f"p{i}-1"] for i in range(3)]
+  assert out[0][0].logprobs == (-0.5, -1.0)
+  sent = sorted(_Handler.requests, key=lambda r: r["seed"])
+  assert [r["seed"] for r in sent] == [5, 6, 7]
+  assert sent[0]["max_tokens"] == 7 and sent[0]["stop"] == ["</action>"] and sent[0]["temperature"] == 0.4
+
+
+def test_openai_policy_retries_server_errors_then_succeeds(server):
+  _Handler.fail_first = 2
+  policy = OpenAIPolicy(server, "m", retry_backoff_s=0.0, max_retries=3)
+  out = policy.generate([[{"role": "user", "content": "x"}]], n=1)
+  assert out[0][0].text == "x-0" and len(_Handler.requests) == 3
+
+
+def test_openai_policy_gives_up_with_a_clear_error(server):
+  _Handler.fail_first = 10
+  policy = OpenAIPolicy(server, "m", retry_backoff_s=0.0, max_retries=1)
+  with pytest.raises(PolicyServerError, match="no answer after 2 tries"):
+    policy.generate([[{"role": "user", "content": "x"}]], n=1)
