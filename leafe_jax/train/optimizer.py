@@ -1,0 +1,54 @@
+"""Optimizer for the SFT stage: AdamW with warmup + constant/cosine schedule and global-norm clipping.
+
+Gradient accumulation is not an optax wrapper here: the jitted step scans over micro-batches and applies one
+update with the summed gradient (see train/step.py), so the optimizer sees exactly one update per global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+SCHEDULES = ("constant", "cosine")
+
+
+def make_schedule(lr: float, warmup_steps: int, total_steps: int, schedule: str) -> optax.Schedule:
+  """Linear warmup from 0 to `lr` over `warmup_steps`, then constant or cosine decay to 0 at `total_steps`."""
+  if schedule not in SCHEDULES:
+    raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {schedule!r}")
+  if warmup_steps > 0:
+    warmup = optax.linear_schedule(0.0, lr, warmup_steps)
+  if schedule == "constant":
+    after = optax.constant_schedule(lr)
+  else:
+    after = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1))
+  if warmup_steps <= 0:
+    return after
+  return optax.join_schedules([warmup, after], [warmup_steps])
+
+
+def _decay_mask(params: Any) -> Any:
+  """Weight decay on matrices only: norms scales and biases (ndim < 2) are not decayed."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """AdamW from the train config (lr, warmup_steps, schedule, weight_decay, clip_norm, adam_b1/b2/eps)."""
+  schedule = make_schedule(config.lr, config.warmup_steps, total_steps, config.schedule)
+  parts = []
+  if config.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.clip_norm))
+  parts.append(
+      optax.adamw(
+          schedule,
+          b1=config.adam_b1,
+          b2=config.adam_b2,
+          eps=config.adam_eps,
+          weight_decay=config.weight_decay,
+          mask=_decay_mask,
+      )
+  )
+  return optax.chain(*parts)
