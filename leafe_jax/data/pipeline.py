@@ -1,0 +1,382 @@
+"""Trainer-side reader of correction records: tf.data from the finished shards to packed, fixed-shape batches.
+
+Each batch is a dict of numpy-compatible tensors with static shapes [batch_size, seq_len]:
+
+  input_ids_BxT    int32    token ids (PAD_ID on padding)
+  loss_mask_BxT    float32  1.0 where input_ids[b, t] is a target token (see alignment below)
+  weight_BxT       float32  the owning example's `weight` on each of its tokens (0 on padding)
+  segment_ids_BxT  int32    1, 2, ... per example packed into the row; 0 on padding
+  positions_BxT    int32    0, 1, ... restarting at every segment (0 on padding)
+  kind_BxT         int32    index into records.KINDS of the owning example; PAD_KIND (-1) on padding
+
+Next-token alignment: `loss_mask[b, t] == 1` marks `input_ids[b, t]` as a target, predicted from the logits at
+position t-1 of the same segment. The trainer computes
+  nll(logits[:, :-1], input_ids[:, 1:]) * loss_mask[:, 1:] * weight[:, 1:]
+and needs no segment test: the pipeline clears `loss_mask` at the first position of every segment (a token
+with no previous token in its segment is never a target), so no target pair crosses a segment boundary.
+
+Packing: greedy first-fit, in arrival (shuffled) order, of whole examples into rows of seq_len, within windows
+of `pack_window` examples. Examples longer than seq_len are truncated from the LEFT (their last seq_len tokens
+are kept: the targets of `cf` records are the final action, and `reh` keeps its latest turns); the number of
+truncated examples and of target tokens lost is counted per host by the up-front scan and logged.
+
+Multi-host: host i of n reads the finished shards i::n (sorted by name), so hosts read disjoint shards.
+Every created dataset is deterministic given its arguments; `DataIterator` resumes it exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from leafe_jax.data import records
+
+PAD_ID = 0
+PAD_KIND = -1
+# Examples per packing window: larger packs tighter, costs host memory and latency per window.
+DEFAULT_PACK_WINDOW = 1024
+# Records per batch in the up-front shard scan.
+_SCAN_BATCH = 1024
+_STATE_VERSION = 1
+BATCH_KEYS = ("input_ids_BxT", "loss_mask_BxT", "weight_BxT", "segment_ids_BxT", "positions_BxT", "kind_BxT")
+
+
+@dataclasses.dataclass(frozen=True)
+class HostRecords:
+  """This host's share of a records folder, validated by `scan`."""
+
+  folder: str
+  tokenizer: str
+  files: tuple[str, ...]
+  num_records: int  # after the kinds filter
+  num_truncated: int  # records longer than seq_len (left-truncated)
+  num_targets: int  # target tokens the trainer will see (after truncation and first-position clearing)
+  num_targets_lost: int  # target tokens cut by truncation or sitting at a segment's first position
+  data_fingerprint: str  # hash of the shard list and counts, for resume checks
+
+
+def host_shards(folder: str, process_index: int = 0, process_count: int = 1) -> tuple[dict, list[dict]]:
+  """(merged manifest, this host's finished shards): shards i::n of the non-empty shards sorted by file name."""
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is outside [0, process_count={process_count})")
+  if not tf.io.gfile.isdir(folder):
+    raise records.EmptyRecordsError(f"records folder {folder} does not exist")
+  manifest = records.read_manifest(folder)
+  shards = sorted((s for s in manifest["shards"] if s["count"] > 0), key=lambda s: s["file"])
+  if not shards:
+    raise records.EmptyRecordsError(f"records folder {folder} has no finished shards with records "
+                                    f"(manifest total = {manifest['total']})")
+  mine = shards[process_index::process_count]
+  if not mine:
+    raise ValueError(f"records folder {folder} has {len(shards)} finished shards, fewer than process_count="
+                     f"{process_count}: process {process_index} would read nothing. Write smaller shards "
+                     "(RecordWriter shard_size) or use fewer processes.")
+  return manifest, mine
+
+
+def _scan_features() -> dict:
+  return {
+      "input_ids": tf.io.RaggedFeature(tf.int64),
+      "loss_mask": tf.io.RaggedFeature(tf.int64),
+      "kind": tf.io.FixedLenFeature([], tf.string),
+      "tokenizer": tf.io.FixedLenFeature([], tf.string),
+  }
+
+
+def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int,
+               kinds: Sequence[str] | None) -> tuple[int, int, int, int]:
+  """Reads one shard fully; returns (records kept, truncated, targets seen, targets lost)."""
+  ds = tf.data.TFRecordDataset(path).batch(_SCAN_BATCH).map(lambda s: tf.io.parse_example(s, _scan_features()))
+  index = kept = truncated = seen = lost = 0
+  known = {k.encode() for k in records.KINDS}
+  wanted = {k.encode() for k in kinds} if kinds is not None else known
+  try:
+    for batch in ds:
+      fps, kind_b = batch["tokenizer"].numpy(), batch["kind"].numpy()
+      for i, (fp, kind) in enumerate(zip(fps, kind_b)):
+        if fp.decode() != tokenizer:
+          raise records.TokenizerMismatchError(
+              f"shard {path} record #{index + i} has tokenizer {fp.decode()}; expected tokenizer {tokenizer}")
+        if kind not in known:
+          raise records.RecordError(f"shard {path} record #{index + i}: field 'kind' is {kind!r}")
+      lengths = batch["input_ids"].row_lengths().numpy()
+      if not np.array_equal(lengths, batch["loss_mask"].row_lengths().numpy()):
+        i = int(np.flatnonzero(lengths != batch["loss_mask"].row_lengths().numpy())[0])
+        raise records.RecordError(f"shard {path} record #{index + i}: 'loss_mask' and 'input_ids' differ in length")
+      select = np.array([k in wanted for k in kind_b], bool)
+      mask = batch["loss_mask"].flat_values.numpy()
+      ends = np.cumsum(lengths)
+      begins = ends - lengths
+      cum = np.concatenate([[0], np.cumsum(mask)])
+      first_kept = begins + np.maximum(lengths - seq_len, 0)
+      total = cum[ends] - cum[begins]
+      usable = cum[ends] - cum[first_kept + 1]  # the first kept position is a segment start: never a target
+      kept += int(select.sum())
+      truncated += int((select & (lengths > seq_len)).sum())
+      seen += int(usable[select].sum())
+      lost += int((total - usable)[select].sum())
+      index += len(lengths)
+  except tf.errors.DataLossError as e:
+    # tf.data does not say which record: find it by reading the file record by record.
+    for _ in records.iter_serialized(path):
+      pass
+    raise records.CorruptShardError(path, index, e.message.strip()) from e
+  if index != expected_count:
+    raise records.CorruptShardError(path, index, f"the file ends after {index} records but the manifest lists "
+                                    f"{expected_count}; it was truncated or replaced")
+  return kept, truncated, seen, lost
+
+
+def scan(folder: str, seq_len: int, process_index: int = 0, process_count: int = 1,
+         expected_tokenizer: str | None = None, kinds: Sequence[str] | None = None,
+         verify: bool = True) -> HostRecords:
+  """Validates this host's shards (readable, counts match the manifest, one tokenizer) and counts truncation.
+
+  With verify=False only the manifest is consulted (no file is read; truncation counts are -1).
+  """
+  if kinds is not None:
+    unknown = sorted(set(kinds) - set(records.KINDS))
+    if unknown:
+      raise ValueError(f"kinds {unknown} are unknown; known kinds: {records.KINDS}")
+  manifest, shards = host_shards(folder, process_index, process_count)
+  tokenizer = manifest["tokenizer"]
+  if expected_tokenizer is not None and tokenizer != expected_tokenizer:
+    raise records.TokenizerMismatchError(f"records folder {folder} holds records of tokenizer {tokenizer}; "
+                                         f"the trainer expects tokenizer {expected_tokenizer}")
+  wanted = records.KINDS if kinds is None else tuple(kinds)
+  num_records = sum(s["counts"][k] for s in shards for k in wanted)
+  if num_records == 0:
+    raise records.EmptyRecordsError(f"records folder {folder}: process {process_index} of {process_count} has no "
+                                    f"records of kinds {list(wanted)} (counts {manifest['counts']})")
+  files = tuple(os.path.join(folder, s["file"]) for s in shards)
+  truncated = seen = lost = -1
+  if verify:
+    truncated = seen = lost = 0
+    for shard, path in zip(shards, files):
+      n, t, s, lo = _scan_file(path, shard["count"], tokenizer, seq_len, kinds)
+      if n != sum(shard["counts"][k] for k in wanted):
+        raise records.CorruptShardError(path, 0, f"it holds {n} records of kinds {list(wanted)}; the manifest "
+                                        f"counts {shard['counts']}")
+      truncated, seen, lost = truncated + t, seen + s, lost + lo
+  desc = json.dumps([(s["file"], s["count"], s["num_bytes"]) for s in shards]).encode()
+  return HostRecords(folder=folder, tokenizer=tokenizer, files=files, num_records=num_records,
+                     num_truncated=truncated, num_targets=seen, num_targets_lost=lost,
+                     data_fingerprint=hashlib.sha256(desc).hexdigest()[:16])
+
+
+def pack_examples(input_ids: np.ndarray, loss_mask: np.ndarray, lengths: np.ndarray, weights: np.ndarray,
+                  kinds: np.ndarray, seq_len: int, pack: bool = True) -> tuple[np.ndarray, ...]:
+  """Places a window of examples (concatenated flat, with `lengths`) into rows of `seq_len`.
+
+  Returns (input_ids, loss_mask, weight, segment_ids, positions, kind), each [rows, seq_len], in BATCH_KEYS
+  order. pack=True: greedy first-fit in the given order; pack=False: one example per row. Examples longer than
+  seq_len keep their last seq_len tokens. `loss_mask` is cleared at the first position of every segment.
+  """
+  lengths = np.asarray(lengths, np.int64)
+  n = len(lengths)
+  starts = np.cumsum(lengths) - lengths
+  keep = np.minimum(lengths, seq_len)
+  row_of = np.zeros(n, np.int64)
+  offset_of = np.zeros(n, np.int64)
+  fill = np.zeros(n, np.int64)  # at most one row per example
+  num_rows = 0
+  for e in range(n):
+    fits = np.flatnonzero(fill[:num_rows] + keep[e] <= seq_len) if pack else ()
+    if len(fits):
+      row = int(fits[0])
+    else:
+      row, num_rows = num_rows, num_rows + 1
+    row_of[e], offset_of[e] = row, fill[row]
+    fill[row] += keep[e]
+
+  shape = (num_rows, seq_len)
+  out_ids = np.full(shape, PAD_ID, np.int32)
+  out_mask = np.zeros(shape, np.float32)
+  out_weight = np.zeros(shape, np.float32)
+  out_seg = np.zeros(shape, np.int32)
+  out_pos = np.zeros(shape, np.int32)
+  out_kind = np.full(shape, PAD_KIND, np.int32)
+  segments = np.zeros(num_rows, np.int32)
+  for e in range(n):
+    r, o, size = row_of[e], offset_of[e], keep[e]
+    src = starts[e] + lengths[e] - size
+    span = slice(o, o + size)
+    out_ids[r, span] = input_ids[src:src + size]
+    out_mask[r, span] = loss_mask[src:src + size]
+    out_mask[r, o] = 0.0
+    out_weight[r, span] = weights[e]
+    segments[r] += 1
+    out_seg[r, span] = segments[r]
+    out_pos[r, span] = np.arange(size, dtype=np.int32)
+    out_kind[r, span] = kinds[e]
+  return out_ids, out_mask, out_weight, out_seg, out_pos, out_kind
+
+
+def _parse_features() -> dict:
+  return {
+      "input_ids": tf.io.RaggedFeature(tf.int64),
+      "loss_mask": tf.io.RaggedFeature(tf.int64),
+      "weight": tf.io.FixedLenFeature([], tf.float32),
+      "kind": tf.io.FixedLenFeature([], tf.string),
+  }
+
+
+def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool = True, seed: int = 0,
+                  num_epochs: int | None = None, kinds: Sequence[str] | None = None,
+                  shuffle_buffer: int | None = None, pack_window: int = DEFAULT_PACK_WINDOW) -> tf.data.Dataset:
+  """The tf.data pipeline over an already scanned host share (see `make_dataset`)."""
+  if seq_len < 2 or batch_size < 1 or pack_window < 1:
+    raise ValueError(f"need seq_len >= 2, batch_size >= 1, pack_window >= 1; got {seq_len}, {batch_size}, "
+                     f"{pack_window}")
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(records.KINDS), tf.range(len(records.KINDS), dtype=tf.int32)),
+      default_value=PAD_KIND)
+
+  def parse(serialized):
+    ex = tf.io.parse_single_example(serialized, _parse_features())
+    return {
+        "input_ids": tf.cast(ex["input_ids"], tf.int32),
+        "loss_mask": tf.cast(ex["loss_mask"], tf.float32),
+        "weight": ex["weight"],
+        "kind": table.lookup(ex["kind"]),
+        "kind_name": ex["kind"],
+    }
+
+  def pack_window_fn(window):
+    ids, mask = window["input_ids"], window["loss_mask"]
+    out = tf.numpy_function(
+        lambda i, m, n, w, k: pack_examples(i, m, n, w, k, seq_len, pack),
+        [ids.flat_values, mask.flat_values, ids.row_lengths(), window["weight"], window["kind"]],
+        [tf.int32, tf.float32, tf.float32, tf.int32, tf.int32, tf.int32], stateful=False)
+    for t in out:
+      t.set_shape([None, seq_len])
+    return dict(zip(BATCH_KEYS, out))
+
+  ds = tf.data.TFRecordDataset(list(host.files))
+  buffer = host.num_records if shuffle_buffer is None else shuffle_buffer
+  if buffer > 1:
+    ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+  ds = ds.repeat(num_epochs)
+  ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if kinds is not None:
+    wanted = tf.constant(list(kinds))
+    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["kind_name"], wanted)))
+  ds = ds.map(lambda ex: {k: v for k, v in ex.items() if k != "kind_name"})
+  ds = ds.ragged_batch(pack_window)
+  ds = ds.map(pack_window_fn)
+  ds = ds.unbatch().batch(batch_size, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def make_dataset(folder: str, seq_len: int, batch_size: int, pack: bool = True, seed: int = 0,
+                 process_index: int = 0, process_count: int = 1, expected_tokenizer: str | None = None,
+                 num_epochs: int | None = None, kinds: Sequence[str] | None = None, *,
+                 shuffle_buffer: int | None = None, pack_window: int = DEFAULT_PACK_WINDOW,
+                 verify: bool = True) -> tf.data.Dataset:
+  """A deterministic tf.data.Dataset of per-process batches (dict of BATCH_KEYS, static [batch_size, seq_len]).
+
+  Reads only finished shards listed by the manifest (host i gets shards i::n), checks them up front (see
+  `scan`), shuffles records with `seed` (a full shuffle of the host's records unless `shuffle_buffer` caps it;
+  a new order every epoch), repeats `num_epochs` times (None: forever), keeps `kinds` (None: all), then packs
+  (pack=True) or pads (pack=False) into rows and batches with drop_remainder=True.
+  """
+  host = scan(folder, seq_len, process_index, process_count, expected_tokenizer, kinds, verify)
+  _log_host(host, process_index, process_count)
+  return build_dataset(host, seq_len, batch_size, pack, seed, num_epochs, kinds, shuffle_buffer, pack_window)
+
+
+def _log_host(host: HostRecords, process_index: int, process_count: int) -> None:
+  logging.info("records %s, process %d/%d: %d shards, %d records, %d left-truncated, %d target tokens "
+               "(%d lost to truncation / segment starts)", host.folder, process_index, process_count,
+               len(host.files), host.num_records, host.num_truncated, host.num_targets, host.num_targets_lost)
+
+
+class DataIterator:
+  """Iterates `make_dataset` batches as numpy dicts, with a resumable position.
+
+  The state is {version, batches, seed, config}: the number of batches consumed plus what defines the stream.
+  `restore` rebuilds the (deterministic) dataset and skips that many batches, so the batches that follow are
+  bit-identical to an uninterrupted run. Chosen over `tf.train.Checkpoint(iterator=...)` because the packing
+  step is a numpy_function (not serializable into an iterator checkpoint), and because the state is a small
+  JSON dict that goes into the trainer's checkpoint metadata; skipping re-reads the data, which at LEAFE scale
+  (about 10k records per dataset) takes seconds.
+  """
+
+  def __init__(self, folder: str, seq_len: int, batch_size: int, **kwargs):
+    self._args = dict(folder=folder, seq_len=seq_len, batch_size=batch_size, **kwargs)
+    self._batches = 0
+    self._iterator = None
+    self._host: HostRecords | None = None
+
+  @property
+  def host(self) -> HostRecords:
+    if self._host is None:
+      a = self._args
+      self._host = scan(a["folder"], a["seq_len"], a.get("process_index", 0), a.get("process_count", 1),
+                        a.get("expected_tokenizer"), a.get("kinds"), a.get("verify", True))
+      _log_host(self._host, a.get("process_index", 0), a.get("process_count", 1))
+    return self._host
+
+  def _config(self) -> dict:
+    a = self._args
+    kinds = a.get("kinds")
+    return {
+        "data": self.host.data_fingerprint,
+        "seq_len": a["seq_len"],
+        "batch_size": a["batch_size"],
+        "pack": a.get("pack", True),
+        "process_index": a.get("process_index", 0),
+        "process_count": a.get("process_count", 1),
+        "num_epochs": a.get("num_epochs"),
+        "kinds": list(kinds) if kinds is not None else None,
+        "shuffle_buffer": a.get("shuffle_buffer"),
+        "pack_window": a.get("pack_window", DEFAULT_PACK_WINDOW),
+    }
+
+  def _open(self) -> None:
+    a = self._args
+    ds = build_dataset(self.host, a["seq_len"], a["batch_size"], a.get("pack", True), a.get("seed", 0),
+                       a.get("num_epochs"), a.get("kinds"), a.get("shuffle_buffer"),
+                       a.get("pack_window", DEFAULT_PACK_WINDOW))
+    if self._batches:
+      ds = ds.skip(self._batches)
+    self._iterator = ds.as_numpy_iterator()
+
+  def __iter__(self) -> DataIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._iterator is None:
+      self._open()
+    batch = next(self._iterator)
+    self._batches += 1
+    return batch
+
+  def state(self) -> dict:
+    return {"version": _STATE_VERSION, "batches": self._batches, "seed": self._args.get("seed", 0),
+            "config": self._config()}
+
+  def restore(self, state: dict) -> None:
+    """Positions the iterator after `state["batches"]` batches; refuses a state from a different stream."""
+    if state.get("version") != _STATE_VERSION:
+      raise ValueError(f"data iterator state version {state.get('version')!r}; expected {_STATE_VERSION}")
+    if state["seed"] != self._args.get("seed", 0):
+      raise ValueError(f"data iterator state has seed {state['seed']}; this iterator has "
+                       f"seed {self._args.get('seed', 0)}")
+    config = self._config()
+    diff = {k: (state["config"].get(k), v) for k, v in config.items() if state["config"].get(k) != v}
+    if diff:
+      detail = ", ".join(f"{k}: saved {old!r}, now {new!r}" for k, (old, new) in diff.items())
+      raise ValueError(f"data iterator state for {self._args['folder']} does not match this stream ({detail}); "
+                       "the records or the data options changed since it was saved")
+    self._batches = int(state["batches"])
+    self._iterator = None
