@@ -1,0 +1,184 @@
+"""Correction records: schema validation, writer round trip, shard rotation, resume after a kill, tfds loading."""
+
+import json
+import os
+import shutil
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from leafe_jax.data import records
+
+FP = "tok-test-a"
+
+
+def _record(i: int, kind: str = "cf", length: int = 6) -> records.CorrectionRecord:
+  ids = [(i * 7 + j) % 50 + 1 for j in range(length - 1)] + [1000 + i]
+  mask = [0] * (length // 2) + [1] * (length - length // 2)
+  return records.CorrectionRecord(
+      input_ids=ids, loss_mask=mask, weight=0.5 + i, kind=kind, env="sokoban", task_id=f"task-{i}",
+      tree_id=f"tree-{i // 3}", node_id=f"node-{i}", step=i % 4, experience=f"e{i}: push left first",
+      messages_json=json.dumps([{"role": "user", "content": f"obs {i}"}]), tokenizer=FP)
+
+
+def _write(folder, recs, shard_size=3, writer_id="host0", fp=FP):
+  with records.RecordWriter(str(folder), fp, config_json='{"k": 1}', shard_size=shard_size,
+                            writer_id=writer_id) as w:
+    for rec in recs:
+      w.write(rec)
+  return w
+
+
+def test_round_trip_exact_values(tmp_path):
+  recs = [_record(i, records.KINDS[i % len(records.KINDS)], length=3 + i) for i in range(7)]
+  _write(tmp_path, recs)
+  back = list(records.iter_records(str(tmp_path)))
+  assert back == recs
+  assert back[3].weight == 3.5 and back[3].experience == "e3: push left first"
+
+
+def test_writer_fills_missing_fingerprint_and_refuses_another(tmp_path):
+  with records.RecordWriter(str(tmp_path), FP, writer_id="w") as w:
+    w.write(records.CorrectionRecord(input_ids=[1, 2], loss_mask=[0, 1], kind="sft"))
+    with pytest.raises(records.TokenizerMismatchError, match="tok-other.*tok-test-a"):
+      w.write(records.CorrectionRecord(input_ids=[1, 2], loss_mask=[0, 1], kind="sft", tokenizer="tok-other"))
+  assert [r.tokenizer for r in records.iter_records(str(tmp_path))] == [FP]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"loss_mask": [0, 1]}, "loss_mask"),
+    ({"loss_mask": [0, 2, 1]}, "loss_mask"),
+    ({"loss_mask": [0, 0, 0]}, "loss_mask"),
+    ({"input_ids": [], "loss_mask": []}, "input_ids"),
+    ({"input_ids": [1, -3, 2]}, "input_ids"),
+    ({"kind": "grpo"}, "kind"),
+    ({"weight": float("nan")}, "weight"),
+    ({"weight": -1.0}, "weight"),
+    ({"weight": float("inf")}, "weight"),
+])
+def test_validation_names_the_field(tmp_path, change, field):
+  rec = records.CorrectionRecord(**{"input_ids": [1, 2, 3], "loss_mask": [0, 1, 1], "kind": "cf", **change})
+  with pytest.raises(records.RecordError, match=f"'{field}'"):
+    rec.validate()
+  with records.RecordWriter(str(tmp_path), FP) as w, pytest.raises(records.RecordError, match=f"'{field}'"):
+    w.write(rec)
+  assert w.num_written() == 0
+
+
+def test_shard_rotation_and_manifest_counts(tmp_path):
+  kinds = ["cf", "cf", "reh", "iwm", "sr", "sft", "reh", "cf", "cf", "sr"]
+  w = _write(tmp_path, [_record(i, k) for i, k in enumerate(kinds)], shard_size=3)
+  manifest = records.read_manifest(str(tmp_path))
+  assert [s["file"] for s in manifest["shards"]] == [f"host0-0000{i}.tfrecord" for i in range(4)]
+  assert [s["count"] for s in manifest["shards"]] == [3, 3, 3, 1]
+  assert manifest["counts"] == {"cf": 4, "reh": 2, "iwm": 1, "sr": 2, "sft": 1}
+  assert manifest["shards"][0]["counts"] == {"cf": 2, "reh": 1, "iwm": 0, "sr": 0, "sft": 0}
+  assert manifest["total"] == 10 == w.num_written()
+  assert manifest["num_tokens"] == 60 and manifest["num_target_tokens"] == 30
+  assert manifest["tokenizer"] == FP and manifest["configs"] == {"host0": '{"k": 1}'}
+  with open(tmp_path / "manifest.json") as f:
+    assert json.load(f) == manifest
+  assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_resume_after_kill_drops_temp_shard_without_duplicates(tmp_path):
+  folder = str(tmp_path)
+  w = records.RecordWriter(folder, FP, shard_size=3, writer_id="host0")
+  for i in range(7):  # two finished shards, one record in the open .tmp shard
+    w.write(_record(i))
+  w._tf_writer.flush()  # the bytes of the unfinished shard reach the disk; then the process "dies"
+  assert os.path.exists(tmp_path / "host0-00002.tfrecord.tmp")
+  # Another writer's temp shard must survive this writer's recovery.
+  (tmp_path / "host1-00000.tfrecord.tmp").write_bytes(b"in progress")
+
+  w2 = records.RecordWriter(folder, FP, shard_size=3, writer_id="host0")
+  assert w2.num_written() == 6
+  assert not os.path.exists(tmp_path / "host0-00002.tfrecord.tmp")
+  assert os.path.exists(tmp_path / "host1-00000.tfrecord.tmp")
+  for i in range(6, 10):
+    w2.write(_record(i))
+  w2.close()
+  ids = [r.task_id for r in records.iter_records(folder)]
+  assert ids == [f"task-{i}" for i in range(10)]
+  assert records.read_manifest(folder)["total"] == 10
+  assert [s["file"] for s in records.read_manifest(folder)["shards"]][-1] == "host0-00003.tfrecord"
+
+
+def test_resume_adopts_shard_renamed_before_manifest_update(tmp_path):
+  folder = str(tmp_path)
+  w = records.RecordWriter(folder, FP, shard_size=2, writer_id="h")
+  for i in range(4):
+    w.write(_record(i))
+  part = tmp_path / "manifest-h.json"
+  state = json.loads(part.read_text())
+  state["shards"] = state["shards"][:1]
+  part.write_text(json.dumps(state))  # as if killed between the rename of shard 1 and the manifest update
+
+  w2 = records.RecordWriter(folder, FP, shard_size=2, writer_id="h")
+  assert w2.num_written() == 4
+  w2.write(_record(4))
+  w2.close()
+  assert [r.task_id for r in records.iter_records(folder)] == [f"task-{i}" for i in range(5)]
+
+
+def test_writers_share_a_folder_without_clobbering(tmp_path):
+  folder = str(tmp_path)
+  a = records.RecordWriter(folder, FP, shard_size=2, writer_id="host0")
+  b = records.RecordWriter(folder, FP, shard_size=2, writer_id="host1")
+  for i in range(5):  # interleaved manifest updates
+    a.write(_record(i))
+    b.write(_record(100 + i, "reh"))
+  a.close()
+  b.close()
+  manifest = records.read_manifest(folder)
+  assert manifest["writers"] == ["host0", "host1"]
+  assert manifest["total"] == 10 and manifest["counts"]["cf"] == 5 and manifest["counts"]["reh"] == 5
+  with open(tmp_path / "manifest.json") as f:
+    assert json.load(f)["total"] == 10
+
+
+def test_writer_refuses_folder_of_another_tokenizer(tmp_path):
+  _write(tmp_path, [_record(0)])
+  with pytest.raises(records.TokenizerMismatchError, match="tok-test-a.*tok-test-b"):
+    records.RecordWriter(str(tmp_path), "tok-test-b", writer_id="host7")
+
+
+def test_read_manifest_of_empty_folder_names_it(tmp_path):
+  with pytest.raises(records.EmptyRecordsError, match=str(tmp_path)):
+    records.read_manifest(str(tmp_path))
+
+
+def test_tfds_builder_from_directory_loads_records(tmp_path):
+  import tensorflow_datasets as tfds
+
+  recs = [_record(i, records.KINDS[i % 5], length=4 + i) for i in range(5)]
+  _write(tmp_path / "a", recs[:3], shard_size=2, writer_id="host0")
+  shutil.copytree(tmp_path / "a", tmp_path / "b")  # a second writer joins the same folder
+  _write(tmp_path / "a", recs[3:], shard_size=2, writer_id="host1")
+  assert records.finalize_for_tfds(str(tmp_path / "a")) == 3
+  builder = tfds.builder_from_directory(str(tmp_path / "a"))
+  assert builder.info.splits["train"].num_examples == 5
+  got = sorted(builder.as_dataset(split="train").as_numpy_iterator(), key=lambda ex: ex["task_id"])
+  for ex, rec in zip(got, recs, strict=True):
+    assert ex["input_ids"].tolist() == rec.input_ids and ex["loss_mask"].tolist() == rec.loss_mask
+    assert ex["weight"] == pytest.approx(rec.weight) and ex["step"] == rec.step
+    assert ex["kind"].decode() == rec.kind and ex["task_id"].decode() == rec.task_id
+    assert ex["experience"].decode() == rec.experience and ex["tokenizer"].decode() == FP
+
+
+def _tokenizer(vocab):
+  model = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  model.pre_tokenizer = pre_tokenizers.Whitespace()
+  return PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", eos_token="<eos>")
+
+
+def test_tokenizer_fingerprint_is_stable_and_discriminating():
+  vocab = {"<pad>": 0, "<eos>": 1, "[UNK]": 2, "push": 3, "left": 4}
+  a, b = _tokenizer(dict(vocab)), _tokenizer(dict(vocab))
+  fp = records.tokenizer_fingerprint(a)
+  assert fp == records.tokenizer_fingerprint(b)
+  a("push left", truncation=True, max_length=1)  # runtime settings do not change what ids mean
+  assert records.tokenizer_fingerprint(a) == fp
+  assert records.tokenizer_fingerprint(_tokenizer({**vocab, "right": 5})) != fp
+  assert records.tokenizer_fingerprint(_tokenizer({**vocab, "push": 4, "left": 3})) != fp
