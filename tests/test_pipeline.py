@@ -1,0 +1,235 @@
+"""tf.data reader: packing invariants, padding, host split, exact resume, and the bad-input errors."""
+
+import collections
+import itertools
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from leafe_jax.data import pipeline, records
+
+FP = "tok-test-a"
+SEQ_LEN = 16
+
+
+def _record(i: int, length: int, kind: str = "cf") -> records.CorrectionRecord:
+  rng = np.random.default_rng(i)
+  ids = [int(t) for t in rng.integers(1, 900, size=length - 1)] + [1000 + i]  # unique last token
+  mask = [int(m) for m in rng.integers(0, 2, size=length - 1)] + [1]
+  return records.CorrectionRecord(input_ids=ids, loss_mask=mask, weight=0.25 * (i % 4 + 1), kind=kind,
+                                  task_id=f"t{i}", tokenizer=FP)
+
+
+def _lengths(n):
+  return [3 + (7 * i) % (SEQ_LEN + 4) for i in range(n)]  # a few longer than SEQ_LEN
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("records"))
+  with records.RecordWriter(path, FP, shard_size=10, writer_id="host0") as w:
+    for i, length in enumerate(_lengths(40)):
+      w.write(_record(i, length, records.KINDS[i % len(records.KINDS)]))
+  return path
+
+
+def _expected_segments(folder, kinds=None):
+  """Independent reference: each record's kept tokens (last SEQ_LEN), its mask with the first cleared."""
+  out = collections.Counter()
+  for rec in records.iter_records(folder, kinds):
+    ids, mask = list(rec.input_ids)[-SEQ_LEN:], list(rec.loss_mask)[-SEQ_LEN:]
+    mask[0] = 0
+    out[(tuple(ids), tuple(mask), rec.weight, records.KINDS.index(rec.kind))] += 1
+  return out
+
+
+def _segments(batches):
+  """Splits every row into its segments, checking the per-row invariants on the way."""
+  out = collections.Counter()
+  for batch in batches:
+    for b in range(batch["input_ids_BxT"].shape[0]):
+      row = {k: v[b] for k, v in batch.items()}
+      seg = row["segment_ids_BxT"]
+      real = seg > 0
+      # Padding only at the end; segment ids 1, 2, ... in order; no segment interleaves with another.
+      assert np.all(real[: real.sum()]) and not np.any(real[real.sum():])
+      assert np.all(np.diff(seg[real]) >= 0) and (seg[real][0] == 1 if real.any() else True)
+      assert set(np.unique(seg[real])) == set(range(1, seg.max() + 1))
+      assert np.all(row["loss_mask_BxT"][~real] == 0) and np.all(row["weight_BxT"][~real] == 0)
+      assert np.all(row["kind_BxT"][~real] == pipeline.PAD_KIND)
+      for s in range(1, seg.max() + 1):
+        at = seg == s
+        np.testing.assert_array_equal(row["positions_BxT"][at], np.arange(at.sum()))
+        weight, kind = row["weight_BxT"][at], row["kind_BxT"][at]
+        assert np.all(weight == weight[0]) and np.all(kind == kind[0])
+        out[(tuple(row["input_ids_BxT"][at].tolist()), tuple(int(m) for m in row["loss_mask_BxT"][at]),
+             float(weight[0]), int(kind[0]))] += 1
+  return out
+
+
+def test_batch_dtypes_and_static_shapes(folder):
+  ds = pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=4, expected_tokenizer=FP)
+  spec = ds.element_spec
+  assert set(spec) == set(pipeline.BATCH_KEYS)
+  for key, dtype in [("input_ids_BxT", "int32"), ("loss_mask_BxT", "float32"), ("weight_BxT", "float32"),
+                     ("segment_ids_BxT", "int32"), ("positions_BxT", "int32"), ("kind_BxT", "int32")]:
+    assert spec[key].shape.as_list() == [4, SEQ_LEN] and spec[key].dtype.name == dtype
+
+
+@pytest.mark.parametrize("pack", [True, False])
+def test_one_epoch_holds_every_record_once(folder, pack):
+  ds = pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, pack=pack, num_epochs=1, seed=3)
+  batches = list(ds.as_numpy_iterator())
+  assert _segments(batches) == _expected_segments(folder)
+  rows = len(batches)
+  if pack:
+    assert rows < 40  # packing put several examples in a row
+  else:
+    assert rows == 40
+
+
+def test_kinds_filter(folder):
+  ds = pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, num_epochs=1, kinds=("cf", "sr"))
+  assert _segments(ds.as_numpy_iterator()) == _expected_segments(folder, kinds=("cf", "sr"))
+
+
+def test_pack_examples_first_fit_and_left_truncation():
+  lengths = np.array([5, 6, 3, 12, 2])
+  ids = np.arange(1, lengths.sum() + 1)
+  mask = np.ones_like(ids)
+  out = dict(zip(pipeline.BATCH_KEYS, pipeline.pack_examples(
+      ids, mask, lengths, np.array([1.0, 2.0, 3.0, 4.0, 5.0]), np.array([0, 1, 2, 3, 4]), seq_len=10)))
+  # first fit: [5 | 3 | 2] in row 0, [6] in row 1, [12 -> last 10] in row 2
+  np.testing.assert_array_equal(out["segment_ids_BxT"], [[1] * 5 + [2] * 3 + [3] * 2, [1] * 6 + [0] * 4, [1] * 10])
+  np.testing.assert_array_equal(out["input_ids_BxT"][0], [1, 2, 3, 4, 5, 12, 13, 14, 27, 28])
+  np.testing.assert_array_equal(out["input_ids_BxT"][2], np.arange(15, 27)[-10:])
+  np.testing.assert_array_equal(out["positions_BxT"][0], [0, 1, 2, 3, 4, 0, 1, 2, 0, 1])
+  np.testing.assert_array_equal(out["loss_mask_BxT"][0], [0, 1, 1, 1, 1, 0, 1, 1, 0, 1])
+  np.testing.assert_array_equal(out["weight_BxT"][1], [2.0] * 6 + [0.0] * 4)
+  np.testing.assert_array_equal(out["kind_BxT"][1], [1] * 6 + [-1] * 4)
+
+
+def test_scan_counts_truncation(folder):
+  host = pipeline.scan(folder, SEQ_LEN)
+  long = [n for n in _lengths(40) if n > SEQ_LEN]
+  assert host.num_records == 40 and host.num_truncated == len(long) > 0
+  kept = sum(sum(r.loss_mask[-SEQ_LEN:][1:]) for r in records.iter_records(folder))
+  total = sum(r.num_targets for r in records.iter_records(folder))
+  assert host.num_targets == kept and host.num_targets_lost == total - kept
+
+
+def test_hosts_read_disjoint_shards_covering_everything(folder):
+  per_host = []
+  for index in range(2):
+    ds = pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, pack=False, num_epochs=1,
+                               process_index=index, process_count=2)
+    per_host.append(_segments(ds.as_numpy_iterator()))
+    assert pipeline.scan(folder, SEQ_LEN, index, 2).files == tuple(
+        os.path.join(folder, f"host0-{i:05d}.tfrecord") for i in range(index, 4, 2))
+  assert not set(per_host[0]) & set(per_host[1])
+  assert per_host[0] + per_host[1] == _expected_segments(folder)
+
+
+def test_host_without_shards_is_an_error(folder):
+  with pytest.raises(ValueError, match="4 finished shards.*process_count=5"):
+    pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, process_index=4, process_count=5)
+
+
+def test_same_seed_same_stream_and_exact_resume(folder):
+  kwargs = dict(seq_len=SEQ_LEN, batch_size=3, seed=7, num_epochs=None, pack_window=16)
+  reference = list(itertools.islice(pipeline.DataIterator(folder, **kwargs), 12))
+  it = pipeline.DataIterator(folder, **kwargs)
+  first = [next(it) for _ in range(5)]
+  state = it.state()
+  assert state["batches"] == 5
+  resumed = pipeline.DataIterator(folder, **kwargs)
+  resumed.restore(state)
+  following = [next(resumed) for _ in range(7)]
+  for got, want in zip(first + following, reference, strict=True):
+    for key in pipeline.BATCH_KEYS:
+      np.testing.assert_array_equal(got[key], want[key])
+  # A different seed gives a different stream, and its state does not restore here.
+  other = pipeline.DataIterator(folder, **{**kwargs, "seed": 8})
+  assert any(not np.array_equal(a["input_ids_BxT"], b["input_ids_BxT"])
+             for a, b in zip(itertools.islice(other, 4), reference))
+  with pytest.raises(ValueError, match="seed"):
+    other.restore(state)
+  with pytest.raises(ValueError, match="batch_size: saved 3, now 2"):
+    pipeline.DataIterator(folder, **{**kwargs, "batch_size": 2}).restore(state)
+
+
+def _copy_folder(src, dst):
+  import shutil
+
+  shutil.copytree(src, dst)
+  return str(dst)
+
+
+def test_corrupt_shard_names_file_and_record(folder, tmp_path):
+  path = _copy_folder(folder, tmp_path / "c")
+  shard = pathlib.Path(path, "host0-00001.tfrecord")
+  data = bytearray(shard.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  data[len(data) // 2 + 1] ^= 0xFF
+  shard.write_bytes(bytes(data))
+  with pytest.raises(records.CorruptShardError, match=r"host0-00001\.tfrecord: record #\d+") as err:
+    pipeline.make_dataset(path, seq_len=SEQ_LEN, batch_size=2)
+  assert 0 < err.value.index < 10
+  # The index is the first unreadable record: everything before it reads back.
+  assert len(list(itertools.islice(records.iter_serialized(str(shard)), err.value.index))) == err.value.index
+
+
+def test_truncated_shard_names_file_and_record(folder, tmp_path):
+  path = _copy_folder(folder, tmp_path / "t")
+  shard = pathlib.Path(path, "host0-00002.tfrecord")
+  data = shard.read_bytes()
+  shard.write_bytes(data[: len(data) * 2 // 3])
+  with pytest.raises(records.CorruptShardError, match=r"host0-00002\.tfrecord: record #[1-9]") as err:
+    pipeline.make_dataset(path, seq_len=SEQ_LEN, batch_size=2)
+  assert "truncated" in str(err.value).lower()
+
+
+def test_shard_cut_at_a_record_boundary_is_caught_by_the_manifest_count(folder, tmp_path):
+  path = _copy_folder(folder, tmp_path / "b")
+  shard = os.path.join(path, "host0-00000.tfrecord")
+  kept = list(itertools.islice(records.iter_serialized(shard), 6))
+  import tensorflow as tf
+
+  with tf.io.TFRecordWriter(shard) as w:
+    for raw in kept:
+      w.write(raw)
+  with pytest.raises(records.CorruptShardError, match=r"host0-00000\.tfrecord: record #6 .*lists 10"):
+    pipeline.make_dataset(path, seq_len=SEQ_LEN, batch_size=2)
+
+
+def test_other_tokenizer_is_refused_with_both_fingerprints(folder):
+  with pytest.raises(records.TokenizerMismatchError, match="tok-test-a.*tok-trainer"):
+    pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=2, expected_tokenizer="tok-trainer")
+
+
+def test_record_of_another_tokenizer_inside_a_shard_is_refused(tmp_path):
+  path = str(tmp_path / "mixed")
+  with records.RecordWriter(path, FP, writer_id="h") as w:
+    w.write(_record(0, 5))
+  import tensorflow as tf
+
+  shard = os.path.join(path, "h-00000.tfrecord")
+  foreign = records.to_example(records.CorrectionRecord(**{**_record(1, 5).__dict__, "tokenizer": "tok-x"}))
+  with tf.io.TFRecordWriter(shard) as f:  # a shard rewritten behind the manifest's back
+    f.write(foreign.SerializeToString())
+  with pytest.raises(records.TokenizerMismatchError, match=r"h-00000\.tfrecord record #0.*tok-x.*tok-test-a"):
+    pipeline.make_dataset(path, seq_len=SEQ_LEN, batch_size=1)
+
+
+def test_empty_folders_are_clear_errors(tmp_path):
+  missing = str(tmp_path / "missing")
+  with pytest.raises(records.EmptyRecordsError, match="missing"):
+    pipeline.make_dataset(missing, seq_len=SEQ_LEN, batch_size=1)
+  with pytest.raises(records.EmptyRecordsError, match="no manifest"):
+    pipeline.make_dataset(str(tmp_path), seq_len=SEQ_LEN, batch_size=1)
+  with records.RecordWriter(str(tmp_path / "none"), FP):
+    pass
+  with pytest.raises(records.EmptyRecordsError, match="none.*no finished shards"):
+    pipeline.make_dataset(str(tmp_path / "none"), seq_len=SEQ_LEN, batch_size=1)
