@@ -1,0 +1,100 @@
+"""Multi-controller setup: `jax.distributed` initialisation and global-batch assembly from per-process data.
+
+Every host runs the same program (DESIGN.md §4). `initialize` must run before anything touches a JAX backend.
+Modes (config field `mode`):
+  "auto":     explicit coordinator address given -> "explicit"; a SLURM job with several tasks or a multi-host
+              Cloud TPU slice -> "cluster"; otherwise single process (no-op).
+  "cluster":  `jax.distributed.initialize()` with no arguments: JAX reads the TPU metadata / SLURM variables.
+  "explicit": coordinator_address, num_processes, process_id from the config (local multi-process runs).
+  "off":      never initialise (one process).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+MODES = ("auto", "cluster", "explicit", "off")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+      {
+          "mode": "auto",  # auto | cluster | explicit | off (see leafe_jax/parallel/distributed.py)
+          "coordinator_address": "",  # host:port of process 0, for mode explicit (auto switches to it if set)
+          "num_processes": 0,  # total processes, for mode explicit
+          "process_id": -1,  # this process's index, for mode explicit
+          "initialization_timeout_s": 300,  # how long processes wait for each other at start-up
+      }
+  )
+
+
+def _slurm_multi_task(env: Mapping[str, str]) -> bool:
+  return "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")) or 1) > 1
+
+
+def _tpu_multi_host(env: Mapping[str, str]) -> bool:
+  hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hosts.split(",") if h.strip()]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in env
+
+
+def resolve_mode(config: ml_collections.ConfigDict, env: Mapping[str, str] | None = None) -> str:
+  """The mode `initialize` will use, from the config and the environment (pure: no side effects)."""
+  env = os.environ if env is None else env
+  if config.mode not in MODES:
+    raise ValueError(f"config field 'distributed.mode' must be one of {MODES}, got {config.mode!r}")
+  if config.mode != "auto":
+    return config.mode
+  if config.coordinator_address:
+    return "explicit"
+  if _slurm_multi_task(env) or _tpu_multi_host(env):
+    return "cluster"
+  return "off"
+
+
+def initialize(config: ml_collections.ConfigDict) -> None:
+  """Initialises `jax.distributed` per `config` (a `default_config()` section); safe to call twice."""
+  mode = resolve_mode(config)
+  if mode == "off" or jax.distributed.is_initialized():
+    return
+  if mode == "cluster":
+    jax.distributed.initialize(initialization_timeout=config.initialization_timeout_s)
+  else:
+    if not config.coordinator_address or config.num_processes < 1 or not 0 <= config.process_id < config.num_processes:
+      raise ValueError(
+          "distributed mode 'explicit' needs coordinator_address (host:port), num_processes >= 1 and "
+          f"0 <= process_id < num_processes; got {config.coordinator_address!r}, {config.num_processes}, "
+          f"{config.process_id}"
+      )
+    jax.distributed.initialize(
+        coordinator_address=config.coordinator_address,
+        num_processes=config.num_processes,
+        process_id=config.process_id,
+        initialization_timeout=config.initialization_timeout_s,
+    )
+  logging.info(
+      "jax.distributed (%s): process %d of %d, %d local / %d global devices",
+      mode,
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's rows into global arrays sharded by `parallel.batch_sharding(mesh)`.
+
+  Process p holds rows [p·b, (p+1)·b) of the global batch (b = local rows); all processes pass equal b.
+  """
+  from leafe_jax.parallel import batch_sharding
+
+  sharding = batch_sharding(mesh)
+  return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in
+          local_batch.items()}

@@ -1,0 +1,96 @@
+"""Training metrics: FLOPs/MFU estimate, per-kind reduction of in-jit sums, TensorBoard and a console line."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+# Peak dense bf16 FLOP/s per chip, by substring of `jax.Device.device_kind` (first match wins: more specific
+# names first). Public spec sheets; CPU has no entry, so MFU reads "n/a" there.
+PEAK_FLOPS_BY_DEVICE_KIND: tuple[tuple[str, float], ...] = (
+    ("TPU v6 lite", 918e12),  # v6e (Trillium)
+    ("TPU v6e", 918e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v4", 275e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+)
+
+
+def peak_flops(device_kind: str) -> float | None:
+  for key, flops in PEAK_FLOPS_BY_DEVICE_KIND:
+    if key.lower() in device_kind.lower():
+      return flops
+  return None
+
+
+def count_params(params: Any) -> int:
+  import jax
+
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def train_flops_per_token(num_params: int, model_config: Any, seq_len: int) -> float:
+  """6·N (matmuls, forward + backward) plus the attention score/value term 12·L·H·Dh·T (PaLM, appendix B)."""
+  attention = 12 * model_config.num_layers * model_config.num_heads * model_config.head_dim * seq_len
+  return 6.0 * num_params + attention
+
+
+def reduce_kind_sums(sums: Mapping[str, np.ndarray], kinds: Sequence[str]) -> dict[str, float]:
+  """Host side: per record kind with targets, mean NLL, accuracy and target-token count."""
+  out = {}
+  for index, kind in enumerate(kinds):
+    targets = float(sums["targets_K"][index])
+    if targets == 0:
+      continue
+    out[f"{kind}/loss"] = float(sums["nll_sum_K"][index]) / targets
+    out[f"{kind}/accuracy"] = float(sums["correct_K"][index]) / targets
+    out[f"{kind}/target_tokens"] = targets
+  return out
+
+
+class MetricsWriter:
+  """TensorBoard scalars under `<stage_dir>/tb` (process 0 only) and one console line per log step."""
+
+  def __init__(self, logdir: str, enabled: bool = True):
+    self._writer = None
+    if enabled:
+      import tensorflow as tf
+
+      os.makedirs(logdir, exist_ok=True)
+      self._writer = tf.summary.create_file_writer(logdir)
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._writer is None:
+      return
+    import tensorflow as tf
+
+    with self._writer.as_default():
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value, step=step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def progress_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> str:
+  mfu = scalars.get("mfu")
+  mfu_text = "n/a" if mfu is None else f"{100 * mfu:.1f}%"
+  return (
+      f"step {step}/{total_steps} loss {scalars['loss']:.4f} lr {scalars.get('lr', float('nan')):.3g} "
+      f"tokens/s {scalars['tokens_per_s']:.0f} MFU {mfu_text}"
+  )
+
+
+def log_progress(step: int, total_steps: int, scalars: Mapping[str, float]) -> None:
+  logging.info("%s", progress_line(step, total_steps, scalars))

@@ -1,0 +1,285 @@
+"""The `train` stage: sharded SFT on correction records (L = L_cf + β·L_reh; β is each record's weight).
+
+Resumes from `<stage_dir>/checkpoints` without flags (params, optimizer, step, RNG, data position) and exports
+the final model as a complete HF directory `<stage_dir>/hf` (config, safetensors, tokenizer files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from leafe_jax.parallel import distributed
+
+CONFIG_SECTION = "train"
+
+# Batch keys the pipeline yields and the step reads.
+BATCH_KEYS = ("input_ids_BxT", "loss_mask_BxT", "weight_BxT", "segment_ids_BxT", "positions_BxT", "kind_BxT")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+      {
+          # Where the initial params come from: "random" (from `model`), "hf" (HF dir `init_path`), or "orbax"
+          # (latest checkpoint of a train stage's `checkpoints` dir `init_path`; architecture from `model`).
+          "init": "random",
+          "init_path": "",  # HF dir or orbax checkpoints dir, relative to workdir (unused for init "random")
+          "tokenizer": "",  # HF tokenizer dir, relative to workdir; empty = init_path (init "hf")
+          "records": ("records",),  # correction-record folder(s), relative to workdir, mixed by record count
+          "kinds": (),  # record kinds to train on (records.KINDS: cf, reh, iwm, sr, sft); empty = all
+          # ModelConfig fields for init "random"/"orbax" (free-form: vocab_size, d_model, num_layers, ...).
+          "model": ml_collections.ConfigDict(),
+          "mesh": (-1, 1, 1),  # (data, fsdp, tensor) device counts; one -1 = all remaining devices
+          "batch_size": 128,  # global batch, in rows of seq_len tokens (paper: 128, paper_notes §2.3)
+          "micro_batches": 1,  # gradient accumulation: the step scans batch_size/micro_batches rows at a time
+          "seq_len": 2048,  # tokens per row; longer records are refused by the pipeline
+          "pack": True,  # pack several records per row (segment ids keep attention and the loss per record)
+          "lr": 1e-6,  # peak learning rate (paper: 1e-6, paper_notes §2.3)
+          "warmup_steps": 0,  # linear warmup from 0 (paper: not given; Early Experience YAMLs use none)
+          "schedule": "constant",  # after warmup: "constant" or "cosine" (to 0 at the last step)
+          "num_epochs": 2,  # passes over the records (paper: 2-3 epochs); ignored when num_steps > 0
+          "num_steps": 0,  # > 0: train exactly this many optimizer steps instead of num_epochs
+          "weight_decay": 0.0,  # AdamW decoupled weight decay on matrices (paper: not given)
+          "clip_norm": 1.0,  # global-norm gradient clipping; 0 = off (HF / verl default 1.0)
+          "adam_b1": 0.9,  # AdamW beta1
+          "adam_b2": 0.999,  # AdamW beta2 (HF default)
+          "adam_eps": 1e-8,  # AdamW epsilon
+          # "example": every record counts once whatever its action length, so a record's weight (β for
+          # rehearsal, 1 for counterfactual) is exactly its share of L = L_cf + β·L_reh, as the paper writes the
+          # objective per example. "token" (Σ w·nll / Σ w·mask, the HF/verl default) lets long actions dominate.
+          "loss_normalization": "example",
+          "dtype": "bfloat16",  # compute dtype of the model (activations, matmuls)
+          "param_dtype": "float32",  # master weights and optimizer state
+          "remat_policy": "",  # "none" | "full" | "dots"; empty = the model config's own
+          "checkpoint_every": 500,  # save an orbax checkpoint every N steps (and always at the end)
+          "keep": 3,  # checkpoints kept
+          "async_checkpoint": True,  # write checkpoints in the background while training continues
+          "log_every": 10,  # host sync + console line + TensorBoard every N steps
+          "export_hf": True,  # write <stage_dir>/hf (config, safetensors, tokenizer files) at the end
+          "seed": 0,  # init and data shuffling
+          "distributed": distributed.default_config(),  # multi-host initialisation (jax.distributed)
+      }
+  )
+
+
+def _abs(workdir: str, path: str) -> str:
+  return path if os.path.isabs(path) else os.path.join(workdir, path)
+
+
+def resolve_mesh_shape(shape: tuple[int, ...], num_devices: int) -> tuple[int, int, int]:
+  """Replaces one -1 by the remaining device count; the product must equal `num_devices`."""
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != 3 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"config field 'train.mesh' must be 3 positive sizes (data, fsdp, tensor), one may be -1; "
+                     f"got {shape}")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"train.mesh {shape}: {num_devices} devices are not divisible by {known}")
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"train.mesh {shape} needs {math.prod(shape)} devices, have {num_devices}")
+  return shape  # type: ignore[return-value]
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Value checks (types are checked by config_schema before any work): fail before loading anything."""
+  from leafe_jax.data import records
+  from leafe_jax.train import loss as loss_lib
+  from leafe_jax.train import optimizer
+
+  def fail(field: str, why: str) -> None:
+    raise ValueError(f"config field 'train.{field}' {why} (value {config[field]!r})")
+
+  if config.init not in ("random", "hf", "orbax"):
+    fail("init", "must be 'random', 'hf' or 'orbax'")
+  if config.init != "random" and not config.init_path:
+    fail("init_path", f"must name a directory for init {config.init!r}")
+  if not config.tokenizer and config.init != "hf":
+    fail("tokenizer", "must name an HF tokenizer directory")
+  if not config.records:
+    fail("records", "must name at least one records folder")
+  unknown = [k for k in config.kinds if k not in records.KINDS]
+  if unknown:
+    fail("kinds", f"has unknown kinds {unknown}; known: {records.KINDS}")
+  if config.loss_normalization not in loss_lib.NORMALIZATIONS:
+    fail("loss_normalization", f"must be one of {loss_lib.NORMALIZATIONS}")
+  if config.schedule not in optimizer.SCHEDULES:
+    fail("schedule", f"must be one of {optimizer.SCHEDULES}")
+  for field in ("batch_size", "micro_batches", "seq_len", "checkpoint_every", "keep", "log_every"):
+    if config[field] < 1:
+      fail(field, "must be >= 1")
+  if config.batch_size % config.micro_batches:
+    fail("micro_batches", f"must divide batch_size={config.batch_size}")
+  if config.num_steps <= 0 and config.num_epochs <= 0:
+    fail("num_epochs", "must be > 0 when num_steps is 0")
+  for field in ("dtype", "param_dtype"):
+    if config[field] not in ("float32", "bfloat16", "float16"):
+      fail(field, "must be float32, bfloat16 or float16")
+
+
+def _model_and_params(config, workdir, mesh, rng):
+  """(model, params sharded on mesh, params sharding) for the configured init."""
+  import jax
+  import jax.numpy as jnp
+
+  from leafe_jax import models, parallel
+  from leafe_jax.train import checkpoint
+
+  def with_train_dtypes(model_config):
+    overrides = {"dtype": config.dtype, "param_dtype": config.param_dtype}
+    if config.remat_policy:
+      overrides["remat_policy"] = config.remat_policy
+    return dataclasses.replace(model_config, **overrides)
+
+  if config.init == "hf":
+    hf_model, params = models.from_hf(
+        _abs(workdir, config.init_path), dtype=jnp.dtype(config.param_dtype), mesh=mesh
+    )
+    model = models.Decoder(with_train_dtypes(hf_model.config))
+    return model, params, parallel.param_shardings(model, mesh)
+  model_config = with_train_dtypes(models.ModelConfig(**config.model.to_dict()))
+  model = models.Decoder(model_config)
+  params_sharding = parallel.param_shardings(model, mesh)
+  init_fn = jax.jit(lambda key: models.init_params(model_config, key), out_shardings=params_sharding)
+  if config.init == "random":
+    return model, init_fn(rng), params_sharding
+  abstract = checkpoint.abstract_like(jax.eval_shape(init_fn, rng), params_sharding)
+  return model, checkpoint.restore_params(_abs(workdir, config.init_path), abstract), params_sharding
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
+  """Trains per `config.train`, resuming from `<stage_dir>/checkpoints`, and exports `<stage_dir>/hf`."""
+  cfg = config[CONFIG_SECTION]
+  check_config(cfg)
+  distributed.initialize(cfg.distributed)
+
+  import jax
+  import transformers
+
+  from leafe_jax import parallel
+  from leafe_jax.data import records
+  from leafe_jax.train import checkpoint, feed, metrics, optimizer
+  from leafe_jax.train import state as state_lib
+  from leafe_jax.train import step as step_lib
+
+  tokenizer_dir = _abs(workdir, cfg.tokenizer or cfg.init_path)
+  fingerprint = records.tokenizer_fingerprint(transformers.AutoTokenizer.from_pretrained(tokenizer_dir))
+  process_count, process_index = jax.process_count(), jax.process_index()
+  if cfg.batch_size % process_count:
+    raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the {process_count} processes")
+  local_batch = cfg.batch_size // process_count
+  data = feed.TrainFeed(
+      [_abs(workdir, f) for f in cfg.records],
+      seq_len=cfg.seq_len,
+      batch_size=local_batch,
+      pack=cfg.pack,
+      seed=cfg.seed,
+      kinds=tuple(cfg.kinds) or None,
+      process_index=process_index,
+      process_count=process_count,
+      expected_tokenizer=fingerprint,
+  )
+  total_steps = cfg.num_steps if cfg.num_steps > 0 else _epoch_steps(data) * cfg.num_epochs
+
+  mesh = parallel.make_mesh(resolve_mesh_shape(tuple(cfg.mesh), jax.device_count()))
+  rng = jax.random.PRNGKey(cfg.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  tx = optimizer.make_optimizer(cfg, total_steps)
+  schedule = optimizer.make_schedule(cfg.lr, cfg.warmup_steps, total_steps, cfg.schedule)
+  ckpt = checkpoint.Checkpointer(
+      os.path.join(stage_dir, "checkpoints"), save_every=cfg.checkpoint_every, keep=cfg.keep,
+      async_save=cfg.async_checkpoint,
+  )
+  latest = ckpt.latest_step()
+  model, params, params_sharding = _model_and_params(cfg, workdir, mesh, init_rng)
+  state_sharding = state_lib.shardings(tx, params, params_sharding, mesh)
+  if latest is None:
+    state = jax.jit(lambda p, r: state_lib.create(p, tx, r), out_shardings=state_sharding)(params, state_rng)
+  else:
+    abstract = checkpoint.abstract_like(
+        jax.eval_shape(lambda p, r: state_lib.create(p, tx, r), params, state_rng), state_sharding
+    )
+    del params
+    state, data_state = ckpt.restore(abstract, latest)
+    data.restore(data_state)
+
+  batch_sharding = parallel.batch_sharding(mesh)
+  train_step = step_lib.make_train_step(
+      lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0],
+      tx,
+      normalization=cfg.loss_normalization,
+      num_kinds=len(records.KINDS),
+      micro_batches=cfg.micro_batches,
+      batch_spec=batch_sharding.spec,
+      mesh=mesh,
+      schedule=schedule,
+  )
+  jitted = step_lib.jit_train_step(train_step, state_sharding, dict.fromkeys(BATCH_KEYS, batch_sharding), mesh)
+
+  writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"), enabled=process_index == 0)
+  peak = metrics.peak_flops(jax.devices()[0].device_kind)
+  flops_per_token = metrics.train_flops_per_token(metrics.count_params(state.params), model.config, cfg.seq_len)
+  step = int(jax.device_get(state.step))
+  logging.info("train: step %d of %d, global batch %d x %d, mesh %s", step, total_steps, cfg.batch_size,
+               cfg.seq_len, dict(mesh.shape))
+  pending, tokens, window_start = [], 0, time.perf_counter()
+  while step < total_steps:
+    local = data.next()
+    tokens += int(np.count_nonzero(local["segment_ids_BxT"])) * process_count
+    state, step_metrics = jitted(state, distributed.global_batch({k: local[k] for k in BATCH_KEYS}, mesh))
+    pending.append(step_metrics)
+    step += 1
+    if step % cfg.log_every == 0 or step == total_steps:
+      scalars = _reduce(jax.device_get(pending), records.KINDS)
+      elapsed = time.perf_counter() - window_start
+      scalars["tokens_per_s"] = tokens / elapsed
+      if peak is not None:
+        scalars["mfu"] = tokens * flops_per_token / elapsed / (peak * jax.device_count())
+      writer.write(step, scalars)
+      if process_index == 0:
+        metrics.log_progress(step, total_steps, scalars)
+      pending, tokens, window_start = [], 0, time.perf_counter()
+    ckpt.save(step, state, data.state(), force=step == total_steps)
+  ckpt.close()
+  writer.close()
+  if cfg.export_hf:
+    hf_dir = os.path.join(stage_dir, "hf")
+    if not os.path.exists(os.path.join(hf_dir, "config.json")) or latest != total_steps:
+      checkpoint.export_hf(model, state.params, tokenizer_dir, hf_dir)
+
+
+def _epoch_steps(data: Any) -> int:
+  """Optimizer steps in one epoch (the same on every process: the minimum over processes)."""
+  import jax
+  from jax.experimental import multihost_utils
+
+  steps = data.batches_per_epoch()
+  if jax.process_count() > 1:
+    steps = int(np.min(multihost_utils.process_allgather(np.asarray(steps))))
+  if steps < 1:
+    raise ValueError("train: the records give no full batch per epoch; lower train.batch_size or add records")
+  return steps
+
+
+def _reduce(pending: list[dict[str, np.ndarray]], kinds: tuple[str, ...]) -> dict[str, float]:
+  """Host-side reduction of the per-step metric sums since the last log line."""
+  from leafe_jax.train import loss as loss_lib
+  from leafe_jax.train import metrics
+
+  scalars = {
+      "loss": float(np.mean([m["loss"] for m in pending])),
+      "grad_norm": float(np.mean([m["grad_norm"] for m in pending])),
+  }
+  if "lr" in pending[-1]:
+    scalars["lr"] = float(pending[-1]["lr"])
+  sums = {key: np.sum([m[key] for m in pending], axis=0) for key in loss_lib.KIND_SUM_KEYS}
+  scalars.update(metrics.reduce_kind_sums(sums, kinds))
+  return scalars

@@ -1,0 +1,131 @@
+"""Multi-controller training: two localhost processes with jax.distributed train like one process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from leafe_jax.parallel import distributed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cfg(**fields):
+  config = distributed.default_config()
+  config.update(fields)
+  return config
+
+
+@pytest.mark.parametrize(
+    ("fields", "env", "want"),
+    [
+        ({}, {}, "off"),
+        ({}, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, "off"),
+        ({}, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, "cluster"),
+        ({}, {"TPU_WORKER_HOSTNAMES": "t-0,t-1,t-2,t-3"}, "cluster"),
+        ({}, {"TPU_WORKER_HOSTNAMES": "t-0"}, "off"),
+        ({"coordinator_address": "10.0.0.1:1234"}, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, "explicit"),
+        ({"mode": "off"}, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, "off"),
+        ({"mode": "cluster"}, {}, "cluster"),
+    ],
+)
+def test_mode_follows_config_then_environment(fields, env, want):
+  assert distributed.resolve_mode(_cfg(**fields), env) == want
+
+
+def test_unknown_mode_is_refused_naming_the_field():
+  with pytest.raises(ValueError, match="distributed.mode"):
+    distributed.resolve_mode(_cfg(mode="mpi"), {})
+
+
+def test_explicit_mode_without_process_id_is_refused():
+  with pytest.raises(ValueError, match="process_id"):
+    distributed.initialize(_cfg(mode="explicit", coordinator_address="localhost:1", num_processes=2))
+
+
+# One training run: `nproc` processes (each with 2 CPU devices) each feed their half of a fixed global batch.
+_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np, optax
+    from leafe_jax import models, parallel
+    from leafe_jax.parallel import distributed
+    from leafe_jax.train import step as step_lib, state as state_lib
+
+    port, nproc, pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    cfg = distributed.default_config()
+    if nproc > 1:
+      cfg.coordinator_address, cfg.num_processes, cfg.process_id = f"localhost:{port}", nproc, pid
+    distributed.initialize(cfg)
+    assert jax.process_count() == nproc, jax.process_count()
+    mcfg = models.ModelConfig(vocab_size=64, d_model=16, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=8,
+                              d_ff=32, dtype="float32", param_dtype="float32", family="llama")
+    model = models.Decoder(mcfg)
+    mesh = parallel.make_mesh((jax.device_count(), 1, 1))
+    psh = parallel.param_shardings(model, mesh)
+    params = jax.jit(lambda k: models.init_params(mcfg, k), out_shardings=psh)(jax.random.PRNGKey(0))
+    tx = optax.adamw(1e-2)
+    ssh = state_lib.shardings(tx, params, psh, mesh)
+    state = jax.jit(lambda p: state_lib.create(p, tx, jax.random.PRNGKey(1)), out_shardings=ssh)(params)
+    fn = step_lib.make_train_step(lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0], tx,
+                                  normalization="token", num_kinds=5)
+    keys = ("input_ids_BxT", "loss_mask_BxT", "weight_BxT", "segment_ids_BxT", "positions_BxT", "kind_BxT")
+    bsh = parallel.batch_sharding(mesh)
+    jitted = step_lib.jit_train_step(fn, ssh, dict.fromkeys(keys, bsh), mesh)
+    rng = np.random.default_rng(0)
+    b, t = 8, 16
+    full = {"input_ids_BxT": rng.integers(1, 64, (b, t)).astype(np.int32),
+            "loss_mask_BxT": (rng.random((b, t)) < 0.6).astype(np.float32),
+            "weight_BxT": np.repeat(rng.uniform(0.5, 2, (b, 1)), t, 1).astype(np.float32),
+            "segment_ids_BxT": np.ones((b, t), np.int32),
+            "positions_BxT": np.tile(np.arange(t, dtype=np.int32), (b, 1)),
+            "kind_BxT": np.zeros((b, t), np.int32)}
+    rows = slice(pid * b // nproc, (pid + 1) * b // nproc)
+    losses = []
+    for _ in range(3):
+      state, m = jitted(state, distributed.global_batch({k: v[rows] for k, v in full.items()}, mesh))
+      losses.append(float(m["loss"]))
+    print("RESULT " + json.dumps(losses), flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _launch(script, nproc, port):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+             PYTHONPATH=REPO)
+  return [
+      subprocess.Popen([sys.executable, script, str(port), str(nproc), str(pid)], env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+      for pid in range(nproc)
+  ]
+
+
+def _result(proc):
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, out[-4000:]
+  line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
+  return json.loads(line[len("RESULT "):])
+
+
+def test_two_processes_train_to_the_same_loss_as_one(tmp_path):
+  script = tmp_path / "train_small.py"
+  script.write_text(_SCRIPT)
+  two = _launch(str(script), 2, _free_port())
+  one = _launch(str(script), 1, _free_port())
+  losses_two = [_result(p) for p in two]
+  losses_one = _result(one[0])
+  assert losses_two[0] == losses_two[1]
+  np.testing.assert_allclose(losses_two[0], losses_one, rtol=1e-5)
+  assert losses_one[-1] < losses_one[0]  # it trains
+

@@ -1,0 +1,149 @@
+"""The train stage end to end on CPU: resume after SIGKILL is bit-identical; bad input fails clearly and early."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import transformers
+
+from leafe_jax.baselines import tiny_tokenizer
+from leafe_jax.data import records
+from leafe_jax.train import stage
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "sft_tiny.py")
+_CORPUS = ["go north", "push the box left", "you see a wall", "def solve(x): return x + 1", "the goal is near"] * 20
+
+
+def _tokenizer(path, vocab_size=300):
+  tiny_tokenizer.train_tokenizer(_CORPUS, vocab_size=vocab_size, out_dir=str(path), model_max_length=128)
+  return records.tokenizer_fingerprint(transformers.AutoTokenizer.from_pretrained(str(path)))
+
+
+def _write_records(folder, fingerprint, n=48, seed=0, shard_size=16):
+  rng = np.random.default_rng(seed)
+  with records.RecordWriter(str(folder), tokenizer_fingerprint=fingerprint, shard_size=shard_size) as writer:
+    for i in range(n):
+      length = int(rng.integers(8, 40))
+      mask = [0] * (length // 2) + [1] * (length - length // 2)
+      kind = "cf" if i % 3 else "reh"
+      writer.write(records.CorrectionRecord(
+          input_ids=[int(t) for t in rng.integers(4, 290, length)], loss_mask=mask, kind=kind,
+          weight=1.0 if kind == "cf" else 0.5, task_id=f"t{i}", tokenizer=fingerprint))
+
+
+@pytest.fixture
+def workdir(tmp_path):
+  fingerprint = _tokenizer(tmp_path / "tokenizer")
+  _write_records(tmp_path / "records", fingerprint)
+  return tmp_path
+
+
+def _main(workdir, *overrides):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=REPO)
+  cmd = [sys.executable, "-m", "leafe_jax.main", f"--config={CONFIG}", f"--workdir={workdir}", *overrides]
+  return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc):
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-5000:]
+  return out
+
+
+def _exported(workdir):
+  from safetensors.numpy import load_file
+
+  hf = os.path.join(workdir, "train", "hf")
+  tensors = {}
+  for name in sorted(os.listdir(hf)):
+    if name.endswith(".safetensors"):
+      tensors.update(load_file(os.path.join(hf, name)))
+  return tensors
+
+
+def test_sigkill_then_rerun_gives_bit_identical_params(tmp_path, workdir):
+  steps, every = "--config.train.num_steps=240", "--config.train.checkpoint_every=40"
+  reference = tmp_path / "uninterrupted"
+  os.makedirs(reference)
+  for name in ("tokenizer", "records"):
+    os.symlink(workdir / name, reference / name)
+  first = _main(reference, steps, every)
+
+  killed = _main(workdir, steps, every)
+  first_ckpt = workdir / "train" / "checkpoints" / "40"
+  deadline = time.time() + 240
+  while not first_ckpt.is_dir() and killed.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert killed.poll() is None, "the run ended before its first checkpoint was written:\n" + killed.stdout.read()
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert not (workdir / "train" / "hf").exists()
+
+  resumed_log = _finish(_main(workdir, steps, every))
+  assert "checkpoint: restored step" in resumed_log
+  _finish(first)
+  want, got = _exported(reference), _exported(workdir)
+  assert sorted(want) == sorted(got)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  # The export is a complete HF directory: config, weights and tokenizer files.
+  hf = workdir / "train" / "hf"
+  assert (hf / "config.json").exists() and (hf / "tokenizer.json").exists()
+  transformers.AutoTokenizer.from_pretrained(str(hf))
+
+
+def _config(**fields):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("sft_tiny", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.train.update(fields)
+  return config
+
+
+def test_corrupt_shard_names_file_and_record(workdir):
+  shard = sorted(p for p in os.listdir(workdir / "records") if p.endswith(".tfrecord"))[1]
+  path = workdir / "records" / shard
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))
+  with pytest.raises(records.CorruptShardError, match=shard) as info:
+    stage.run(_config(), str(workdir), str(workdir / "train"))
+  assert "record #" in str(info.value)
+  assert not (workdir / "train" / "checkpoints").exists()
+
+
+def test_records_from_another_tokenizer_are_refused_with_both_fingerprints(tmp_path, workdir):
+  other = _tokenizer(tmp_path / "other_tokenizer", vocab_size=280)
+  ours = records.tokenizer_fingerprint(transformers.AutoTokenizer.from_pretrained(str(workdir / "tokenizer")))
+  assert other != ours
+  _write_records(tmp_path / "other_records", other)
+  with pytest.raises(records.TokenizerMismatchError) as info:
+    stage.run(_config(records=("other_records",)), str(workdir), str(workdir / "train"))
+  assert other in str(info.value) and ours in str(info.value)
+
+
+def test_empty_records_folder_is_a_clear_error(workdir):
+  os.makedirs(workdir / "empty")
+  with pytest.raises(records.EmptyRecordsError, match="empty"):
+    stage.run(_config(records=("empty",)), str(workdir), str(workdir / "train"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"loss_normalization": "sequence"}, "train.loss_normalization"),
+     ({"micro_batches": 3}, "train.micro_batches"),
+     ({"kinds": ("cf", "rl")}, "train.kinds"),
+     ({"init": "hf"}, "train.init_path")],
+)
+def test_bad_values_fail_before_any_work(tmp_path, fields, message):
+  with pytest.raises(ValueError, match=message):
+    stage.run(_config(**fields), str(tmp_path), str(tmp_path / "train"))
+  assert not (tmp_path / "train").exists()
