@@ -58,3 +58,11 @@ def test_plot_writes_png(tmp_path):
                               title="Qwen2.5-7B")
   data = pathlib.Path(path).read_bytes()
   assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+
+
+def test_plot_one_panel_per_model(tmp_path):
+  path = plots.plot_pass_at_k(RESULTS, str(tmp_path / "all.png"), max_k=3)
+  data = pathlib.Path(path).read_bytes()
+  assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
+  with pytest.raises(ValueError, match="'LEAFE'"):
+    plots.plot_pass_at_k({**RESULTS, "LEAFE": {}}, str(tmp_path / "bad.png"))

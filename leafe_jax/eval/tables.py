@@ -57,6 +57,10 @@ def build_table(results: Results, ks: Sequence[int] = (1, 128), methods: Sequenc
   return Table(methods=methods, models=tuple(models), ks=tuple(ks), values=values, num_tasks=num_tasks)
 
 
+# The name the report stage uses.
+results_table = build_table
+
+
 def _header(model: str, k: int) -> str:
   return f"{model} P@{k}"
 
