@@ -1,0 +1,23 @@
+"""Coding environment: CodeContests / MBPP / HumanEval problems judged in a subprocess sandbox."""
+
+from leafe_jax.envs.coding.env import CodingEnv, extract_code
+from leafe_jax.envs.coding.judge import TestResult, Verdict, judge, outputs_match
+from leafe_jax.envs.coding.problems import Problem, ProblemFormatError, TestCase, load_problems
+from leafe_jax.envs.coding.sandbox import Job, Limits, RunResult, Sandbox
+
+__all__ = [
+    "CodingEnv",
+    "Job",
+    "Limits",
+    "Problem",
+    "ProblemFormatError",
+    "RunResult",
+    "Sandbox",
+    "TestCase",
+    "TestResult",
+    "Verdict",
+    "extract_code",
+    "judge",
+    "load_problems",
+    "outputs_match",
+]

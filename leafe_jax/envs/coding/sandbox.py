@@ -1,0 +1,491 @@
+"""A subprocess sandbox for untrusted Python programs (model-written code).
+
+Every program runs as its own process tree:
+
+  host thread -> `unshare --net --pid --fork --kill-child --mount-proc` (new network, PID and mount namespaces)
+    -> `sh` (root inside the namespaces: hides writable and private directories with tmpfs mounts)
+    -> `timeout -s KILL` (PID 1 of the namespace: wall-time backstop that also holds when the host dies)
+    -> `prlimit` (RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_NOFILE, RLIMIT_FSIZE, RLIMIT_CORE=0)
+    -> `setpriv` (drops to a dedicated unprivileged uid/gid, no supplementary groups, no new privileges)
+    -> `python -I main.py` in a fresh size-limited tmpfs working directory owned by that uid.
+
+What is protected (isolation "namespace", the mode used when the host runs as root):
+- Network: the program lives in an empty network namespace (loopback down): no connection to the host's
+  services (127.0.0.1 included) or to the outside.
+- Processes: a private PID namespace. The program sees only its own processes (/proc is remounted), cannot
+  signal the host's processes, and when the namespace's PID 1 ends, the kernel kills every process in it,
+  daemons that double-forked and called setsid() included. On a wall-time overrun or an output flood the host
+  kills PID 1 and the process group, so no process outlives `run()`.
+- Files: the program runs as a uid of its own (one per concurrent slot, so RLIMIT_NPROC, which counts per uid,
+  is not shared between parallel programs). /tmp, /var/tmp, /dev/shm, /run/lock are replaced by empty
+  read-only-for-it tmpfs mounts and home directories that hide the interpreter (/root) by a tmpfs that shows
+  only the interpreter's prefix; the rest of the file system is visible with normal Unix permissions, so the
+  program can write only to its working directory (a tmpfs of `workdir_mb`, gone when the run ends).
+- Resources: CPU seconds (SIGXCPU/SIGKILL), address space (MemoryError), processes/threads, open files,
+  file size, no core dumps, stdout/stderr capped (flood => killed), wall time (killed).
+- Environment: a fixed, clean environment (PATH, LANG, LC_ALL, HOME); nothing of the host's is inherited;
+  Python runs with -s (no user site-packages) and PYTHONHASHSEED=0 (reproducible output).
+
+What is NOT protected:
+- World-readable files stay readable (the repository, /etc, system Python packages): keep secrets in files
+  that are not world-readable. The host environment is not reachable, but a secret in a world-readable file is.
+- No seccomp filter: every system call is available to the unprivileged uid, so a kernel vulnerability is an
+  escape. This is a sandbox for model mistakes and reward hacking, not for a determined attacker; use a VM or
+  gVisor around the whole explorer for that.
+- No cgroup: memory is bounded per process (RLIMIT_AS) and in process count, not as a tree total; CPU share
+  between parallel programs is up to the kernel scheduler.
+- In-process tricks against an in-process test harness (MBPP / HumanEval asserts run in the same interpreter
+  as the program) are only partly covered: a program that exits early cannot fake a pass (the harness must
+  print a per-run secret token after the tests), but one that reads the token out of the harness' memory could.
+
+Isolation "process" (the fallback when not root, or when `unshare` does not work; a warning is logged once):
+a new session/process group, rlimits, a clean environment and a fresh temporary directory; no network, PID or
+file-system isolation and no uid change. Daemons that escaped the process group are found by a marker in
+their environment and killed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import queue
+import secrets
+import selectors
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+_LOG = logging.getLogger(__name__)
+
+# Directories every user can write to; the sandbox covers each that exists with a tmpfs it cannot write.
+WORLD_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+# The environment of every sandboxed program (nothing is inherited from the host).
+CLEAN_PATH = "/usr/local/bin:/usr/bin:/bin"
+# First uid/gid of the sandbox slots (no passwd entry needed). Slots of one host process are base + k; host
+# processes are spread by pid so that parallel judges (pytest-xdist, EnvPool workers) rarely share a uid.
+UID_BASE = 2_000_000
+UID_SPREAD = 4096
+UID_SLOTS_PER_PROCESS = 256
+# Seconds the in-namespace `timeout` waits beyond the host's own wall limit before it kills the program: it
+# only matters when the host process died and cannot enforce the limit itself.
+BACKSTOP_GRACE_S = 2.0
+# Exit status the setup script uses for its own failures (distinct from the program's failures).
+SETUP_FAILED_RC = 125
+SETUP_FAILED_MARK = "leafe_sandbox: setup failed"
+_READ_CHUNK = 65536
+
+STATUS_OK = "ok"  # exited with status 0
+STATUS_ERROR = "error"  # exited with a nonzero status
+STATUS_SIGNAL = "signal"  # killed by a signal it caused (SIGSEGV, SIGXFSZ, ...)
+STATUS_TIMEOUT = "timeout"  # wall time or CPU time exceeded
+STATUS_OUTPUT_LIMIT = "output_limit"  # stdout or stderr exceeded the cap
+STATUS_SANDBOX_ERROR = "sandbox_error"  # the sandbox itself failed; not the program's fault
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """Resource limits of one sandboxed run."""
+
+  wall_time_s: float = 4.0  # killed after this many seconds of wall time
+  cpu_time_s: float | None = None  # RLIMIT_CPU; None = ceil(wall_time_s)
+  memory_mb: int = 512  # RLIMIT_AS (address space; the interpreter itself takes ~25 MB of it)
+  max_processes: int = 16  # RLIMIT_NPROC for the sandbox uid (processes + threads)
+  max_open_files: int = 64  # RLIMIT_NOFILE
+  max_file_size_mb: int = 16  # RLIMIT_FSIZE (any single file written, SIGXFSZ beyond)
+  workdir_mb: int = 32  # size of the tmpfs working directory (namespace isolation)
+  max_output_bytes: int = 4 << 20  # per stream; more => killed with STATUS_OUTPUT_LIMIT
+
+  def cpu_seconds(self) -> int:
+    return max(1, int(-(-(self.cpu_time_s or self.wall_time_s) // 1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  """One program to run: `files` are written next to `main` (name -> text); `stdin` is fed to it."""
+
+  source: str
+  stdin: str = ""
+  files: tuple[tuple[str, str], ...] = ()
+  main: str = "main.py"
+  limits: Limits | None = None  # None = the limits given to run_many
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+  """What one sandboxed run did."""
+
+  status: str  # one of the STATUS_* constants
+  returncode: int | None  # exit status; negative = killed by that signal number
+  stdout: str
+  stderr: str
+  wall_s: float
+  signal: str | None = None  # name of the terminating signal, where there was one
+  detail: str = ""  # a human-readable reason for timeout / output_limit / sandbox_error
+
+  @property
+  def ok(self) -> bool:
+    return self.status == STATUS_OK
+
+
+def _slot_uid(slot: int) -> int:
+  return UID_BASE + (os.getpid() % UID_SPREAD) * UID_SLOTS_PER_PROCESS + slot % UID_SLOTS_PER_PROCESS
+
+
+def _hidden_ancestor(path: str) -> str | None:
+  """The top-most ancestor of `path` that an unrelated uid cannot traverse (e.g. /root, mode 0700)."""
+  parts = os.path.realpath(path).split(os.sep)[1:]
+  current = ""
+  for part in parts:
+    current += os.sep + part
+    try:
+      mode = os.stat(current).st_mode
+    except OSError:
+      return None
+    if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+      return current
+  return None
+
+
+def _world_writable(path: str) -> bool:
+  try:
+    st = os.stat(path)
+  except OSError:
+    return False
+  return stat.S_ISDIR(st.st_mode) and bool(st.st_mode & stat.S_IWOTH)
+
+
+def _children(pid: int) -> list[int]:
+  """Direct children of `pid` (Linux /proc), empty when it is gone."""
+  try:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+      return [int(x) for x in f.read().split()]
+  except (OSError, ValueError):
+    return []
+
+
+def _pids_with_marker(marker: bytes) -> list[int]:
+  """Processes of this uid whose environment contains `marker` (used by the fallback isolation)."""
+  found = []
+  for name in os.listdir("/proc"):
+    if not name.isdigit():
+      continue
+    try:
+      with open(f"/proc/{name}/environ", "rb") as f:
+        if marker in f.read():
+          found.append(int(name))
+    except OSError:
+      continue
+  return found
+
+
+class Sandbox:
+  """Runs Python programs isolated from the host and from each other; thread-safe.
+
+  Args:
+    python: interpreter for the programs; default the base interpreter of the running Python (a venv's
+      site-packages are not visible to programs: they get the standard library only).
+    isolation: "auto" (namespace when possible, else process), "namespace" (raise when unavailable) or
+      "process".
+    max_parallel: number of uid slots, i.e. programs that may run at the same time.
+  """
+
+  def __init__(self, python: str | None = None, isolation: str = "auto", max_parallel: int = 64):
+    if isolation not in ("auto", "namespace", "process"):
+      raise ValueError(f"isolation must be auto|namespace|process, got {isolation!r}")
+    if not 1 <= max_parallel <= UID_SLOTS_PER_PROCESS:
+      raise ValueError(f"max_parallel must be in [1, {UID_SLOTS_PER_PROCESS}], got {max_parallel}")
+    self.python = os.path.realpath(python or getattr(sys, "_base_executable", None) or sys.executable)
+    self._prefix = os.path.dirname(os.path.dirname(self.python))
+    self._slots: queue.Queue[int] = queue.Queue()
+    for k in range(max_parallel):
+      self._slots.put(k)
+    self._tools = {t: shutil.which(t, path=CLEAN_PATH) for t in ("unshare", "timeout", "prlimit", "setpriv", "mount")}
+    self._root = tempfile.mkdtemp(prefix="leafe_sandbox_")
+    os.chmod(self._root, 0o700)
+    self.isolation = self._choose_isolation(isolation)
+
+  # ----------------------------------------------------------------------------------------------- setup
+
+  def _choose_isolation(self, requested: str) -> str:
+    if requested == "process":
+      return "process"
+    problem = None
+    if os.geteuid() != 0:
+      problem = "not running as root (namespaces and the uid change need it)"
+    elif missing := [t for t, p in self._tools.items() if p is None]:
+      problem = f"missing tools {missing}"
+    if problem is None:
+      self.isolation = "namespace"
+      probe = self.run("print('probe-ok')", limits=Limits(wall_time_s=10.0))
+      if probe.status != STATUS_OK or probe.stdout.strip() != "probe-ok":
+        problem = f"probe run failed: {probe.status} {probe.detail} {probe.stderr[-500:]}"
+    if problem is None:
+      return "namespace"
+    if requested == "namespace":
+      raise RuntimeError(f"namespace isolation unavailable: {problem}")
+    _warn_degraded(problem)
+    return "process"
+
+  def close(self) -> None:
+    shutil.rmtree(self._root, ignore_errors=True)
+
+  def __del__(self):
+    root = getattr(self, "_root", None)
+    if root:
+      shutil.rmtree(root, ignore_errors=True)
+
+  # ----------------------------------------------------------------------------------------------- running
+
+  def run(self, source: str, stdin: str = "", limits: Limits | None = None, files: Sequence[tuple[str, str]] = (),
+          main: str = "main.py") -> RunResult:
+    """Runs `source` as `main` with `stdin`; returns what happened (never raises for the program's faults)."""
+    limits = limits or Limits()
+    slot = self._slots.get()
+    stage = tempfile.mkdtemp(prefix="run_", dir=self._root)
+    try:
+      for name, text in ((main, source), *files):
+        if os.path.basename(name) != name or name.startswith("."):
+          raise ValueError(f"sandbox file names must be plain names, got {name!r}")
+        with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
+          f.write(text)
+      stdin_path = os.path.join(stage, ".stdin")
+      with open(stdin_path, "w", encoding="utf-8") as f:
+        f.write(stdin)
+      if self.isolation == "namespace":
+        for name in os.listdir(stage):
+          os.chmod(os.path.join(stage, name), 0o644)
+        result = self._run_namespace(stage, main, stdin_path, limits, _slot_uid(slot))
+      else:
+        result = self._run_process(stage, main, stdin_path, limits)
+      # Paths in tracebacks become relative: feedback must not depend on the random directory name.
+      return dataclasses.replace(result, stdout=result.stdout.replace(stage + os.sep, ""),
+                                 stderr=result.stderr.replace(stage + os.sep, ""))
+    finally:
+      shutil.rmtree(stage, ignore_errors=True)
+      self._slots.put(slot)
+
+  def run_many(self, jobs: Sequence[Job], limits: Limits | None = None, num_workers: int = 4,
+               stop: Callable[[RunResult], bool] | None = None) -> list[RunResult | None]:
+    """Runs `jobs` on `num_workers` threads; results in job order.
+
+    If `stop(result)` is true for a finished job, jobs not yet started are skipped (their entry is None).
+    """
+    limits = limits or Limits()
+    results: list[RunResult | None] = [None] * len(jobs)
+    stopped = threading.Event()
+
+    def one(i: int) -> None:
+      if stopped.is_set():
+        return
+      job = jobs[i]
+      results[i] = self.run(job.source, job.stdin, job.limits or limits, job.files, job.main)
+      if stop is not None and stop(results[i]):
+        stopped.set()
+
+    workers = max(1, min(num_workers, len(jobs)))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+      for future in [pool.submit(one, i) for i in range(len(jobs))]:
+        future.result()
+    return results
+
+  def python_argv(self) -> list[str]:
+    # -s: no user site-packages; -B: no .pyc files. Not -I: it would ignore PYTHONHASHSEED, and a fixed hash seed
+    # makes set/dict orders, hence outputs and feedback, reproducible (replay must see equal observations). The
+    # environment is ours alone anyway.
+    return [self.python, "-s", "-B"]
+
+  def _env(self, home: str, marker: str | None = None) -> dict[str, str]:
+    env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": home,
+           "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8", "PYTHONHASHSEED": "0"}
+    if marker:
+      env["LEAFE_SANDBOX_RUN"] = marker
+    return env
+
+  def _setup_script(self, stage: str, main: str, limits: Limits, uid: int) -> str:
+    """The shell script that runs as root inside the new namespaces and execs the program."""
+    q = shlex.quote
+    workdir = stage  # the program sees its tmpfs working directory at the staging path
+    keeps: dict[str, list[tuple[int, str]]] = {}  # hidden dir -> [(fd, path to show again)]
+    lines = ["umask 022", f"fail() {{ echo \"{SETUP_FAILED_MARK}: $1\" >&2; exit {SETUP_FAILED_RC}; }}"]
+    hidden_home = _hidden_ancestor(self._prefix)
+    fd = 3
+    if hidden_home:
+      keeps.setdefault(hidden_home, []).append((fd, self._prefix))
+      lines.append(f"exec {fd}<{q(self._prefix)} || fail 'open prefix'")
+      fd += 1
+    for d in WORLD_WRITABLE_DIRS:
+      if _world_writable(d):
+        keeps.setdefault(d, [])
+    lines.append(f"exec {fd}<{q(stage)} || fail 'open stage'")
+    stage_fd = fd
+    tmpfs = "nosuid,nodev,size=64k,mode=0755"
+    for hidden, shows in keeps.items():
+      lines.append(f"mount -t tmpfs -o {tmpfs} leafe_hide {q(hidden)} || fail 'hide {hidden}'")
+      for show_fd, path in shows:
+        lines.append(f"mkdir -p {q(path)} && mount -c --bind /proc/self/fd/{show_fd} {q(path)} || fail 'show {path}'")
+    work_opts = f"nosuid,nodev,size={limits.workdir_mb}m,mode=0700,uid={uid},gid={uid}"
+    lines += [
+        f"mkdir -p {q(workdir)} && mount -t tmpfs -o {work_opts} leafe_work {q(workdir)} || fail 'workdir'",
+        f"for f in /proc/self/fd/{stage_fd}/*; do cp \"$f\" {q(workdir)}/ || fail copy; done",
+        f"chown -R {uid}:{uid} {q(workdir)} && cd {q(workdir)} || fail 'chown workdir'",
+        f"exec {stage_fd}<&- 3<&-",
+    ]
+    backstop = limits.wall_time_s + BACKSTOP_GRACE_S
+    cmd = [
+        self._tools["timeout"], "-s", "KILL", f"{backstop:.3f}",
+        self._tools["prlimit"], *self._prlimit_args(limits), "--",
+        self._tools["setpriv"], f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
+        "--inh-caps=-all", "--bounding-set=-all",
+        *self.python_argv(), main,
+    ]
+    lines.append("exec " + " ".join(q(c) for c in cmd))
+    return "\n".join(lines)
+
+  def _prlimit_args(self, limits: Limits) -> list[str]:
+    cpu = limits.cpu_seconds()
+    return [
+        f"--cpu={cpu}:{cpu + 1}",
+        f"--as={limits.memory_mb << 20}",
+        f"--nproc={limits.max_processes}",
+        f"--nofile={limits.max_open_files}",
+        f"--fsize={limits.max_file_size_mb << 20}",
+        "--core=0",
+    ]
+
+  def _run_namespace(self, stage: str, main: str, stdin_path: str, limits: Limits, uid: int) -> RunResult:
+    script = self._setup_script(stage, main, limits, uid)
+    argv = [self._tools["unshare"], "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
+            "--propagation=private", "/bin/sh", "-c", script]
+    return self._supervise(argv, stdin_path, limits, cwd=self._root, env=self._env(stage), marker=None)
+
+  def _run_process(self, stage: str, main: str, stdin_path: str, limits: Limits) -> RunResult:
+    marker = f"leafe-{secrets.token_hex(8)}"
+    prlimit = self._tools["prlimit"]
+    argv = [*self.python_argv(), main]
+    if prlimit:
+      argv = [prlimit, *self._prlimit_args(limits), "--", *argv]
+    return self._supervise(argv, stdin_path, limits, cwd=stage, env=self._env(stage, marker), marker=marker)
+
+  def _supervise(self, argv: list[str], stdin_path: str, limits: Limits, cwd: str, env: dict[str, str],
+                 marker: str | None) -> RunResult:
+    """Starts `argv`, collects capped output until exit, enforces wall time, and kills what is left."""
+    start = time.monotonic()
+    deadline = start + limits.wall_time_s
+    try:
+      with open(stdin_path, "rb") as stdin:
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
+                                env=env, start_new_session=True, close_fds=True)
+    except OSError as e:
+      return RunResult(STATUS_SANDBOX_ERROR, None, "", "", 0.0, detail=f"cannot start {argv[0]}: {e}")
+    buffers = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    killed_for = None
+    with selectors.DefaultSelector() as sel:
+      for stream in buffers:
+        os.set_blocking(stream.fileno(), False)
+        sel.register(stream, selectors.EVENT_READ)
+      while sel.get_map():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+          killed_for = (STATUS_TIMEOUT, f"wall time limit {limits.wall_time_s:g}s exceeded")
+          break
+        for key, _ in sel.select(timeout=remaining):
+          chunk = key.fileobj.read(_READ_CHUNK)
+          if not chunk:
+            sel.unregister(key.fileobj)
+            continue
+          buf = buffers[key.fileobj]
+          buf += chunk
+          if len(buf) > limits.max_output_bytes:
+            del buf[limits.max_output_bytes:]
+            name = "stdout" if key.fileobj is proc.stdout else "stderr"
+            killed_for = (STATUS_OUTPUT_LIMIT, f"{name} exceeded {limits.max_output_bytes} bytes")
+            break
+        if killed_for:
+          break
+    if killed_for:
+      self._kill_tree(proc, marker)
+    try:
+      returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()) + BACKSTOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+      killed_for = killed_for or (STATUS_TIMEOUT, f"wall time limit {limits.wall_time_s:g}s exceeded")
+      self._kill_tree(proc, marker)
+      returncode = proc.wait()
+    wall_s = time.monotonic() - start
+    if marker:  # fallback isolation: kill daemons that left the process group
+      for pid in _pids_with_marker(marker.encode()):
+        _kill(pid)
+    proc.stdout.close()
+    proc.stderr.close()
+    stdout = buffers[proc.stdout].decode("utf-8", errors="replace")
+    stderr = buffers[proc.stderr].decode("utf-8", errors="replace")
+    return _classify(returncode, stdout, stderr, wall_s, killed_for)
+
+  def _kill_tree(self, proc: subprocess.Popen, marker: str | None) -> None:
+    # PID 1 of the namespace first: the kernel then kills everything in it, setsid() daemons included.
+    for child in _children(proc.pid):
+      _kill(child)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+      os.killpg(proc.pid, signal.SIGKILL)
+    if marker:
+      for pid in _pids_with_marker(marker.encode()):
+        _kill(pid)
+
+
+def _kill(pid: int) -> None:
+  with contextlib.suppress(ProcessLookupError, PermissionError):
+    os.kill(pid, signal.SIGKILL)
+
+
+def _signal_name(signum: int) -> str:
+  try:
+    return signal.Signals(signum).name
+  except ValueError:
+    return f"signal {signum}"
+
+
+def _classify(returncode: int, stdout: str, stderr: str, wall_s: float,
+              killed_for: tuple[str, str] | None) -> RunResult:
+  if killed_for:
+    return RunResult(killed_for[0], returncode, stdout, stderr, wall_s, detail=killed_for[1])
+  if returncode == SETUP_FAILED_RC and SETUP_FAILED_MARK in stderr:
+    return RunResult(STATUS_SANDBOX_ERROR, returncode, stdout, stderr, wall_s, detail=stderr.strip()[-500:])
+  # A signal shows as a negative status (unshare re-raises it) or as 128+n (from PID 1, which cannot).
+  signum = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 160 else 0
+  if signum:
+    name = _signal_name(signum)
+    if signum == signal.SIGXCPU or signum == signal.SIGKILL and "Traceback" not in stderr:
+      # SIGKILL without a traceback: the CPU hard limit or the in-namespace wall backstop.
+      return RunResult(STATUS_TIMEOUT, returncode, stdout, stderr, wall_s, name, detail=f"CPU time limit ({name})")
+    return RunResult(STATUS_SIGNAL, returncode, stdout, stderr, wall_s, name, detail=f"killed by {name}")
+  status = STATUS_OK if returncode == 0 else STATUS_ERROR
+  return RunResult(status, returncode, stdout, stderr, wall_s)
+
+
+@functools.cache
+def _warn_degraded(problem: str) -> None:
+  _LOG.warning("sandbox: falling back to process isolation (no network/PID/file-system isolation, no uid "
+               "change): %s", problem)
+
+
+_DEFAULT_LOCK = threading.Lock()
+_DEFAULT: Sandbox | None = None
+
+
+def default_sandbox() -> Sandbox:
+  """The process-wide sandbox (created on first use; its probe run costs ~0.1 s)."""
+  global _DEFAULT
+  with _DEFAULT_LOCK:
+    if _DEFAULT is None:
+      _DEFAULT = Sandbox()
+    return _DEFAULT
