@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -86,7 +88,8 @@ def test_resume_after_kill_drops_temp_shard_without_duplicates(tmp_path):
   w = records.RecordWriter(folder, FP, shard_size=3, writer_id="host0")
   for i in range(7):  # two finished shards, one record in the open .tmp shard
     w.write(_record(i))
-  w._tf_writer.flush()  # the bytes of the unfinished shard reach the disk; then the process "dies"
+  w._tf_writer.flush()  # the bytes of the unfinished shard reach the disk; then the process "dies",
+  w._lock.close()  # and the OS drops its writer lock
   assert os.path.exists(tmp_path / "host0-00002.tfrecord.tmp")
   # Another writer's temp shard must survive this writer's recovery.
   (tmp_path / "host1-00000.tfrecord.tmp").write_bytes(b"in progress")
@@ -113,6 +116,7 @@ def test_resume_adopts_shard_renamed_before_manifest_update(tmp_path):
   state = json.loads(part.read_text())
   state["shards"] = state["shards"][:1]
   part.write_text(json.dumps(state))  # as if killed between the rename of shard 1 and the manifest update
+  w._lock.close()
 
   w2 = records.RecordWriter(folder, FP, shard_size=2, writer_id="h")
   assert w2.num_written() == 4
@@ -135,6 +139,33 @@ def test_writers_share_a_folder_without_clobbering(tmp_path):
   assert manifest["total"] == 10 and manifest["counts"]["cf"] == 5 and manifest["counts"]["reh"] == 5
   with open(tmp_path / "manifest.json") as f:
     assert json.load(f)["total"] == 10
+
+
+def test_second_live_writer_with_the_same_id_is_refused(tmp_path):
+  with records.RecordWriter(str(tmp_path), FP, writer_id="host3"), pytest.raises(RuntimeError, match="'host3' is open"):
+    records.RecordWriter(str(tmp_path), FP, writer_id="host3")
+  records.RecordWriter(str(tmp_path), FP, writer_id="host3").close()  # free again after close
+
+
+_HOST_SCRIPT = """
+import sys
+from leafe_jax.data import records
+folder, writer_id = sys.argv[1], sys.argv[2]
+with records.RecordWriter(folder, "tok-test-a", shard_size=3, writer_id=writer_id) as w:
+  for i in range(40):
+    w.write(records.CorrectionRecord(input_ids=[1, i + 2], loss_mask=[0, 1], kind="reh", task_id=f"{writer_id}-{i}"))
+"""
+
+
+def test_concurrent_host_processes_share_a_folder(tmp_path):
+  procs = [subprocess.Popen([sys.executable, "-c", _HOST_SCRIPT, str(tmp_path), f"host{i}"]) for i in range(2)]
+  assert [p.wait(timeout=120) for p in procs] == [0, 0]
+  manifest = records.read_manifest(str(tmp_path))
+  assert manifest["total"] == 80 and len(manifest["shards"]) == 28
+  with open(tmp_path / "manifest.json") as f:
+    assert json.load(f) == manifest
+  ids = [r.task_id for r in records.iter_records(str(tmp_path))]
+  assert sorted(ids) == sorted(f"host{h}-{i}" for h in range(2) for i in range(40))
 
 
 def test_writer_refuses_folder_of_another_tokenizer(tmp_path):

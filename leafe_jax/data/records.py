@@ -355,6 +355,7 @@ class RecordWriter:
     self.shard_size = shard_size
     self.writer_id = writer_id
     tf.io.gfile.makedirs(self.folder)
+    self._lock = self._acquire_writer_lock()
 
     parts = read_manifest_parts(self.folder)
     for wid, part in parts.items():
@@ -375,6 +376,26 @@ class RecordWriter:
     self._pending: list[CorrectionRecord] = []
     self._closed = False
     self._save_manifest()
+
+  def _acquire_writer_lock(self):
+    """Refuses a second live writer with the same writer_id (POSIX filesystems; the OS drops it on a kill)."""
+    if not _is_local(self.folder):
+      return None
+    import fcntl
+
+    lock = open(_join(self.folder, f".writer-{self.writer_id}.lock"), "a")  # noqa: SIM115 (held until close)
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      lock.close()
+      raise RuntimeError(f"another RecordWriter with writer_id {self.writer_id!r} is open on {self.folder}; "
+                         "give every host its own writer_id") from None
+    return lock
+
+  def _release_writer_lock(self) -> None:
+    if self._lock is not None:
+      self._lock.close()  # closing the descriptor releases the flock
+      self._lock = None
 
   def _recover(self) -> None:
     """Deletes this writer's stray temp shards and adopts finished shards missing from its manifest part."""
@@ -482,6 +503,7 @@ class RecordWriter:
     if not self._closed:
       self.finish_shard()
       self._closed = True
+      self._release_writer_lock()
 
   def __enter__(self) -> RecordWriter:
     return self
@@ -490,6 +512,7 @@ class RecordWriter:
     if exc_type is not None:
       self.abort_shard()
       self._closed = True
+      self._release_writer_lock()
     else:
       self.close()
 
