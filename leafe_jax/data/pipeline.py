@@ -95,22 +95,25 @@ def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int,
   """Reads one shard fully; returns (records kept, truncated, targets seen, targets lost)."""
   ds = tf.data.TFRecordDataset(path).batch(_SCAN_BATCH).map(lambda s: tf.io.parse_example(s, _scan_features()))
   index = kept = truncated = seen = lost = 0
-  known = {k.encode() for k in records.KINDS}
-  wanted = {k.encode() for k in kinds} if kinds is not None else known
+  known = np.array([k.encode() for k in records.KINDS], dtype=object)
+  wanted = np.array([k.encode() for k in kinds], dtype=object) if kinds is not None else known
   try:
     for batch in ds:
       fps, kind_b = batch["tokenizer"].numpy(), batch["kind"].numpy()
-      for i, (fp, kind) in enumerate(zip(fps, kind_b)):
-        if fp.decode() != tokenizer:
-          raise records.TokenizerMismatchError(
-              f"shard {path} record #{index + i} has tokenizer {fp.decode()}; expected tokenizer {tokenizer}")
-        if kind not in known:
-          raise records.RecordError(f"shard {path} record #{index + i}: field 'kind' is {kind!r}")
+      foreign = np.flatnonzero(fps != tokenizer.encode())
+      if foreign.size:
+        i = int(foreign[0])
+        raise records.TokenizerMismatchError(
+            f"shard {path} record #{index + i} has tokenizer {fps[i].decode()}; expected tokenizer {tokenizer}")
+      unknown = np.flatnonzero(~np.isin(kind_b, known))
+      if unknown.size:
+        i = int(unknown[0])
+        raise records.RecordError(f"shard {path} record #{index + i}: field 'kind' is {kind_b[i]!r}")
       lengths = batch["input_ids"].row_lengths().numpy()
       if not np.array_equal(lengths, batch["loss_mask"].row_lengths().numpy()):
         i = int(np.flatnonzero(lengths != batch["loss_mask"].row_lengths().numpy())[0])
         raise records.RecordError(f"shard {path} record #{index + i}: 'loss_mask' and 'input_ids' differ in length")
-      select = np.array([k in wanted for k in kind_b], bool)
+      select = np.isin(kind_b, wanted)
       mask = batch["loss_mask"].flat_values.numpy()
       ends = np.cumsum(lengths)
       begins = ends - lengths
