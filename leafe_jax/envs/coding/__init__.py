@@ -1,7 +1,7 @@
 """Coding environment: CodeContests / MBPP / HumanEval problems judged in a subprocess sandbox."""
 
 from leafe_jax.envs.coding.env import CodingEnv, extract_code
-from leafe_jax.envs.coding.judge import TestResult, Verdict, judge, outputs_match
+from leafe_jax.envs.coding.judging import TestResult, Verdict, judge, outputs_match
 from leafe_jax.envs.coding.problems import Problem, ProblemFormatError, TestCase, load_problems
 from leafe_jax.envs.coding.sandbox import Job, Limits, RunResult, Sandbox
 

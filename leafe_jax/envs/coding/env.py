@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from leafe_jax.envs.base import Step
-from leafe_jax.envs.coding import judge as judge_lib
+from leafe_jax.envs.coding import judging as judge_lib
 from leafe_jax.envs.coding import sandbox as sandbox_lib
 from leafe_jax.envs.coding.problems import EXAMPLE_FILES, FORMATS, Problem, load_problems
 
@@ -116,7 +116,7 @@ class CodingEnv:
   @property
   def instruction(self) -> str:
     if self._problem is None:
-      raise RuntimeError("coding env: reset(task_id) first")
+      return ""  # before the first reset
     kind = "stdio" if self._problem.io_kind == "stdio" else self._problem.format
     return f"{self._problem.statement}\n\n{SUBMIT_FORMAT[kind]} {ANSWER_FORMAT}"
 

@@ -38,6 +38,8 @@ class ProblemFormatError(ValueError):
 class TestCase:
   """A stdin/stdout test (`input`, `output`) or an assert-style test (`code`, run after the program)."""
 
+  __test__ = False  # not a pytest class
+
   input: str = ""
   output: str = ""
   code: str = ""

@@ -82,6 +82,8 @@ UID_SLOTS_PER_PROCESS = 256
 BACKSTOP_GRACE_S = 2.0
 # Exit status the setup script uses for its own failures (distinct from the program's failures).
 SETUP_FAILED_RC = 125
+# Seconds to wait for a killed namespace to be torn down before falling back to killing the process group.
+KILL_WAIT_S = 5.0
 SETUP_FAILED_MARK = "leafe_sandbox: setup failed"
 _READ_CHUNK = 65536
 
@@ -432,9 +434,19 @@ class Sandbox:
     return _classify(returncode, stdout, stderr, wall_s, killed_for)
 
   def _kill_tree(self, proc: subprocess.Popen, marker: str | None) -> None:
-    # PID 1 of the namespace first: the kernel then kills everything in it, setsid() daemons included.
-    for child in _children(proc.pid):
-      _kill(child)
+    # Namespace isolation: kill PID 1 of the namespace (the child of `unshare`). The kernel then kills every
+    # process in the namespace, setsid() daemons included, and PID 1 finishes exiting only once they are all gone;
+    # `unshare` waits for it, so when `proc` has exited nothing of the program is left. (Killing `unshare`
+    # itself would return before that teardown finished.)
+    inits = _children(proc.pid) if self.isolation == "namespace" else []
+    for pid in inits:
+      _kill(pid)
+    if inits:
+      try:
+        proc.wait(timeout=KILL_WAIT_S)
+        return
+      except subprocess.TimeoutExpired:
+        pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
       os.killpg(proc.pid, signal.SIGKILL)
     if marker:

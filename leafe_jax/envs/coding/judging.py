@@ -48,6 +48,8 @@ SANDBOX_ERROR = "sandbox_error"
 class TestResult:
   """The outcome of one test."""
 
+  __test__ = False  # not a pytest class
+
   index: int  # position in the judged test list
   status: str
   input: str = ""  # stdin, or the assert's source

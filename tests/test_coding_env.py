@@ -1,0 +1,124 @@
+"""CodingEnv: the Env protocol, public-test feedback, attempts, horizon and success on hidden tests."""
+
+import json
+
+import pytest
+
+from leafe_jax.envs import base, registry
+from leafe_jax.envs.coding import CodingEnv, extract_code
+
+
+def _fenced(code: str, tag: str = "python") -> str:
+  return f"Here is my program.\n```{tag}\n{code}```\n"
+
+
+@pytest.fixture(scope="module")
+def env():
+  return CodingEnv(format="codecontests")
+
+
+def test_registry_builds_the_env_and_it_meets_the_protocol():
+  env = registry.make("coding", format="mbpp", horizon=2)
+  assert isinstance(env, base.Env)
+  assert env.name == "coding" and env.horizon == 2
+  assert env.tasks("train") == ["mbpp/9001", "mbpp/9002", "mbpp/9003"]
+
+
+def test_reset_shows_statement_and_submission_format(env):
+  obs = env.reset("ex_sum_of_pairs")
+  assert obs.startswith("You are given t test cases")
+  assert "```python" in obs and "standard input" in obs
+  assert env.instruction == obs
+  assert env.admissible_actions() is None
+
+
+def test_no_code_block_is_feedback_and_counts_as_an_attempt(env):
+  env.reset("ex_sum_of_pairs")
+  step = env.step("I think the answer is to add the numbers.")
+  assert "no code block" in step.observation
+  assert step.observation.startswith("Attempt 1/4")
+  assert (step.reward, step.done, step.success) == (0.0, False, False)
+  assert step.info["no_code_block"] and step.info["attempt"] == 1
+
+
+def test_wrong_program_gets_public_feedback_then_horizon_ends_irreversibly(env):
+  env.reset("ex_sum_of_pairs")
+  wrong = _fenced("t = int(input())\nfor _ in range(t):\n  a, b = map(int, input().split())\n  print(a * b)\n")
+  for attempt in range(1, 5):
+    step = env.step(wrong)
+    assert step.observation.startswith(f"Attempt {attempt}/4: failed public test 1 of 1: wrong answer.")
+    assert "Input:\n2\n1 2\n-5 5" in step.observation and "Your output:\n2\n-25" in step.observation
+    assert step.info["verdict"]["hidden"]["passed"] is False
+    assert step.done is (attempt == 4)
+    assert step.info["irreversible"] is (attempt == 4)
+  after = env.step(wrong)
+  assert after.done and not after.success
+
+
+def test_feedback_is_reproducible_for_replay(env):
+  program = _fenced("import sys\nprint({'b', 'a', 'c'})\nraise ValueError(sys.argv)\n")
+  observations = []
+  for _ in range(2):
+    env.reset("ex_reverse_words")
+    observations.append(env.step(program).observation)
+  assert observations[0] == observations[1]
+  assert "ValueError" in observations[0]
+
+
+def test_correct_program_succeeds_and_ends_the_episode(env):
+  env.reset("ex_circle_area")
+  step = env.step(_fenced("print('not yet')\n") + "Actually, final answer:\n" +
+                  _fenced(env.problem("ex_circle_area").reference_solution))
+  assert (step.reward, step.done, step.success) == (1.0, True, True)
+  assert step.info["irreversible"] is False
+  assert "accepted" in step.observation
+
+
+def test_passing_public_but_failing_hidden_tests_is_not_success(tmp_path):
+  record = {"name": "echo", "description": "Print the input number.",
+            "public_tests": {"input": ["1\n"], "output": ["1\n"]},
+            "private_tests": {"input": ["2\n"], "output": ["2\n"]}}
+  path = tmp_path / "cc.jsonl"
+  path.write_text(json.dumps(record) + "\n")
+  env = CodingEnv(problems={"test": str(path)}, horizon=1)
+  assert env.tasks("test") == ["echo"]
+  env.reset("echo")
+  step = env.step(_fenced("print(1)\n"))
+  assert not step.success and step.done and step.info["irreversible"]
+  assert "passed all 1 public tests, but it failed the hidden tests" in step.observation
+  with pytest.raises(ValueError, match="no problem file for split 'train'"):
+    env.tasks("train")
+
+
+def test_humaneval_and_mbpp_episodes(tmp_path):
+  env = CodingEnv(format="humaneval")
+  env.reset("Example/1")
+  step = env.step(_fenced("def is_palindrome(text):\n    return text == text[::-1]\n"))
+  assert "failed public test 1 of 2: wrong answer." in step.observation
+  assert "Got:\nFalse" in step.observation and "Expected:\nTrue" in step.observation
+  ok = env.step(_fenced(env.problem("Example/1").reference_solution))
+  assert ok.success
+  mbpp = CodingEnv(format="mbpp")
+  mbpp.reset("mbpp/9003")
+  assert mbpp.step(_fenced(mbpp.problem("mbpp/9003").reference_solution)).success
+
+
+@pytest.mark.parametrize("text,code", [
+    ("```python\na = 1\n```\ntext\n```py\nb = 2\n```", "b = 2\n"),  # the last block
+    ("```\nuntagged = 1\n```", "untagged = 1\n"),
+    ("```python\nx = 1\n```\n```cpp\nint main(){}\n```", "x = 1\n"),  # non-Python blocks are ignored
+    ("```python\nunclosed = True\n", "unclosed = True\n"),  # cut off by a stop string / token limit
+    ("no code at all", None),
+    ("```cpp\nint main(){}\n```", None),
+])
+def test_extract_code(text, code):
+  assert extract_code(text) == code
+
+
+def test_bad_config_is_rejected():
+  with pytest.raises(ValueError, match="unknown format"):
+    CodingEnv(format="apps")
+  with pytest.raises(ValueError, match="horizon"):
+    CodingEnv(horizon=0)
+  with pytest.raises(KeyError, match="unknown task id"):
+    CodingEnv().reset("nope")
