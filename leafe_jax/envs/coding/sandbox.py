@@ -46,6 +46,7 @@ their environment and killed.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -213,6 +214,7 @@ class Sandbox:
     for k in range(max_parallel):
       self._slots.put(k)
     self._tools = {t: shutil.which(t, path=CLEAN_PATH) for t in ("unshare", "timeout", "prlimit", "setpriv", "mount")}
+    self._owner_pid = os.getpid()
     self._root = tempfile.mkdtemp(prefix="leafe_sandbox_")
     os.chmod(self._root, 0o700)
     self.isolation = self._choose_isolation(isolation)
@@ -240,12 +242,12 @@ class Sandbox:
     return "process"
 
   def close(self) -> None:
-    shutil.rmtree(self._root, ignore_errors=True)
+    """Removes the staging directory (only in the process that created it: forked copies share it)."""
+    if getattr(self, "_owner_pid", None) == os.getpid():
+      shutil.rmtree(self._root, ignore_errors=True)
 
   def __del__(self):
-    root = getattr(self, "_root", None)
-    if root:
-      shutil.rmtree(root, ignore_errors=True)
+    self.close()
 
   # ----------------------------------------------------------------------------------------------- running
 
@@ -491,13 +493,19 @@ def _warn_degraded(problem: str) -> None:
 
 
 _DEFAULT_LOCK = threading.Lock()
-_DEFAULT: Sandbox | None = None
+_DEFAULT: dict[int, Sandbox] = {}  # per process id: a forked worker (EnvPool) builds its own
 
 
 def default_sandbox() -> Sandbox:
-  """The process-wide sandbox (created on first use; its probe run costs ~0.1 s)."""
-  global _DEFAULT
+  """The process-wide sandbox (created on first use; its probe run costs ~0.1 s; removed at exit)."""
   with _DEFAULT_LOCK:
-    if _DEFAULT is None:
-      _DEFAULT = Sandbox()
-    return _DEFAULT
+    pid = os.getpid()
+    if pid not in _DEFAULT:
+      _DEFAULT[pid] = Sandbox()
+      atexit.register(_close_default, pid)
+    return _DEFAULT[pid]
+
+
+def _close_default(pid: int) -> None:
+  if os.getpid() == pid and pid in _DEFAULT:
+    _DEFAULT.pop(pid).close()
