@@ -4,7 +4,6 @@ import os
 import secrets
 import socket
 import textwrap
-import time
 
 import psutil
 import pytest
@@ -54,14 +53,14 @@ def test_traceback_paths_are_relative_so_feedback_is_reproducible(sandbox):
 def test_infinite_loop_is_killed_at_the_wall_limit(sandbox):
   r = sandbox.run("while True:\n  pass\n", limits=FAST)
   assert r.status == sandbox_lib.STATUS_TIMEOUT
-  assert r.wall_s < FAST.wall_time_s + 1.5
+  assert r.wall_s < FAST.wall_time_s + 3
 
 
 def test_sleep_past_the_wall_limit_is_killed(sandbox):
   r = sandbox.run("import time\nprint('start', flush=True)\ntime.sleep(60)\n", limits=FAST)
   assert r.status == sandbox_lib.STATUS_TIMEOUT
   assert r.stdout.strip() == "start"
-  assert r.wall_s < FAST.wall_time_s + 1.5
+  assert r.wall_s < FAST.wall_time_s + 3
 
 
 def test_cpu_limit_stops_a_busy_loop_even_without_the_wall_timer(sandbox):
@@ -211,13 +210,12 @@ def test_runs_as_an_unprivileged_uid_in_a_private_pid_namespace(isolated):
 
 
 def test_run_many_runs_in_parallel_with_distinct_uids(isolated):
-  jobs = [Job(source="import os, time\ntime.sleep(0.5)\nprint(os.getuid())\n") for _ in range(4)]
-  start = time.monotonic()
-  results = isolated.run_many(jobs, limits=FAST, num_workers=4)
-  elapsed = time.monotonic() - start
+  code = "import os, time\nstart = time.time()\ntime.sleep(0.5)\nprint(os.getuid(), start, time.time())\n"
+  results = isolated.run_many([Job(source=code) for _ in range(4)], limits=FAST, num_workers=4)
   assert all(r.ok for r in results)
-  assert len({r.stdout for r in results}) == 4
-  assert elapsed < 4 * 0.5  # they overlapped
+  uids, starts, ends = zip(*(r.stdout.split() for r in results))
+  assert len(set(uids)) == 4  # one uid per concurrent slot: RLIMIT_NPROC is not shared
+  assert max(map(float, starts)) < min(map(float, ends))  # all four were running at the same moment
 
 
 def test_run_many_stops_starting_jobs_after_stop_predicate(sandbox):

@@ -173,8 +173,22 @@ def _children(pid: int) -> list[int]:
   try:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
       return [int(x) for x in f.read().split()]
+  except FileNotFoundError:
+    if not os.path.exists(f"/proc/{pid}"):
+      return []
   except (OSError, ValueError):
     return []
+  # Kernels without CONFIG_PROC_CHILDREN: scan every process' parent id.
+  children = []
+  for name in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{name}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      if name.isdigit() and int(fields[1]) == pid:
+        children.append(int(name))
+    except (OSError, IndexError, ValueError):
+      continue
+  return children
 
 
 def _pids_with_marker(marker: bytes) -> list[int]:
