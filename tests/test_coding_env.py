@@ -122,3 +122,16 @@ def test_bad_config_is_rejected():
     CodingEnv(horizon=0)
   with pytest.raises(KeyError, match="unknown task id"):
     CodingEnv().reset("nope")
+
+
+def test_snapshot_restore_equals_reset_and_replay(env):
+  wrong = _fenced("print(0)\n")
+  env.reset("ex_reverse_words")
+  env.step(wrong)
+  snap = env.snapshot()
+  replayed = env.step(wrong)
+  env.reset("ex_sum_of_pairs")  # somewhere else entirely
+  env.restore(snap)
+  restored = env.step(wrong)
+  assert restored == replayed
+  assert isinstance(env, base.SnapshotEnv)

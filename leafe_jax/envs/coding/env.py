@@ -123,6 +123,17 @@ class CodingEnv:
   def admissible_actions(self) -> list[str] | None:
     return None
 
+  def snapshot(self) -> tuple[str | None, int, bool]:
+    """The whole episode state: submissions do not change the problem, so (task, attempts used, done) suffices.
+
+    Restoring is free, whereas reset + replay would judge every replayed program again.
+    """
+    return (None if self._problem is None else self._problem.task_id, self._attempt, self._done)
+
+  def restore(self, snapshot: tuple[str | None, int, bool]) -> None:
+    task_id, self._attempt, self._done = snapshot
+    self._problem = None if task_id is None else self.problem(task_id)
+
   def judge(self, program: str, tests: str = "hidden") -> judge_lib.Verdict:
     """Judges `program` on the current problem with this env's limits."""
     return judge_lib.judge(self._problem, program, tests, self.time_limit_s, self.memory_mb, sandbox=self.sandbox,
