@@ -559,9 +559,11 @@ def finalize_for_tfds(folder: str) -> int:
   targets = template.sharded_filepaths(len(shards))
   for shard, target in zip(shards, targets, strict=True):
     src = _join(folder, shard["file"])
-    if _is_local(folder):
+    try:
+      if not _is_local(folder):
+        raise OSError("object stores have no links")
       os.link(src, os.fspath(target))
-    else:
+    except OSError:
       tf.io.gfile.copy(src, os.fspath(target), overwrite=True)
   split = tfds.core.SplitInfo(name=TFDS_SPLIT, shard_lengths=[s["count"] for s in shards],
                               num_bytes=sum(s["num_bytes"] for s in shards))
