@@ -211,3 +211,17 @@ def test_tokenizer_fingerprint_is_stable_and_discriminating():
   assert records.tokenizer_fingerprint(a) == fp
   assert records.tokenizer_fingerprint(_tokenizer({**vocab, "right": 5})) != fp
   assert records.tokenizer_fingerprint(_tokenizer({**vocab, "push": 4, "left": 3})) != fp
+
+
+def test_audit_decodes_records_with_targets_bracketed(tmp_path):
+  from leafe_jax.data import audit
+
+  tok = _tokenizer({"<pad>": 0, "<eos>": 1, "[UNK]": 2, "push": 3, "left": 4, "up": 5})
+  ids = tok("push left up").input_ids
+  rec = records.CorrectionRecord(input_ids=ids, loss_mask=[0, 1, 1], kind="cf", task_id="t0",
+                                 experience="go up", tokenizer=records.tokenizer_fingerprint(tok))
+  with records.RecordWriter(str(tmp_path), rec.tokenizer) as w:
+    w.write(rec)
+  text = audit.describe(str(tmp_path), seq_len=2, tokenizer=tok, show=1)
+  assert "records 1: cf=1" in text and "1 records are left-truncated" in text
+  assert "experience: go up" in text and "push[[left up]]" in text

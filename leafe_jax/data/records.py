@@ -302,7 +302,7 @@ def iter_serialized(path: str) -> Iterator[bytes]:
   """Serialized records of one shard; a corrupt or truncated file raises CorruptShardError with the index."""
   index = 0
   try:
-    for raw in tf.compat.v1.io.tf_record_iterator(path):
+    for raw in tf.data.TFRecordDataset(path).as_numpy_iterator():
       yield raw
       index += 1
   except tf.errors.DataLossError as e:
