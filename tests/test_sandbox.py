@@ -28,6 +28,22 @@ def isolated(sandbox):
   return sandbox
 
 
+@pytest.fixture(scope="module")
+def userns_sandbox():
+  """The isolation used when the host user is not root (a user namespace; here root maps to root)."""
+  try:
+    sb = Sandbox(isolation="userns")
+  except RuntimeError as e:
+    pytest.skip(f"user namespaces unavailable: {e}")
+  yield sb
+  sb.close()
+
+
+@pytest.fixture(params=["namespace", "userns"])
+def any_isolated(request):
+  return request.getfixturevalue("isolated" if request.param == "namespace" else "userns_sandbox")
+
+
 def _no_process_with(marker: str) -> bool:
   return not any(marker in part for p in psutil.process_iter(["cmdline"]) for part in p.info["cmdline"] or ())
 
@@ -102,7 +118,7 @@ def test_fork_bomb_is_contained_and_leaves_nothing(isolated):
   assert isolated.run("print('alive')").stdout.strip() == "alive"  # the host can still start programs
 
 
-def test_socket_to_host_listener_fails(isolated):
+def test_socket_to_host_listener_fails(any_isolated):
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -116,13 +132,13 @@ def test_socket_to_host_listener_fails(isolated):
       except OSError as e:
         print("blocked", type(e).__name__)
       """)
-    r = isolated.run(code, limits=FAST)
+    r = any_isolated.run(code, limits=FAST)
     assert r.stdout.startswith("blocked"), r
     with pytest.raises(TimeoutError):
       server.accept()
 
 
-def test_writing_outside_its_directory_fails(isolated, tmp_path):
+def test_writing_outside_its_directory_fails(any_isolated, tmp_path):
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   targets = [str(tmp_path / "escape.txt"), f"/tmp/leafe_escape_{secrets.token_hex(4)}",
              f"/var/tmp/leafe_escape_{secrets.token_hex(4)}", os.path.join(repo, f"escape_{secrets.token_hex(4)}")]
@@ -138,7 +154,7 @@ def test_writing_outside_its_directory_fails(isolated, tmp_path):
     open("inside.txt", "w").write("fine")
     print("inside", open("inside.txt").read())
     """)
-  r = isolated.run(code, limits=FAST)
+  r = any_isolated.run(code, limits=FAST)
   assert r.ok, r
   assert "WROTE" not in r.stdout
   assert "inside fine" in r.stdout
@@ -146,7 +162,7 @@ def test_writing_outside_its_directory_fails(isolated, tmp_path):
     assert not os.path.exists(path)
 
 
-def test_parent_environment_secrets_are_not_visible(isolated, monkeypatch):
+def test_parent_environment_secrets_are_not_visible(any_isolated, monkeypatch):
   secret = f"s3cr3t{secrets.token_hex(8)}"
   monkeypatch.setenv("LEAFE_TEST_SECRET", secret)
   code = _src(f"""
@@ -158,7 +174,7 @@ def test_parent_environment_secrets_are_not_visible(isolated, monkeypatch):
       except OSError as e:
         print("denied", pid, type(e).__name__)
     """)
-  r = isolated.run(code, limits=FAST)
+  r = any_isolated.run(code, limits=FAST)
   assert r.ok, r
   assert secret not in r.stdout + r.stderr
   assert "LEAFE_TEST_SECRET" not in r.stdout
@@ -181,7 +197,7 @@ def test_killing_its_parent_or_everyone_leaves_the_host_alive(isolated):
 
 
 @pytest.mark.parametrize("main_waits", [False, True], ids=["main_exits", "main_times_out"])
-def test_no_daemon_survives_the_run(isolated, main_waits):
+def test_no_daemon_survives_the_run(any_isolated, main_waits):
   marker = f"daemon{secrets.token_hex(4)}"
   code = _src(f"""
     import os, sys, time
@@ -195,7 +211,7 @@ def test_no_daemon_survives_the_run(isolated, main_waits):
     if {main_waits!r}:
       time.sleep(60)
     """)
-  r = isolated.run(code, limits=FAST)
+  r = any_isolated.run(code, limits=FAST)
   assert "daemon started" in r.stdout
   assert r.status == (sandbox_lib.STATUS_TIMEOUT if main_waits else sandbox_lib.STATUS_OK)
   assert _no_process_with(marker)

@@ -3,45 +3,52 @@
 Every program runs as its own process tree:
 
   host thread -> `unshare --net --pid --fork --kill-child --mount-proc` (new network, PID and mount namespaces)
-    -> `sh` (root inside the namespaces: hides writable and private directories with tmpfs mounts)
-    -> `timeout -s KILL` (PID 1 of the namespace: wall-time backstop that also holds when the host dies)
+    -> `sh` (root inside the namespaces: covers writable and private directories with tmpfs mounts)
+    -> `timeout -s KILL` (PID 1 of the namespace: wall-time backstop that holds even if the host dies)
     -> `prlimit` (RLIMIT_CPU, RLIMIT_AS, RLIMIT_NPROC, RLIMIT_NOFILE, RLIMIT_FSIZE, RLIMIT_CORE=0)
-    -> `setpriv` (drops to a dedicated unprivileged uid/gid, no supplementary groups, no new privileges)
-    -> `python -I main.py` in a fresh size-limited tmpfs working directory owned by that uid.
+    -> `setpriv` (a dedicated unprivileged uid/gid, no groups, no capabilities, no new privileges)
+    -> `python -s -B main.py` in a fresh size-limited tmpfs working directory owned by that uid.
 
-What is protected (isolation "namespace", the mode used when the host runs as root):
-- Network: the program lives in an empty network namespace (loopback down): no connection to the host's
-  services (127.0.0.1 included) or to the outside.
+What is protected (isolation "namespace": the host runs as root; "userns": differences below):
+- Network: an empty network namespace (loopback down): no connection to the host's services (127.0.0.1
+  included) or to the outside.
 - Processes: a private PID namespace. The program sees only its own processes (/proc is remounted), cannot
-  signal the host's processes, and when the namespace's PID 1 ends, the kernel kills every process in it,
-  daemons that double-forked and called setsid() included. On a wall-time overrun or an output flood the host
-  kills PID 1 and the process group, so no process outlives `run()`.
-- Files: the program runs as a uid of its own (one per concurrent slot, so RLIMIT_NPROC, which counts per uid,
-  is not shared between parallel programs). /tmp, /var/tmp, /dev/shm, /run/lock are replaced by empty
-  read-only-for-it tmpfs mounts and home directories that hide the interpreter (/root) by a tmpfs that shows
-  only the interpreter's prefix; the rest of the file system is visible with normal Unix permissions, so the
-  program can write only to its working directory (a tmpfs of `workdir_mb`, gone when the run ends).
-- Resources: CPU seconds (SIGXCPU/SIGKILL), address space (MemoryError), processes/threads, open files,
-  file size, no core dumps, stdout/stderr capped (flood => killed), wall time (killed).
-- Environment: a fixed, clean environment (PATH, LANG, LC_ALL, HOME); nothing of the host's is inherited;
-  Python runs with -s (no user site-packages) and PYTHONHASHSEED=0 (reproducible output).
+  signal the host's, and when the namespace's PID 1 ends the kernel kills every process in it, double-forked
+  setsid() daemons included. On a wall-time overrun or an output flood the host kills PID 1 and waits for the
+  namespace to be torn down, so no process outlives `run()`.
+- Files: a uid of its own (one per concurrent slot, so RLIMIT_NPROC, which counts per uid, is not shared
+  between parallel programs). /tmp, /var/tmp, /dev/shm, /run/lock are covered by empty read-only tmpfs mounts;
+  a home directory that hides the interpreter (/root, mode 0700) is covered by a tmpfs showing only the
+  interpreter's prefix (so root's files stay hidden). The rest of the file system is visible with normal Unix
+  permissions, so the program can write only to its working directory (a tmpfs of `workdir_mb`, gone with it).
+- Resources: CPU seconds (SIGXCPU), address space (MemoryError), processes/threads, open files, file size, no
+  core dumps, stdout/stderr capped (flood => killed), wall time (killed).
+- Environment: a fixed, clean environment (PATH, LANG, LC_ALL, HOME, PYTHONHASHSEED=0 for reproducible output);
+  nothing of the host's is inherited; no user site-packages.
+
+Isolation "userns" (the host user is not root; needs unprivileged user namespaces): the same namespaces inside a
+new user namespace in which the host user is uid 0. The program keeps the host user's uid, so instead of a uid
+change every mount is remounted read-only before it starts and it runs with an empty capability bounding set
+(it cannot unmount or remount anything); it can still READ all the host user's files. RLIMIT_NPROC counts all
+of the host user's processes, so the limit is set to their current number + `max_processes`.
 
 What is NOT protected:
-- World-readable files stay readable (the repository, /etc, system Python packages): keep secrets in files
-  that are not world-readable. The host environment is not reachable, but a secret in a world-readable file is.
-- No seccomp filter: every system call is available to the unprivileged uid, so a kernel vulnerability is an
-  escape. This is a sandbox for model mistakes and reward hacking, not for a determined attacker; use a VM or
-  gVisor around the whole explorer for that.
-- No cgroup: memory is bounded per process (RLIMIT_AS) and in process count, not as a tree total; CPU share
-  between parallel programs is up to the kernel scheduler.
-- In-process tricks against an in-process test harness (MBPP / HumanEval asserts run in the same interpreter
-  as the program) are only partly covered: a program that exits early cannot fake a pass (the harness must
-  print a per-run secret token after the tests), but one that reads the token out of the harness' memory could.
+- World-readable files stay readable (the repository, /etc, system Python packages); in "userns" mode all the
+  host user's files. Keep secrets out of readable files; the host's environment variables are not reachable.
+- No seccomp filter: every system call is available to the unprivileged program, so a kernel vulnerability is an
+  escape. This sandbox contains model mistakes and reward hacking, not a determined attacker; put the whole
+  explorer in a VM or gVisor for that.
+- No cgroup: memory is bounded per process (RLIMIT_AS) and by process count, not as a tree total; CPU sharing
+  between parallel programs is left to the kernel scheduler.
+- In-process tricks against the assert harness (MBPP / HumanEval tests run in the program's interpreter) are
+  only partly covered: exiting early or rewriting the test files cannot fake a pass (the harness must print a
+  per-run secret token after the tests, read before the program runs), but reading the token out of the
+  harness' memory, or returning objects whose __eq__ is always true, could.
 
-Isolation "process" (the fallback when not root, or when `unshare` does not work; a warning is logged once):
-a new session/process group, rlimits, a clean environment and a fresh temporary directory; no network, PID or
-file-system isolation and no uid change. Daemons that escaped the process group are found by a marker in
-their environment and killed.
+Isolation "process" (fallback when neither namespace mode works; a warning is logged once): a new session and
+process group, rlimits, a clean environment, a fresh temporary directory; no network, PID or file-system
+isolation, no uid change. Daemons that left the process group are found by a marker in their environment and
+killed.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ import functools
 import logging
 import os
 import queue
+import re
 import secrets
 import selectors
 import shlex
@@ -87,6 +95,8 @@ SETUP_FAILED_RC = 125
 KILL_WAIT_S = 5.0
 SETUP_FAILED_MARK = "leafe_sandbox: setup failed"
 _READ_CHUNK = 65536
+
+ISOLATIONS = ("auto", "namespace", "userns", "process")
 
 STATUS_OK = "ok"  # exited with status 0
 STATUS_ERROR = "error"  # exited with a nonzero status
@@ -206,20 +216,49 @@ def _pids_with_marker(marker: bytes) -> list[int]:
   return found
 
 
+def _unescape_mountinfo(path: str) -> str:
+  return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+
+
+def _readonly_remounts() -> list[tuple[str, str]]:
+  """(mount point, options) that remount every current mount read-only, keeping its locked flags."""
+  keep = ("nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime", "strictatime")
+  remounts = []
+  with open("/proc/self/mountinfo") as f:
+    for line in f:
+      fields = line.split()
+      target, options = _unescape_mountinfo(fields[4]), fields[5].split(",")
+      remounts.append((target, ",".join(["ro", *(o for o in options if o in keep)])))
+  return remounts
+
+
+def _count_user_processes() -> int:
+  """Processes (and threads) of this uid: RLIMIT_NPROC counts them all when the program keeps our uid."""
+  uid, count = os.getuid(), 0
+  for name in os.listdir("/proc"):
+    if name.isdigit():
+      try:
+        if os.stat(f"/proc/{name}").st_uid == uid:
+          count += len(os.listdir(f"/proc/{name}/task"))
+      except OSError:
+        continue
+  return count
+
+
 class Sandbox:
   """Runs Python programs isolated from the host and from each other; thread-safe.
 
   Args:
     python: interpreter for the programs; default the base interpreter of the running Python (a venv's
       site-packages are not visible to programs: they get the standard library only).
-    isolation: "auto" (namespace when possible, else process), "namespace" (raise when unavailable) or
-      "process".
+    isolation: "auto" (the first of namespace, userns, process that works), or one of them (raise when it
+      does not work).
     max_parallel: number of uid slots, i.e. programs that may run at the same time.
   """
 
   def __init__(self, python: str | None = None, isolation: str = "auto", max_parallel: int = 64):
-    if isolation not in ("auto", "namespace", "process"):
-      raise ValueError(f"isolation must be auto|namespace|process, got {isolation!r}")
+    if isolation not in ISOLATIONS:
+      raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
     if not 1 <= max_parallel <= UID_SLOTS_PER_PROCESS:
       raise ValueError(f"max_parallel must be in [1, {UID_SLOTS_PER_PROCESS}], got {max_parallel}")
     self.python = os.path.realpath(python or getattr(sys, "_base_executable", None) or sys.executable)
@@ -238,21 +277,24 @@ class Sandbox:
   def _choose_isolation(self, requested: str) -> str:
     if requested == "process":
       return "process"
-    problem = None
-    if os.geteuid() != 0:
-      problem = "not running as root (namespaces and the uid change need it)"
-    elif missing := [t for t, p in self._tools.items() if p is None]:
-      problem = f"missing tools {missing}"
-    if problem is None:
-      self.isolation = "namespace"
+    problems = []
+    missing = [t for t, p in self._tools.items() if p is None]
+    candidates = [requested] if requested in ("namespace", "userns") else ["namespace", "userns"]
+    for mode in candidates:
+      if missing:
+        problems.append(f"{mode}: missing tools {missing}")
+        continue
+      if mode == "namespace" and os.geteuid() != 0:
+        problems.append("namespace: not running as root (the uid change needs it)")
+        continue
+      self.isolation = mode
       probe = self.run("print('probe-ok')", limits=Limits(wall_time_s=10.0))
-      if probe.status != STATUS_OK or probe.stdout.strip() != "probe-ok":
-        problem = f"probe run failed: {probe.status} {probe.detail} {probe.stderr[-500:]}"
-    if problem is None:
-      return "namespace"
-    if requested == "namespace":
-      raise RuntimeError(f"namespace isolation unavailable: {problem}")
-    _warn_degraded(problem)
+      if probe.status == STATUS_OK and probe.stdout.strip() == "probe-ok":
+        return mode
+      problems.append(f"{mode}: probe run failed: {probe.status} {probe.detail} {probe.stderr[-300:]}")
+    if requested != "auto":
+      raise RuntimeError(f"{requested} isolation unavailable: {'; '.join(problems)}")
+    _warn_degraded("; ".join(problems))
     return "process"
 
   def close(self) -> None:
@@ -280,7 +322,7 @@ class Sandbox:
       stdin_path = os.path.join(stage, ".stdin")
       with open(stdin_path, "w", encoding="utf-8") as f:
         f.write(stdin)
-      if self.isolation == "namespace":
+      if self.isolation in ("namespace", "userns"):
         for name in os.listdir(stage):
           os.chmod(os.path.join(stage, name), 0o644)
         result = self._run_namespace(stage, main, stdin_path, limits, _slot_uid(slot))
@@ -330,13 +372,20 @@ class Sandbox:
       env["LEAFE_SANDBOX_RUN"] = marker
     return env
 
-  def _setup_script(self, stage: str, main: str, limits: Limits, uid: int) -> str:
-    """The shell script that runs as root inside the new namespaces and execs the program."""
+  def _setup_script(self, stage: str, main: str, limits: Limits, uid: int, userns: bool) -> str:
+    """The shell script that runs as (namespace) root inside the new namespaces and execs the program.
+
+    `userns`: the host user is not root, so the namespaces live in a new user namespace where that user is
+    mapped to uid 0. The program then keeps the user's uid, so every visible mount is remounted read-only first,
+    and the program runs with an empty capability bounding set (it cannot undo the mounts).
+    """
     q = shlex.quote
     workdir = stage  # the program sees its tmpfs working directory at the staging path
     keeps: dict[str, list[tuple[int, str]]] = {}  # hidden dir -> [(fd, path to show again)]
     lines = ["umask 022", f"fail() {{ echo \"{SETUP_FAILED_MARK}: $1\" >&2; exit {SETUP_FAILED_RC}; }}"]
-    hidden_home = _hidden_ancestor(self._prefix)
+    if userns:
+      lines += [f"mount -o remount,bind,{opts} {q(target)} 2>/dev/null" for target, opts in _readonly_remounts()]
+    hidden_home = None if userns else _hidden_ancestor(self._prefix)
     fd = 3
     if hidden_home:
       keeps.setdefault(hidden_home, []).append((fd, self._prefix))
@@ -352,39 +401,44 @@ class Sandbox:
       lines.append(f"mount -t tmpfs -o {tmpfs} leafe_hide {q(hidden)} || fail 'hide {hidden}'")
       for show_fd, path in shows:
         lines.append(f"mkdir -p {q(path)} && mount -c --bind /proc/self/fd/{show_fd} {q(path)} || fail 'show {path}'")
-    work_opts = f"nosuid,nodev,size={limits.workdir_mb}m,mode=0700,uid={uid},gid={uid}"
+    owner = 0 if userns else uid
+    work_opts = f"nosuid,nodev,size={limits.workdir_mb}m,mode=0700,uid={owner},gid={owner}"
+    lines.append(f"mkdir -p {q(workdir)} && mount -t tmpfs -o {work_opts} leafe_work {q(workdir)} || fail 'workdir'")
+    # The covering tmpfs mounts become read-only once everything is mounted under them.
+    lines += [f"mount -o remount,bind,ro,nosuid,nodev {q(hidden)} || fail 'seal {hidden}'" for hidden in keeps]
     lines += [
-        f"mkdir -p {q(workdir)} && mount -t tmpfs -o {work_opts} leafe_work {q(workdir)} || fail 'workdir'",
         f"for f in /proc/self/fd/{stage_fd}/*; do cp \"$f\" {q(workdir)}/ || fail copy; done",
-        f"chown -R {uid}:{uid} {q(workdir)} && cd {q(workdir)} || fail 'chown workdir'",
+        f"chown -R {owner}:{owner} {q(workdir)} && cd {q(workdir)} || fail 'chown workdir'",
         f"exec {stage_fd}<&- 3<&-",
     ]
     backstop = limits.wall_time_s + BACKSTOP_GRACE_S
+    nproc = limits.max_processes + (_count_user_processes() if userns else 0)
+    user = [] if userns else [f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
     cmd = [
         self._tools["timeout"], "-s", "KILL", f"{backstop:.3f}",
-        self._tools["prlimit"], *self._prlimit_args(limits), "--",
-        self._tools["setpriv"], f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs",
-        "--inh-caps=-all", "--bounding-set=-all",
+        self._tools["prlimit"], *self._prlimit_args(limits, nproc), "--",
+        self._tools["setpriv"], *user, "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
         *self.python_argv(), main,
     ]
     lines.append("exec " + " ".join(q(c) for c in cmd))
     return "\n".join(lines)
 
-  def _prlimit_args(self, limits: Limits) -> list[str]:
+  def _prlimit_args(self, limits: Limits, nproc: int | None = None) -> list[str]:
     cpu = limits.cpu_seconds()
     return [
         f"--cpu={cpu}:{cpu + 1}",
         f"--as={limits.memory_mb << 20}",
-        f"--nproc={limits.max_processes}",
+        f"--nproc={nproc or limits.max_processes}",
         f"--nofile={limits.max_open_files}",
         f"--fsize={limits.max_file_size_mb << 20}",
         "--core=0",
     ]
 
   def _run_namespace(self, stage: str, main: str, stdin_path: str, limits: Limits, uid: int) -> RunResult:
-    script = self._setup_script(stage, main, limits, uid)
-    argv = [self._tools["unshare"], "--net", "--pid", "--fork", "--kill-child", "--mount-proc",
-            "--propagation=private", "/bin/sh", "-c", script]
+    userns = self.isolation == "userns"
+    script = self._setup_script(stage, main, limits, uid, userns)
+    argv = [self._tools["unshare"], *(["--user", "--map-root-user"] if userns else []), "--net", "--pid", "--fork",
+            "--kill-child", "--mount-proc", "--propagation=private", "/bin/sh", "-c", script]
     return self._supervise(argv, stdin_path, limits, cwd=self._root, env=self._env(stage), marker=None)
 
   def _run_process(self, stage: str, main: str, stdin_path: str, limits: Limits) -> RunResult:
@@ -454,7 +508,7 @@ class Sandbox:
     # process in the namespace, setsid() daemons included, and PID 1 finishes exiting only once they are all gone;
     # `unshare` waits for it, so when `proc` has exited nothing of the program is left. (Killing `unshare`
     # itself would return before that teardown finished.)
-    inits = _children(proc.pid) if self.isolation == "namespace" else []
+    inits = _children(proc.pid) if self.isolation != "process" else []
     for pid in inits:
       _kill(pid)
     if inits:
