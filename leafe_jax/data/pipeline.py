@@ -56,6 +56,7 @@ class HostRecords:
   tokenizer: str
   files: tuple[str, ...]
   num_records: int  # after the kinds filter
+  num_stored: int  # all records in this host's shards (before the kinds filter)
   num_truncated: int  # records longer than seq_len (left-truncated)
   num_targets: int  # target tokens the trainer will see (after truncation and first-position clearing)
   num_targets_lost: int  # target tokens cut by truncation or sitting at a segment's first position
@@ -170,6 +171,7 @@ def scan(folder: str, seq_len: int, process_index: int = 0, process_count: int =
       truncated, seen, lost = truncated + t, seen + s, lost + lo
   desc = json.dumps([(s["file"], s["count"], s["num_bytes"]) for s in shards]).encode()
   return HostRecords(folder=folder, tokenizer=tokenizer, files=files, num_records=num_records,
+                     num_stored=sum(s["count"] for s in shards),
                      num_truncated=truncated, num_targets=seen, num_targets_lost=lost,
                      data_fingerprint=hashlib.sha256(desc).hexdigest()[:16])
 
@@ -263,7 +265,8 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
     return dict(zip(BATCH_KEYS, out))
 
   ds = tf.data.TFRecordDataset(list(host.files))
-  buffer = host.num_records if shuffle_buffer is None else shuffle_buffer
+  # Records are shuffled serialized, before the kinds filter: the full buffer covers every stored record.
+  buffer = host.num_stored if shuffle_buffer is None else shuffle_buffer
   if buffer > 1:
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
   ds = ds.repeat(num_epochs)
