@@ -135,3 +135,10 @@ def test_snapshot_restore_equals_reset_and_replay(env):
   restored = env.step(wrong)
   assert restored == replayed
   assert isinstance(env, base.SnapshotEnv)
+
+
+@pytest.mark.parametrize("code", ["print('\udcff')\n", "x = 1\x00\n", "def f(:\n"])
+def test_broken_programs_are_feedback_never_exceptions(env, code):
+  env.reset("ex_sum_of_pairs")
+  step = env.step(_fenced(code))
+  assert not step.success and "failed public test 1 of 1" in step.observation

@@ -317,10 +317,10 @@ class Sandbox:
       for name, text in ((main, source), *files):
         if os.path.basename(name) != name or name.startswith("."):
           raise ValueError(f"sandbox file names must be plain names, got {name!r}")
-        with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
+        with open(os.path.join(stage, name), "w", encoding="utf-8", errors="replace") as f:
           f.write(text)
       stdin_path = os.path.join(stage, ".stdin")
-      with open(stdin_path, "w", encoding="utf-8") as f:
+      with open(stdin_path, "w", encoding="utf-8", errors="replace") as f:
         f.write(stdin)
       if self.isolation in ("namespace", "userns"):
         for name in os.listdir(stage):
