@@ -202,11 +202,15 @@ def _tokenizer(vocab):
   return PreTrainedTokenizerFast(tokenizer_object=model, pad_token="<pad>", eos_token="<eos>")
 
 
-def test_tokenizer_fingerprint_is_stable_and_discriminating():
+def test_tokenizer_fingerprint_is_stable_and_discriminating(tmp_path):
+  from transformers import AutoTokenizer
+
   vocab = {"<pad>": 0, "<eos>": 1, "[UNK]": 2, "push": 3, "left": 4}
   a, b = _tokenizer(dict(vocab)), _tokenizer(dict(vocab))
   fp = records.tokenizer_fingerprint(a)
   assert fp == records.tokenizer_fingerprint(b)
+  a.save_pretrained(str(tmp_path))  # explorer and trainer load the tokenizer from an HF directory
+  assert records.tokenizer_fingerprint(AutoTokenizer.from_pretrained(str(tmp_path))) == fp
   a("push left", truncation=True, max_length=1)  # runtime settings do not change what ids mean
   assert records.tokenizer_fingerprint(a) == fp
   assert records.tokenizer_fingerprint(_tokenizer({**vocab, "right": 5})) != fp
