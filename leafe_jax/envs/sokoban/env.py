@@ -1,0 +1,260 @@
+"""SokobanEnv: the text Sokoban of verl-agent with gym-sokoban's rules and rewards.
+
+Actions "up" / "down" / "left" / "right" move the player, pushing a box when one is in the way (no pulling).
+Reward per step (gym-sokoban): -0.1, +1 when a box reaches a target, -1 when a box leaves one, +10 when all
+boxes are on targets. An unparsable action is a step that changes nothing. Tasks: "seed:<int>" (a procedural
+room fully determined by the seed) or "level:<file>:<index>" (a shipped XSB level).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import random
+from typing import Any
+
+from leafe_jax.envs.base import INVALID_ACTION, Step
+from leafe_jax.envs.prompts import PromptTemplate
+from leafe_jax.envs.sokoban import generator, solver
+from leafe_jax.envs.sokoban.level import DIRECTIONS, Level, load_xsb, render_text
+
+ACTIONS = ("up", "down", "left", "right")
+
+PENALTY_STEP = -0.1
+REWARD_BOX_ON_TARGET = 1.0
+PENALTY_BOX_OFF_TARGET = -1.0
+REWARD_FINISHED = 10.0
+
+# verl-agent's seed ranges: training rooms from [0, 2^16), evaluation rooms from [2^16, 2^32).
+TRAIN_SEED_RANGE = (0, 2**16)
+TEST_SEED_RANGE = (2**16, 2**32)
+DEFAULT_NUM_TEST_TASKS = 1000
+# Generation attempts per seed before giving up (each attempt derives its own stream from the seed).
+MAX_GENERATION_ATTEMPTS = 1000
+GENERATED_ROOM_CACHE = 4096  # rooms kept per process; rollback resets the same task many times
+
+LEVELS_PACKAGE = "leafe_jax.envs.levels"
+
+INSTRUCTION = "Push every box (X) onto a target (O). You can push a box but never pull it."
+
+SOKOBAN_TEMPLATE = PromptTemplate(
+    system="You are an expert Sokoban player. Think before you act, then give exactly one action.",
+    task_intro=(
+        "You are the player in a Sokoban puzzle. {instruction}\n"
+        "Grid symbols: # wall, _ floor, O target, X box, √ box on target, P you, S you standing on a target.\n"
+        "Moving into a box pushes it one cell in the same direction if the cell behind it is free; walls and "
+        "other boxes stop it. A box pushed into a corner can never be moved out again."),
+    first_step="You have not taken any action yet.",
+    history_intro=("Prior to this step, you have already taken {step_count} step(s). Below are the most recent "
+                   "{num_shown} observation(s) and the action you took after each:"),
+    history_item="[Observation {step}]\n{observation}\n[Action {step}]: {action}",
+    current_observation="You are now at step {step}. Current grid:\n{observation}",
+    admissible_actions="Admissible actions: [{actions}].",
+    experience=("Advice from reflecting on an earlier attempt at this puzzle (use it to choose a better action):\n"
+                "<experience>\n{experience}\n</experience>"),
+    output_format=("Reason step-by-step about where the boxes must go inside <think> </think> tags, then give "
+                   "exactly one admissible action inside <action> </action> tags."),
+)
+
+# For tiny demo models: just the grid and a cue; the model answers with a bare action word.
+SOKOBAN_COMPACT_TEMPLATE = PromptTemplate(
+    task_intro="",
+    current_observation="{observation}",
+    output_format="action:",
+)
+
+
+@functools.lru_cache(maxsize=GENERATED_ROOM_CACHE)
+def generate_level(seed: int, params: generator.RoomParams) -> Level:
+  """The room of `seed`: the first attempt whose room `solve` proves solvable within params.max_steps."""
+  for attempt in range(MAX_GENERATION_ATTEMPTS):
+    level = generator.generate_room(seed, params, attempt)
+    if level is not None and solver.solve(level, max_steps=params.max_steps) is not None:
+      return level
+  raise RuntimeError(f"sokoban: no solvable room for seed {seed} with {params} after "
+                     f"{MAX_GENERATION_ATTEMPTS} attempts (room too small for num_boxes?)")
+
+
+@functools.cache
+def shipped_levels(name: str) -> tuple[Level, ...]:
+  """Levels of the shipped XSB file `<name>.xsb`."""
+  resource = importlib.resources.files(LEVELS_PACKAGE) / f"{name}.xsb"
+  if not resource.is_file():
+    available = sorted(p.name[:-4] for p in importlib.resources.files(LEVELS_PACKAGE).iterdir()
+                       if p.name.endswith(".xsb"))
+    raise ValueError(f"sokoban: no level file {name!r}; shipped: {', '.join(available)}")
+  return tuple(load_xsb(resource.read_text(encoding="utf-8"), name=name))
+
+
+@dataclasses.dataclass(frozen=True)
+class SokobanSnapshot:
+  task_id: str | None
+  player: int
+  boxes: frozenset[int]
+  steps: int
+  boxes_on_target: int
+  done: bool
+
+
+class SokobanEnv:
+  """Text Sokoban implementing the Env and SnapshotEnv protocols."""
+
+  name = "sokoban"
+
+  def __init__(self, dim: tuple[int, int] = (6, 6), num_boxes: int = 1, max_steps: int = 15,
+               search_depth: int = 100, p_change_directions: float = 0.35, num_gen_steps: int | None = None,
+               level: Level | None = None, compact_prompt: bool = False):
+    self.params = generator.RoomParams(tuple(dim), num_boxes, max_steps, search_depth, p_change_directions,
+                                       num_gen_steps)
+    self.max_steps = max_steps
+    self.prompt_template = SOKOBAN_COMPACT_TEMPLATE if compact_prompt else SOKOBAN_TEMPLATE
+    self._fixed_level = level
+    self._level: Level | None = None
+    self._task_id: str | None = None
+
+  # --- tasks -------------------------------------------------------------------------------------------------
+  def tasks(self, split: str, n: int | None = None) -> list[str]:
+    """Task ids of `split`: "train" / "test" (seeds, verl-agent ranges) or "levels:<file>" (shipped XSB).
+
+    The ids are the first `n` of a fixed sequence per split, so tasks(split, 10) is a prefix of tasks(split, 20).
+    """
+    if self._fixed_level is not None:
+      return ["level"]
+    if split.startswith("levels:"):
+      name = split.split(":", 1)[1]
+      ids = [f"level:{name}:{i}" for i in range(len(shipped_levels(name)))]
+      return ids[:n] if n is not None else ids
+    rng = random.Random(f"sokoban-tasks:{split}")
+    if split == "train":
+      seeds = list(range(*TRAIN_SEED_RANGE))
+      rng.shuffle(seeds)
+      return [f"seed:{s}" for s in seeds[:n]]
+    if split == "test":
+      count = DEFAULT_NUM_TEST_TASKS if n is None else n
+      seen, seeds = set(), []
+      while len(seeds) < count:
+        s = rng.randrange(*TEST_SEED_RANGE)
+        if s not in seen:
+          seen.add(s)
+          seeds.append(s)
+      return [f"seed:{s}" for s in seeds]
+    raise ValueError(f"sokoban: unknown split {split!r}; use 'train', 'test' or 'levels:<file>'")
+
+  def level_of(self, task_id: str | None) -> Level:
+    if task_id in (None, "level") and self._fixed_level is not None:
+      return self._fixed_level
+    if task_id is None:
+      raise ValueError("sokoban: reset needs a task id (or an env built with level=...)")
+    kind, _, rest = task_id.partition(":")
+    try:
+      if kind == "seed":
+        return generate_level(int(rest), self.params)
+      if kind == "level":
+        name, _, index = rest.rpartition(":")
+        levels = shipped_levels(name)
+        return levels[int(index)]
+    except (ValueError, IndexError) as e:
+      raise ValueError(f"sokoban: bad task id {task_id!r}: {e}") from e
+    raise ValueError(f"sokoban: bad task id {task_id!r}; expected 'seed:<int>' or 'level:<file>:<index>'")
+
+  # --- episode -----------------------------------------------------------------------------------------------
+  def reset(self, task_id: str | None = None) -> str:
+    level = self.level_of(task_id)
+    if level is not self._level:
+      self._level = level
+      self._offsets = level.offsets()
+      self._dead = solver.dead_squares(level)
+    self._task_id = task_id
+    self._player = level.player
+    self._boxes = set(level.boxes)
+    self._steps = 0
+    self._boxes_on_target = len(level.boxes & level.targets)
+    self._done = False
+    self._irreversible = solver.is_irreversible(level, self._boxes, self._dead)
+    return self.render()
+
+  @property
+  def level(self) -> Level:
+    if self._level is None:
+      raise RuntimeError("sokoban: call reset() first")
+    return self._level
+
+  @property
+  def instruction(self) -> str:
+    return INSTRUCTION
+
+  def admissible_actions(self) -> list[str]:
+    return list(ACTIONS)
+
+  def render(self) -> str:
+    return render_text(self.level, self._player, self._boxes)
+
+  def _move(self, action: str) -> tuple[bool, bool]:
+    d = self._offsets[action]
+    nxt = self._player + d
+    walls = self._level.walls
+    if nxt in walls:
+      return False, False
+    if nxt in self._boxes:
+      dest = nxt + d
+      if dest in walls or dest in self._boxes:
+        return False, False
+      self._boxes.remove(nxt)
+      self._boxes.add(dest)
+      self._player = nxt
+      return True, True
+    self._player = nxt
+    return True, False
+
+  def step(self, action: str) -> Step:
+    level = self.level
+    if self._done:
+      raise RuntimeError("sokoban: step() after the episode ended; call reset()")
+    self._steps += 1
+    key = action.strip().lower() if isinstance(action, str) else ""
+    invalid = key not in DIRECTIONS
+    moved_player = moved_box = False
+    if not invalid:
+      moved_player, moved_box = self._move(key)
+    on_target = len(self._boxes & level.targets)
+    terms = {"step": PENALTY_STEP, "box_on_target": 0.0, "box_off_target": 0.0, "finished": 0.0}
+    if on_target > self._boxes_on_target:
+      terms["box_on_target"] = REWARD_BOX_ON_TARGET
+    elif on_target < self._boxes_on_target:
+      terms["box_off_target"] = PENALTY_BOX_OFF_TARGET
+    self._boxes_on_target = on_target
+    success = on_target == len(level.targets)
+    if success:
+      terms["finished"] = REWARD_FINISHED
+    if moved_box:  # deadlocks only change when a box moves
+      self._irreversible = (not success) and solver.is_irreversible(level, self._boxes, self._dead)
+    self._done = success or self._steps >= self.max_steps
+    observation = self.render()
+    if invalid:
+      observation = f"{INVALID_ACTION} Choose one of: {', '.join(ACTIONS)}.\n{observation}"
+    info: dict[str, Any] = {
+        "reward_terms": terms,
+        "boxes_on_target": on_target,
+        "irreversible": self._irreversible,
+        "invalid_action": invalid,
+        "moved_player": moved_player,
+        "moved_box": moved_box,
+        "steps": self._steps,
+    }
+    return Step(observation, sum(terms.values()), self._done, success, info)
+
+  # --- snapshots ---------------------------------------------------------------------------------------------
+  def snapshot(self) -> SokobanSnapshot:
+    return SokobanSnapshot(self._task_id, self._player, frozenset(self._boxes), self._steps, self._boxes_on_target,
+                           self._done)
+
+  def restore(self, snapshot: SokobanSnapshot) -> None:
+    if self._level is None or snapshot.task_id != self._task_id:
+      self.reset(snapshot.task_id)
+    self._player = snapshot.player
+    self._boxes = set(snapshot.boxes)
+    self._steps = snapshot.steps
+    self._boxes_on_target = snapshot.boxes_on_target
+    self._done = snapshot.done
+    self._irreversible = solver.is_irreversible(self._level, self._boxes, self._dead)
