@@ -103,7 +103,7 @@ def _free_port() -> int:
 
 def _launch(script, nproc, port):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-             PYTHONPATH=REPO)
+             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
   return [
       subprocess.Popen([sys.executable, script, str(port), str(nproc), str(pid)], env=env, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)

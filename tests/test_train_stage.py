@@ -44,7 +44,8 @@ def workdir(tmp_path):
 
 
 def _main(workdir, *overrides):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=REPO)
+  pythonpath = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=pythonpath)
   cmd = [sys.executable, "-m", "leafe_jax.main", f"--config={CONFIG}", f"--workdir={workdir}", *overrides]
   return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

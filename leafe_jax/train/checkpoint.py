@@ -21,11 +21,10 @@ _MODEL_FILE_NAMES = ("config.json", "model.safetensors.index.json", "pytorch_mod
 
 
 class Checkpointer:
-  """Keeps the last `keep` checkpoints, saving every `save_every` steps (and whenever `force=True`)."""
+  """Keeps the last `keep` checkpoints; the caller decides when to save (every N steps and at the end)."""
 
-  def __init__(self, directory: str, *, save_every: int, keep: int, async_save: bool = True):
+  def __init__(self, directory: str, *, keep: int, async_save: bool = True):
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_every,
         max_to_keep=keep,
         enable_async_checkpointing=async_save,
         create=True,
@@ -36,10 +35,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data_state: dict[str, Any], *, force: bool = False) -> bool:
-    """Starts saving (async); returns whether a checkpoint is written at this step."""
+  def save(self, step: int, state: Any, data_state: dict[str, Any]) -> bool:
+    """Starts saving (async; arrays are copied first, so the caller may donate `state` right after)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state))
-    saved = self._manager.save(step, args=args, force=force)
+    saved = self._manager.save(step, args=args, force=True)
     if saved:
       logging.info("checkpoint: saving step %d to %s", step, self.directory)
     return saved

@@ -72,10 +72,16 @@ class MetricsWriter:
     if self._writer is None:
       return
     import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
 
+    # tf.summary.write with the "scalars" plugin tag is what tf.summary.scalar writes, without needing the
+    # tensorboard package installed on the training hosts.
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    )
     with self._writer.as_default():
       for name, value in scalars.items():
-        tf.summary.scalar(name, value, step=step)
+        tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata)
     self._writer.flush()
 
   def close(self) -> None:

@@ -195,8 +195,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   tx = optimizer.make_optimizer(cfg, total_steps)
   schedule = optimizer.make_schedule(cfg.lr, cfg.warmup_steps, total_steps, cfg.schedule)
   ckpt = checkpoint.Checkpointer(
-      os.path.join(stage_dir, "checkpoints"), save_every=cfg.checkpoint_every, keep=cfg.keep,
-      async_save=cfg.async_checkpoint,
+      os.path.join(stage_dir, "checkpoints"), keep=cfg.keep, async_save=cfg.async_checkpoint
   )
   latest = ckpt.latest_step()
   model, params, params_sharding = _model_and_params(cfg, workdir, mesh, init_rng)
@@ -247,7 +246,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       if process_index == 0:
         metrics.log_progress(step, total_steps, scalars)
       pending, tokens, window_start = [], 0, time.perf_counter()
-    ckpt.save(step, state, data.state(), force=step == total_steps)
+    if step % cfg.checkpoint_every == 0 or step == total_steps:
+      ckpt.save(step, state, data.state())
   ckpt.close()
   writer.close()
   if cfg.export_hf:

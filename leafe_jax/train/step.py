@@ -48,6 +48,7 @@ def make_train_step(
     batch_spec: PartitionSpec | None = None,
     mesh: Mesh | None = None,
     schedule: optax.Schedule | None = None,
+    params_sharding: Any = None,
 ) -> StepFn:
   """Builds train_step(state, batch) -> (state, metrics).
 
@@ -64,20 +65,28 @@ def make_train_step(
       return tree
     return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, spec))
 
+  def constrain_grads(grads: Any) -> Any:
+    if params_sharding is None:
+      return grads
+    return jax.lax.with_sharding_constraint(grads, params_sharding)
+
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
     denom = loss_lib.denominator(batch, normalization)
     if micro_batches == 1:
       (loss, sums), grads = grad_fn(state.params, batch, denom)
     else:
-      stacked = constrain(split_micro_batches(batch, micro_batches), PartitionSpec(None, *batch_spec))
+      stacked = split_micro_batches(batch, micro_batches)
+      if batch_spec is not None:
+        stacked = constrain(stacked, PartitionSpec(None, *batch_spec))
 
       def accumulate(carry, micro_batch):
         micro_batch = constrain(micro_batch, batch_spec)
         (loss_i, sums_i), grads_i = grad_fn(state.params, micro_batch, denom)
+        grads_i = constrain_grads(grads_i)
         return jax.tree.map(jnp.add, carry, (loss_i, sums_i, grads_i)), None
 
       zero_sums = {key: jnp.zeros((num_kinds,), jnp.float32) for key in loss_lib.KIND_SUM_KEYS}
-      init = (jnp.zeros((), jnp.float32), zero_sums, jax.tree.map(jnp.zeros_like, state.params))
+      init = (jnp.zeros((), jnp.float32), zero_sums, constrain_grads(jax.tree.map(jnp.zeros_like, state.params)))
       (loss, sums, grads), _ = jax.lax.scan(accumulate, init, stacked)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

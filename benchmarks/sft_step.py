@@ -1,0 +1,172 @@
+"""SFT training throughput: our jitted train step vs a transformers PyTorch training step, same model and init.
+
+Both train the same Llama-architecture model (built with transformers, saved, loaded by us with `from_hf`) with
+AdamW on the same batch (batch × seq tokens, fp32, CPU). Each side runs in its own subprocess so that peak host
+memory (ru_maxrss) is its own. Tokens/s counts every token of the batch (context + target).
+
+  .venv/bin/python benchmarks/sft_step.py [--d_model 256 --layers 4 --vocab 8192 --batch 8 --seq 512 --steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LR = 1e-5  # any small value: throughput does not depend on it
+
+
+def _args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--d_model", type=int, default=256)
+  parser.add_argument("--layers", type=int, default=4)
+  parser.add_argument("--heads", type=int, default=8)
+  parser.add_argument("--kv_heads", type=int, default=4)
+  parser.add_argument("--d_ff", type=int, default=704)
+  parser.add_argument("--vocab", type=int, default=8192)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--seq", type=int, default=512)
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation, allocator warm-up)")
+  parser.add_argument("--steps", type=int, default=5, help="timed steps")
+  parser.add_argument("--side", choices=("ours", "torch"), default=None, help="internal: run one side")
+  parser.add_argument("--hf_dir", default=None, help="internal: the saved HF model")
+  return parser.parse_args(argv)
+
+
+def _batch(args):
+  rng = np.random.default_rng(0)
+  return rng.integers(0, args.vocab, (args.batch, args.seq)).astype(np.int64)
+
+
+def _save_hf_model(args, path):
+  import torch
+  import transformers
+
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(
+      vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.layers,
+      num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, intermediate_size=args.d_ff,
+      max_position_embeddings=args.seq, tie_word_embeddings=False, torch_dtype="float32",
+  )
+  transformers.LlamaForCausalLM(config).save_pretrained(path)
+
+
+def _time_steps(step, args):
+  for _ in range(args.warmup):
+    step()
+  start = time.perf_counter()
+  losses = [step() for _ in range(args.steps)]
+  elapsed = time.perf_counter() - start
+  return args.batch * args.seq * args.steps / elapsed, losses
+
+
+def _run_torch(args):
+  import torch
+  import transformers
+
+  model = transformers.LlamaForCausalLM.from_pretrained(args.hf_dir, torch_dtype=torch.float32)
+  model.train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+  ids = torch.from_numpy(_batch(args))
+
+  def step():
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss)
+
+  return _time_steps(step, args)
+
+
+def _run_ours(args):
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from jax.sharding import Mesh
+
+  from leafe_jax import models, parallel
+  from leafe_jax.train import state as state_lib
+  from leafe_jax.train import step as step_lib
+
+  model, params = models.from_hf(args.hf_dir, dtype=jnp.float32)
+  mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+  params_sharding = parallel.param_shardings(model, mesh)
+  params = jax.device_put(params, params_sharding)
+  tx = optax.adamw(LR, weight_decay=0.0)
+  state_sharding = state_lib.shardings(tx, params, params_sharding, mesh)
+  state = jax.jit(lambda p: state_lib.create(p, tx, jax.random.PRNGKey(0)), out_shardings=state_sharding)(params)
+  train_step = step_lib.make_train_step(
+      lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0], tx, normalization="token", num_kinds=5
+  )
+  batch_sharding = parallel.batch_sharding(mesh)
+  ids = _batch(args).astype(np.int32)
+  shape = ids.shape
+  batch = {
+      "input_ids_BxT": ids,
+      "loss_mask_BxT": np.ones(shape, np.float32),
+      "weight_BxT": np.ones(shape, np.float32),
+      "segment_ids_BxT": np.ones(shape, np.int32),
+      "positions_BxT": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy(),
+      "kind_BxT": np.zeros(shape, np.int32),
+  }
+  batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+  jitted = step_lib.jit_train_step(train_step, state_sharding, dict.fromkeys(batch, batch_sharding), mesh)
+  holder = [state]
+
+  def step():
+    holder[0], metrics = jitted(holder[0], batch)
+    return float(metrics["loss"])  # a host sync per step, as the torch side has
+
+  return _time_steps(step, args)
+
+
+def _side(args):
+  tokens_per_s, losses = (_run_ours if args.side == "ours" else _run_torch)(args)
+  peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+  print("SIDE " + json.dumps({"tokens_per_s": tokens_per_s, "peak_mib": peak_mib, "first_loss": losses[0]}))
+
+
+def _spawn(side, args, hf_dir):
+  argv = [sys.executable, os.path.abspath(__file__), "--side", side, "--hf_dir", hf_dir]
+  for name in ("d_model", "layers", "heads", "kv_heads", "d_ff", "vocab", "batch", "seq", "warmup", "steps"):
+    argv += [f"--{name}", str(getattr(args, name))]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+  out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+  if out.returncode != 0:
+    raise RuntimeError(f"{side} side failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+  line = [ln for ln in out.stdout.splitlines() if ln.startswith("SIDE ")][-1]
+  return json.loads(line[len("SIDE "):])
+
+
+def main():
+  args = _args()
+  if args.side:
+    _side(args)
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    _save_hf_model(args, tmp)
+    ours = _spawn("ours", args, tmp)
+    ref = _spawn("torch", args, tmp)
+  ratio = ours["tokens_per_s"] / ref["tokens_per_s"]
+  print(f"SFT train step, Llama d_model={args.d_model} layers={args.layers} vocab={args.vocab}, "
+        f"batch {args.batch} x {args.seq}, fp32 AdamW, CPU ({os.cpu_count()} cores)\n")
+  print("| | tokens/s | peak host memory (MiB) | first-step loss |")
+  print("|---|---|---|---|")
+  print(f"| leafe_jax (jit step) | {ours['tokens_per_s']:.0f} | {ours['peak_mib']:.0f} | {ours['first_loss']:.4f} |")
+  print(f"| transformers PyTorch | {ref['tokens_per_s']:.0f} | {ref['peak_mib']:.0f} | {ref['first_loss']:.4f} |")
+  print(f"| ratio | {ratio:.2f}x | {ours['peak_mib'] / ref['peak_mib']:.2f}x | |\n")
+  print(json.dumps({"name": "sft_step", "ours": round(ours["tokens_per_s"], 1),
+                    "reference": round(ref["tokens_per_s"], 1), "unit": "tokens/s", "ratio": round(ratio, 3)}))
+
+
+if __name__ == "__main__":
+  main()
