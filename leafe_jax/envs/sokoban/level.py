@@ -97,9 +97,9 @@ def to_xsb(level: Level) -> str:
 
 
 def _is_level_line(line: str) -> bool:
-  stripped = line.rstrip()
-  return bool(stripped) and not stripped.lstrip().startswith(XSB_COMMENT) and set(stripped) <= _XSB_CELLS and (
-      XSB_WALL in stripped)
+  """A grid row: has a wall and is not a comment (unknown symbols in it are then reported, not skipped)."""
+  stripped = line.strip()
+  return XSB_WALL in stripped and not stripped.startswith(XSB_COMMENT) and not stripped.lower().startswith("title:")
 
 
 def _parse_block(rows: list[tuple[int, str]], index: int, title: str) -> Level:
@@ -178,11 +178,10 @@ def load_xsb(text: str, name: str = "") -> list[Level]:
     stripped = line.strip()
     if stripped.startswith(XSB_COMMENT):
       title = stripped.lstrip(XSB_COMMENT).strip()
-    elif stripped and not stripped.lower().startswith("title:"):
-      # A line with level symbols but no wall, or stray text: reject instead of silently dropping a level.
-      if set(stripped) & set("@+$*."):
-        raise XsbError(f"level {len(levels)} (line {line_no}): row without walls or unknown symbols: {stripped!r}")
     elif stripped.lower().startswith("title:"):
       title = stripped[len("title:"):].strip()
+    elif stripped and set(stripped) <= _XSB_CELLS:
+      # Level symbols on a row without walls: reject instead of silently dropping part of a level.
+      raise XsbError(f"level {len(levels)} (line {line_no}): row without walls: {stripped!r}")
   flush()
   return levels
