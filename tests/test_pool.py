@@ -1,0 +1,130 @@
+"""EnvPool: results match in-process envs; crashed and hung workers are replaced, other episodes go on."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from leafe_jax.envs.base import Step
+from leafe_jax.envs.pool import EnvPool, EpisodeError
+from leafe_jax.envs.sokoban import SokobanEnv
+
+# Keeps tests quick while giving a spawned worker on a loaded 2-core host time to answer real requests.
+STEP_TIMEOUT_S = 10.0
+
+
+class SleepyEnv:
+  """Test-only env: action "hang" never returns, "boom" raises, anything else echoes."""
+
+  name = "sleepy"
+
+  def __init__(self, tag: str = ""):
+    self.tag = tag
+    self.count = 0
+
+  def tasks(self, split):
+    return ["t0"]
+
+  def reset(self, task_id):
+    self.count = 0
+    return f"{self.tag}{task_id}:0"
+
+  def step(self, action):
+    if action == "hang":
+      time.sleep(3600)
+    if action == "boom":
+      raise ValueError("boom")
+    self.count += 1
+    return Step(f"{action}:{self.count}", 0.0, False, False, {"pid": os.getpid()})
+
+  @property
+  def instruction(self):
+    return "echo"
+
+  def admissible_actions(self):
+    return None
+
+
+SLEEPY = f"{__name__}:SleepyEnv"
+
+
+@pytest.fixture
+def sokoban_pool():
+  pool = EnvPool("sokoban", {"max_steps": 30}, num_workers=2, step_timeout_s=STEP_TIMEOUT_S)
+  yield pool
+  pool.close()
+
+
+def test_pool_matches_in_process_env_and_spreads_episodes(sokoban_pool):
+  pool = sokoban_pool
+  ids, tasks = ["e0", "e1", "e2", "e3"], ["seed:1", "seed:2", "seed:3", "seed:1"]
+  observations = pool.reset(ids, tasks)
+  local = [SokobanEnv(max_steps=30) for _ in ids]
+  assert observations == [env.reset(t) for env, t in zip(local, tasks)]
+  assert {pool.worker_of(i) for i in ids} == {0, 1}
+  live = list(range(len(ids)))
+  for actions in (["up", "left", "down", "right"], ["left", "left", "nope", "up"], ["down"] * 4):
+    steps = pool.step([ids[i] for i in live], [actions[i] for i in live])
+    expected = [local[i].step(actions[i]) for i in live]
+    assert steps == expected
+    live = [i for i, s in zip(live, expected) if not s.done]
+  replayed = pool.replay("e9", "seed:2", ["up", "left", "left"])
+  fresh = SokobanEnv(max_steps=30)
+  assert replayed == [fresh.reset("seed:2")] + [fresh.step(a).observation for a in ["up", "left", "left"]]
+
+
+def test_pool_snapshot_restore(sokoban_pool):
+  pool = sokoban_pool
+  pool.reset(["a"], ["seed:5"])
+  pool.step(["a"], ["up"])
+  (snap,) = pool.snapshot(["a"])
+  (first,) = pool.step(["a"], ["left"])
+  assert pool.restore(["a"], [snap]) == [None]
+  assert pool.step(["a"], ["left"]) == [first]
+
+
+def test_killed_worker_reports_its_episodes_others_go_on():
+  with EnvPool(SLEEPY, {"tag": "x"}, num_workers=2, step_timeout_s=STEP_TIMEOUT_S) as pool:
+    ids = ["a", "b", "c", "d"]
+    pool.reset(ids, ["t"] * 4)
+    victim = pool.worker_of("a")
+    survivors = [i for i in ids if pool.worker_of(i) != victim]
+    lost = [i for i in ids if pool.worker_of(i) == victim]
+    old_pid = pool.worker_pids()[victim]
+    os.kill(old_pid, signal.SIGKILL)
+    results = pool.step(ids, ["go"] * 4)
+    for episode_id, result in zip(ids, results):
+      if episode_id in lost:
+        assert isinstance(result, EpisodeError) and "crashed" in result.reason
+      else:
+        assert result.observation == "go:1"
+    assert pool.restarts == 1 and pool.worker_pids()[victim] != old_pid
+    # The survivors keep their state; lost episodes are unknown until reset, then work on the new worker.
+    again = pool.step(survivors + lost, ["go"] * 4)
+    assert [r.observation for r in again[:len(survivors)]] == ["go:2"] * len(survivors)
+    assert all(isinstance(r, EpisodeError) and "unknown episode" in r.reason for r in again[len(survivors):])
+    assert pool.reset(lost, ["t"] * len(lost)) == ["xt:0"] * len(lost)
+    assert all(r.observation == "go:1" for r in pool.step(lost, ["go"] * len(lost)))
+
+
+def test_hung_worker_is_replaced_after_timeout():
+  with EnvPool(SLEEPY, {}, num_workers=2, step_timeout_s=3.0) as pool:
+    pool.reset(["slow", "fast"], ["t", "t"])
+    assert pool.worker_of("slow") != pool.worker_of("fast")
+    hung_pid = pool.worker_pids()[pool.worker_of("slow")]
+    slow, fast = pool.step(["slow", "fast"], ["hang", "go"])  # returns although the env sleeps for an hour
+    assert isinstance(slow, EpisodeError) and "timed out" in slow.reason
+    assert fast.observation == "go:1"
+    assert hung_pid not in pool.worker_pids() and pool.restarts == 1
+    assert pool.reset(["slow"], ["t"]) == ["t:0"]
+
+
+def test_env_exception_errors_only_that_episode():
+  with EnvPool(SLEEPY, {}, num_workers=1, step_timeout_s=STEP_TIMEOUT_S) as pool:
+    pool.reset(["a", "b"], ["t", "t"])
+    bad, good = pool.step(["a", "b"], ["boom", "go"])
+    assert isinstance(bad, EpisodeError) and "ValueError: boom" in bad.reason
+    assert good.observation == "go:1" and pool.restarts == 0
+    with pytest.raises(ValueError, match="duplicate"):
+      pool.step(["b", "b"], ["go", "go"])
