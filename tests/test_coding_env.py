@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from leafe_jax.envs import base, registry
+from leafe_jax.envs import base, prompts, registry
 from leafe_jax.envs.coding import CodingEnv, extract_code
 
 
@@ -24,12 +24,28 @@ def test_registry_builds_the_env_and_it_meets_the_protocol():
   assert env.tasks("train") == ["mbpp/9001", "mbpp/9002", "mbpp/9003"]
 
 
-def test_reset_shows_statement_and_submission_format(env):
+def test_reset_and_instruction_show_statement_once(env):
   obs = env.reset("ex_sum_of_pairs")
-  assert obs.startswith("You are given t test cases")
-  assert "```python" in obs and "standard input" in obs
-  assert env.instruction == obs
+  assert obs.startswith("No program submitted yet; you have 4 attempt(s)")
+  assert env.instruction.startswith("You are given t test cases")
+  assert "```python" in env.instruction and "standard input" in env.instruction
   assert env.admissible_actions() is None
+
+
+def test_prompt_from_the_shared_builder(env):
+  env.reset("ex_sum_of_pairs")
+  program = env.parse_action(_fenced("print(0)\n"))
+  assert program == "```python\nprint(0)\n```"
+  feedback = env.step(program).observation
+  messages = prompts.build_action_prompt(env, instruction=env.instruction, history=[(env.reset("ex_sum_of_pairs"),
+                                         program)], current_observation=feedback, admissible_actions=None,
+                                         step_count=1, history_length=2, experience="Read all t cases.")
+  text = messages[-1]["content"]
+  assert text.count("You are given t test cases") == 1
+  assert "[Your attempt 1]\n```python\nprint(0)\n```" in text
+  assert "[Feedback before attempt 2]\nAttempt 1/4: failed public test 1" in text
+  assert "<experience>\nRead all t cases.\n</experience>" in text
+  assert "```python ... ``` code block" in text
 
 
 def test_no_code_block_is_feedback_and_counts_as_an_attempt(env):

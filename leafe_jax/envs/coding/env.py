@@ -1,7 +1,8 @@
 """CodingEnv: write a program, get the public tests' feedback, up to `horizon` submissions.
 
-One episode = one problem. The observation after `reset` is the problem statement with the submission format;
-each `step(action)` takes the model's text, judges the last fenced code block in the sandbox, and returns the
+One episode = one problem. The instruction is the problem statement with the submission format (the prompt shows
+it once, always); `reset` returns a short "no submission yet" observation; each `step(action)` takes the model's
+text (or `parse_action`'s canonical code block), judges its last fenced code block in the sandbox, and returns the
 feedback of the PUBLIC tests (pass/fail, the first failing input / expected / got, the error trace, truncated).
 Success = every hidden test passes (CodeContests: private + generated tests), which ends the episode with
 reward 1. A text without a code block gets a feedback saying so and uses up an attempt. The paper's CodeContests
@@ -17,6 +18,7 @@ from leafe_jax.envs.base import Step
 from leafe_jax.envs.coding import judging as judge_lib
 from leafe_jax.envs.coding import sandbox as sandbox_lib
 from leafe_jax.envs.coding.problems import EXAMPLE_FILES, FORMATS, Problem, load_problems
+from leafe_jax.envs.prompts import PromptTemplate
 
 DEFAULT_HORIZON = 4  # LEAFE App. B.3: CodeContests max horizon 4
 FEEDBACK_IO_CHARS = 500  # input / expected / got shown per failing test
@@ -30,12 +32,47 @@ SUBMIT_FORMAT = {
     "mbpp": "Write the Python function(s) the tests call, with any imports they need.",
 }
 ANSWER_FORMAT = "Put your program in a single ```python ... ``` code block; only the last code block is judged."
+NO_SUBMISSION = "No program submitted yet; you have {horizon} attempt(s). Each attempt is judged on the public tests."
+
+# The problem statement is the instruction (shown once, always); observations are the judge's feedback, and
+# the actions in the history are the submitted programs. No <action> tags: the program is a fenced code block,
+# which a stop string at "</action>" would otherwise cut to its first line.
+CODING_TEMPLATE = PromptTemplate(
+    system="You are an expert Python programmer. Think about the problem first, then submit one complete program.",
+    task_intro="Solve the following programming problem.\n\n{instruction}",
+    history_intro="You have already made {step_count} attempt(s). The most recent {num_shown}, with their feedback:",
+    history_item="[Feedback before attempt {step}]\n{observation}\n[Your attempt {step}]\n{action}",
+    current_observation="[Feedback before attempt {step}]\n{observation}",
+    experience=("Advice from reflecting on an earlier attempt at this problem (use it to write a better program):\n"
+                "<experience>\n{experience}\n</experience>"),
+    output_format=("First reason about the problem and any feedback inside <think> </think> tags. Then give the "
+                   "complete program in a single ```python ... ``` code block (only the last code block is judged)."),
+)
+
+# For tiny demo models: the statement, the feedback, and a code-block cue.
+CODING_COMPACT_TEMPLATE = PromptTemplate(
+    task_intro="{instruction}",
+    current_observation="{observation}",
+    output_format="```python",
+)
 
 
 def extract_code(text: str) -> str | None:
   """The last fenced Python (or untagged) code block of `text`; an unclosed final fence counts. None if none."""
   blocks = [body for tag, body in _FENCE.findall(text) if tag.lower() in _PYTHON_TAGS]
   return blocks[-1] if blocks else None
+
+
+def parse_action(text: str) -> str | None:
+  """The action in a model's text: its last Python code block, re-fenced canonically; None without one.
+
+  The coding env's counterpart of `envs.prompts.parse_action` (which reads <action> tags); `step` accepts both
+  this canonical form and the raw model text.
+  """
+  code = extract_code(text or "")
+  if code is None:
+    return None
+  return f"```python\n{code.rstrip()}\n```"
 
 
 class CodingEnv:
@@ -47,19 +84,21 @@ class CodingEnv:
     horizon: submissions per episode.
     time_limit_s, memory_mb: judge limits (None: the problem's own, else the judge's defaults).
     num_workers: tests run in parallel per judgement.
-    isolation: sandbox isolation ("auto" | "namespace" | "process").
+    isolation: sandbox isolation ("auto" | "namespace" | "userns" | "process").
+    compact_prompt: the short prompt template for tiny demo models.
   """
 
   name = "coding"
 
   def __init__(self, format: str = "codecontests", problems: str | dict[str, str] | None = None,
                horizon: int = DEFAULT_HORIZON, time_limit_s: float | None = None, memory_mb: int | None = None,
-               num_workers: int = 4, isolation: str = "auto"):
+               num_workers: int = 4, isolation: str = "auto", compact_prompt: bool = False):
     if format not in FORMATS:
       raise ValueError(f"coding env: unknown format {format!r}; expected one of {FORMATS}")
     if horizon < 1:
       raise ValueError(f"coding env: horizon must be >= 1, got {horizon}")
     self.format = format
+    self.prompt_template = CODING_COMPACT_TEMPLATE if compact_prompt else CODING_TEMPLATE
     self._files = problems if isinstance(problems, dict) else None
     self._file = problems if isinstance(problems, str) else (None if self._files else EXAMPLE_FILES[format])
     self.horizon = horizon
@@ -111,7 +150,7 @@ class CodingEnv:
     self._problem = self.problem(task_id)
     self._attempt = 0
     self._done = False
-    return self.instruction
+    return NO_SUBMISSION.format(horizon=self.horizon)
 
   @property
   def instruction(self) -> str:
@@ -122,6 +161,10 @@ class CodingEnv:
 
   def admissible_actions(self) -> list[str] | None:
     return None
+
+  @staticmethod
+  def parse_action(text: str) -> str | None:
+    return parse_action(text)
 
   def snapshot(self) -> tuple[str | None, int, bool]:
     """The whole episode state: submissions do not change the problem, so (task, attempts used, done) suffices.
@@ -182,7 +225,8 @@ def feedback(public: judge_lib.Verdict, hidden_passed: bool) -> str:
     lines += ["Expected output:" if label == "Input" else "Expected:", _cut(failure.expected, FEEDBACK_IO_CHARS)]
   if failure.status == judge_lib.WRONG_ANSWER or failure.got:
     lines += ["Your output:" if label == "Input" else "Got:", _cut(failure.got, FEEDBACK_IO_CHARS) or "(empty)"]
-  if failure.error:
+  # A wrong answer with both sides shown needs no AssertionError trace.
+  if failure.error and not (failure.status == judge_lib.WRONG_ANSWER and failure.expected):
     lines += ["Error:", _cut(failure.error, FEEDBACK_TRACE_CHARS, tail=True)]
   return "\n".join(lines)
 
