@@ -1,0 +1,69 @@
+"""Schedules, weight-decay mask and the MFU bookkeeping, against hand computations."""
+
+import math
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from leafe_jax.train import metrics, optimizer, stage
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_warmup_then_schedule(schedule):
+  lr, warmup, total = 1e-3, 4, 20
+  fn = optimizer.make_schedule(lr, warmup, total, schedule)
+  for step in range(total + 1):
+    if step < warmup:
+      want = lr * step / warmup
+    elif schedule == "constant":
+      want = lr
+    else:
+      want = lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+    assert float(fn(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), step
+
+
+def test_adamw_decays_matrices_not_norm_scales():
+  config = stage.default_config()
+  config.update({"lr": 0.1, "weight_decay": 0.5, "clip_norm": 0.0})
+  params = {"kernel": jnp.ones((2, 2)), "scale": jnp.ones((2,))}
+  # Zero gradients: Adam's own step is 0, so the update is the decoupled decay -lr·wd·p, on matrices only.
+  tx = optimizer.make_optimizer(config, total_steps=10)
+  zero = {"kernel": jnp.zeros((2, 2)), "scale": jnp.zeros((2,))}
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * np.ones((2, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(updates["scale"], np.zeros(2))
+
+
+def test_mfu_peak_table_and_cpu_is_not_applicable():
+  assert metrics.peak_flops("TPU v5 lite") == 197e12
+  assert metrics.peak_flops("TPU v5p") == 459e12
+  assert metrics.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+  assert metrics.peak_flops("cpu") is None
+  line = metrics.progress_line(3, 10, {"loss": 1.25, "lr": 1e-6, "tokens_per_s": 1000.0})
+  assert "MFU n/a" in line and "loss 1.2500" in line
+
+
+def test_flops_per_token_is_6n_plus_attention():
+  cfg = ml_collections.ConfigDict({"num_layers": 2, "num_heads": 4, "head_dim": 8})
+  assert metrics.train_flops_per_token(1000, cfg, 16) == 6 * 1000 + 12 * 2 * 4 * 8 * 16
+
+
+def test_kind_sums_reduce_to_per_kind_mean_loss_and_accuracy():
+  sums = {"nll_sum_K": np.array([6.0, 0.0, 3.0]), "targets_K": np.array([3.0, 0.0, 1.0]),
+          "correct_K": np.array([1.0, 0.0, 1.0])}
+  out = metrics.reduce_kind_sums(sums, ("cf", "reh", "iwm"))
+  assert out == {"cf/loss": 2.0, "cf/accuracy": 1 / 3, "cf/target_tokens": 3.0, "iwm/loss": 3.0,
+                 "iwm/accuracy": 1.0, "iwm/target_tokens": 1.0}
+
+
+@pytest.mark.parametrize(("shape", "devices", "want"), [((-1, 1, 1), 8, (8, 1, 1)), ((2, -1, 2), 8, (2, 2, 2)),
+                                                        ((1, 2, 4), 8, (1, 2, 4))])
+def test_mesh_shape_resolution(shape, devices, want):
+  assert stage.resolve_mesh_shape(shape, devices) == want
+
+
+def test_mesh_shape_that_does_not_fit_is_refused():
+  with pytest.raises(ValueError, match="train.mesh"):
+    stage.resolve_mesh_shape((3, 1, 1), 8)
