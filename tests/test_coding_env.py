@@ -158,3 +158,14 @@ def test_broken_programs_are_feedback_never_exceptions(env, code):
   env.reset("ex_sum_of_pairs")
   step = env.step(_fenced(code))
   assert not step.success and "failed public test 1 of 1" in step.observation
+
+
+def test_runs_in_env_pool_workers():
+  from leafe_jax.envs.pool import EnvPool
+
+  with EnvPool("coding", {"format": "mbpp"}, num_workers=1) as pool:
+    (obs,) = pool.reset(["e0"], ["mbpp/9002"])
+    assert obs.startswith("No program submitted yet")
+    reference = CodingEnv(format="mbpp").problem("mbpp/9002").reference_solution
+    (step,) = pool.step(["e0"], [_fenced(reference)])
+    assert step.success and step.done
