@@ -92,8 +92,11 @@ class MetricsWriter:
 def progress_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> str:
   mfu = scalars.get("mfu")
   mfu_text = "n/a" if mfu is None else f"{100 * mfu:.1f}%"
+  per_kind = "".join(
+      f" {name[: -len('/loss')]} {value:.4f}" for name, value in scalars.items() if name.endswith("/loss")
+  )
   return (
-      f"step {step}/{total_steps} loss {scalars['loss']:.4f} lr {scalars.get('lr', float('nan')):.3g} "
+      f"step {step}/{total_steps} loss {scalars['loss']:.4f}{per_kind} lr {scalars.get('lr', float('nan')):.3g} "
       f"tokens/s {scalars['tokens_per_s']:.0f} MFU {mfu_text}"
   )
 
