@@ -6,6 +6,7 @@ import pytest
 
 from leafe_jax.envs import base, prompts, registry
 from leafe_jax.envs.coding import CodingEnv, extract_code
+from leafe_jax.envs.coding.problems import EXAMPLE_FILES
 
 
 def _fenced(code: str, tag: str = "python") -> str:
@@ -104,6 +105,17 @@ def test_passing_public_but_failing_hidden_tests_is_not_success(tmp_path):
   assert "passed all 1 public tests, but it failed the hidden tests" in step.observation
   with pytest.raises(ValueError, match="no problem file for split 'train'"):
     env.tasks("train")
+
+
+def test_split_given_as_a_glob_of_shards(tmp_path):
+  with open(EXAMPLE_FILES["codecontests"]) as f:
+    lines = f.read().splitlines()
+  for i, line in enumerate(lines):
+    (tmp_path / f"train-{i:05d}-of-{len(lines):05d}.jsonl").write_text(line + "\n")
+  env = CodingEnv(problems={"train": str(tmp_path / "train-*.jsonl")})
+  assert env.tasks("train") == ["ex_sum_of_pairs", "ex_circle_area", "ex_reverse_words"]
+  with pytest.raises(FileNotFoundError, match="no problem file matches"):
+    CodingEnv(problems=str(tmp_path / "test-*.jsonl")).tasks("test")
 
 
 def test_humaneval_and_mbpp_episodes(tmp_path):

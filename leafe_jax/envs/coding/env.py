@@ -11,6 +11,7 @@ setting is horizon 4 with rollback only when the budget is exhausted, so `irreve
 
 from __future__ import annotations
 
+import glob
 import re
 from typing import Any
 
@@ -80,7 +81,8 @@ class CodingEnv:
 
   Args:
     format: "codecontests" | "mbpp" | "humaneval".
-    problems: a problem file for every split, or {split: file}; default the shipped example file of `format`.
+    problems: a problem file (or glob of shards) for every split, or {split: file or glob}; default the
+      shipped example file of `format`.
     horizon: submissions per episode.
     time_limit_s, memory_mb: judge limits (None: the problem's own, else the judge's defaults).
     num_workers: tests run in parallel per judgement.
@@ -115,8 +117,12 @@ class CodingEnv:
   # ------------------------------------------------------------------------------------------------- tasks
 
   def _problems(self, path: str) -> list[Problem]:
+    """The problems of `path`, or of every file matching it when it is a glob (e.g. sharded parquet)."""
     if path not in self._loaded:
-      self._loaded[path] = load_problems(path, self.format)
+      files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+      if not files:
+        raise FileNotFoundError(f"coding env: no problem file matches {path!r}")
+      self._loaded[path] = [p for f in files for p in load_problems(f, self.format)]
     return self._loaded[path]
 
   def _split_file(self, split: str) -> str:
