@@ -108,6 +108,14 @@ def test_program_reading_stdin_cannot_get_the_harness_token(sandbox):
   assert not judge(problem, hack, tests="hidden", sandbox=sandbox).passed
 
 
+def test_mbpp_setup_code_runs_before_the_tests(sandbox, tmp_path):
+  path = tmp_path / "s.jsonl"
+  path.write_text('{"task_id": 8, "prompt": "Root.", "code": "def r(x):\\n  return sqrt(x)", '
+                  '"test_imports": ["from math import sqrt"], "test_list": ["assert r(4) == 2"]}\n')
+  (problem,) = load_problems(str(path), "mbpp")
+  assert judge(problem, problem.reference_solution, sandbox=sandbox).passed
+
+
 def test_humaneval_without_public_tests_still_reports_a_broken_program(sandbox):
   problem = _problems("humaneval")[2]
   assert problem.public_tests == ()

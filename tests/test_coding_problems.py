@@ -63,6 +63,14 @@ def test_mbpp_public_and_hidden_tests(tmp_path):
   assert [t.code for t in p.hidden_tests] == ["assert f(1, 2) == 3", "assert f(0, 0) == 0"]
 
 
+def test_mbpp_sanitized_layout(tmp_path):
+  record = {"task_id": 8, "prompt": "Root.", "code": "def r(x): return sqrt(x)",
+            "test_imports": ["from math import sqrt"], "test_list": ["assert r(4) == 2"]}
+  path = _write_jsonl(tmp_path / "s.jsonl", [record])
+  (p,) = load_problems(path, "mbpp")
+  assert p.statement.startswith("Root.") and p.test_setup_code == "from math import sqrt"
+
+
 def test_humaneval_docstring_examples_become_public_tests():
   problems = load_problems(EXAMPLE_FILES["humaneval"], "humaneval")
   assert [t.code for t in problems[0].public_tests] == [

@@ -6,7 +6,8 @@ Formats (one JSON object per line in `.jsonl`; CodeContests also as `.parquet`, 
   (`{"language": [...], "solution": [...]}`, language 3 or "PYTHON3" = Python 3), optional `time_limit`
   (`{"seconds", "nanos"}`) and `memory_limit_bytes`. Hidden tests = private + generated (public when both are
   empty). Tests are stdin/stdout.
-- "mbpp": `task_id`, `text`, `code`, `test_list`, `test_setup_code`, `challenge_test_list`. Statement = text +
+- "mbpp": `task_id`, `text`, `code`, `test_list`, `test_setup_code`, `challenge_test_list` (the "sanitized"
+  release's `prompt` and `test_imports` are read too). Statement = text +
   the `test_list` asserts (the MBPP prompt); public tests = `test_list`; hidden = `test_list` +
   `challenge_test_list`.
 - "humaneval": `task_id`, `prompt`, `entry_point`, `canonical_solution`, `test` (defines `check(candidate)`).
@@ -164,13 +165,15 @@ def _codecontests(record: dict[str, Any], where: str) -> Problem:
 
 def _mbpp(record: dict[str, Any], where: str) -> Problem:
   task_id = _field(record, "task_id", (int, str), where)
-  text = _field(record, "text", str, where)
+  # The "sanitized" MBPP release names the text `prompt` and lists imports in `test_imports`.
+  text = _field(record, "text" if "text" in record or "prompt" not in record else "prompt", str, where)
   code = _field(record, "code", str, where, default=None)
   tests = _str_list(record, "test_list", where)
   if not tests:
     raise ProblemFormatError(f"{where}: field 'test_list' is empty")
   challenge = _str_list(record, "challenge_test_list", where, default=[])
   setup = _field(record, "test_setup_code", str, where, default="")
+  setup = "\n".join([*_str_list(record, "test_imports", where, default=[]), setup]).strip()
   statement = f"{text.strip()}\nYour code should pass these tests:\n\n" + "\n".join(tests)
   return Problem(
       task_id=f"mbpp/{task_id}", format="mbpp", statement=statement,
