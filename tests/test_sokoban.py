@@ -118,7 +118,7 @@ def test_generated_rooms_are_solvable_within_max_steps(config):
   for task_id in env.tasks("test", n=15):
     env.reset(task_id)
     lv = env.level
-    assert len(lv.boxes) == env.params.num_boxes and not (lv.boxes & lv.targets)
+    assert len(lv.boxes) == env.params.num_boxes and not (lv.boxes & lv.targets) and lv.player not in lv.targets
     solution = solve(lv, max_steps=env.max_steps)
     assert solution is not None and len(solution) <= env.max_steps
     step = play(env, solution)
@@ -194,8 +194,13 @@ def test_irreversible_box_in_corner():
 
 def test_irreversible_after_push_into_corner_and_not_on_target():
   env = env_of("#####\n#-$@#\n#.--#\n#####")
+  assert not env.step("up").info["irreversible"]  # bumping the wall changes nothing
+  snap = env.snapshot()
   step = env.step("left")
   assert step.info["irreversible"]  # box in the top-left corner, target below it
+  assert env.step("down").info["irreversible"]  # walking away does not undo it
+  env.restore(snap)
+  assert not env.step("down").info["irreversible"]
   env = env_of("#####\n#.$@#\n#---#\n#####")
   step = env.step("left")
   assert step.success and not step.info["irreversible"]  # corner that is a target is fine

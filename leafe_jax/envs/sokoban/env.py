@@ -104,9 +104,11 @@ class SokobanEnv:
 
   def __init__(self, dim: tuple[int, int] = (6, 6), num_boxes: int = 1, max_steps: int = 15,
                search_depth: int = 100, p_change_directions: float = 0.35, num_gen_steps: int | None = None,
-               level: Level | None = None, compact_prompt: bool = False):
+               max_reverse_states: int = 300_000, level: Level | None = None, compact_prompt: bool = False):
+    """Room knobs as `generator.RoomParams` (defaults: verl-agent 6x6, 1 box, 15 steps); `level` fixes one level;
+    `compact_prompt` selects the short prompt for tiny models."""
     self.params = generator.RoomParams(tuple(dim), num_boxes, max_steps, search_depth, p_change_directions,
-                                       num_gen_steps)
+                                       num_gen_steps, max_reverse_states)
     self.max_steps = max_steps
     self.prompt_template = SOKOBAN_COMPACT_TEMPLATE if compact_prompt else SOKOBAN_TEMPLATE
     self._fixed_level = level

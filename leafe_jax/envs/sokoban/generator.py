@@ -43,6 +43,7 @@ class RoomParams:
   search_depth: int = 100  # reverse-play depth bound (moves), further capped by max_steps
   p_change_directions: float = 0.35  # gym-sokoban default
   num_gen_steps: int | None = None  # topology walk length; None = 1.7 * (rows + cols) as gym-sokoban
+  max_reverse_states: int = 300_000  # reverse-play state cap (gym-sokoban's cap), bounds time on large rooms
 
 
 def _topology(rng: random.Random, rows: int, cols: int, p_change: float, num_steps: int) -> list[bool]:
@@ -66,7 +67,8 @@ def _topology(rng: random.Random, rows: int, cols: int, p_change: float, num_ste
   return floor
 
 
-def _reverse_play(floor: list[bool], cols: int, player: int, targets: tuple[int, ...], depth: int):
+def _reverse_play(floor: list[bool], cols: int, player: int, targets: tuple[int, ...], depth: int,
+                  max_states: int):
   """Best-scoring start state reachable by moves and pulls within `depth` moves: (score, player, boxes)."""
   offsets = (-cols, cols, -1, 1)
   target_set = frozenset(targets)
@@ -99,7 +101,7 @@ def _reverse_play(floor: list[bool], cols: int, player: int, targets: tuple[int,
             if score > best[0]:
               best = (score, nxt, new_boxes)
     frontier = next_frontier
-    if not frontier:
+    if not frontier or len(seen) >= max_states:
       break
   return best
 
@@ -116,7 +118,7 @@ def generate_room(seed: int, params: RoomParams, attempt: int = 0) -> Level | No
   player = rng.choice(cells)
   targets = tuple(rng.sample([c for c in cells if c != player], params.num_boxes))
   depth = min(params.search_depth, params.max_steps)
-  score, start_player, boxes = _reverse_play(floor, cols, player, targets, depth)
+  score, start_player, boxes = _reverse_play(floor, cols, player, targets, depth, params.max_reverse_states)
   if score <= 0:
     return None
   walls = frozenset(i for i, f in enumerate(floor) if not f)
