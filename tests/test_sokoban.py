@@ -193,11 +193,11 @@ def test_irreversible_box_in_corner():
 
 
 def test_irreversible_after_push_into_corner_and_not_on_target():
-  env = env_of("#####\n#-$@#\n#.--#\n#####")
-  assert not env.step("up").info["irreversible"]  # bumping the wall changes nothing
+  env = env_of("######\n#-$@.#\n#----#\n######")
+  assert not env.step("up").info["irreversible"]  # box can still go right along the wall onto the target
   snap = env.snapshot()
   step = env.step("left")
-  assert step.info["irreversible"]  # box in the top-left corner, target below it
+  assert step.info["irreversible"]  # box in the top-left corner
   assert env.step("down").info["irreversible"]  # walking away does not undo it
   env.restore(snap)
   assert not env.step("down").info["irreversible"]
