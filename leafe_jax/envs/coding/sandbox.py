@@ -113,7 +113,7 @@ class Limits:
   wall_time_s: float = 4.0  # killed after this many seconds of wall time
   cpu_time_s: float | None = None  # RLIMIT_CPU; None = ceil(wall_time_s)
   memory_mb: int = 512  # RLIMIT_AS (address space; the interpreter itself takes ~25 MB of it)
-  max_processes: int = 16  # RLIMIT_NPROC for the sandbox uid (processes + threads)
+  max_processes: int = 8  # RLIMIT_NPROC for the sandbox uid (processes + threads; RLIMIT_AS is per process)
   max_open_files: int = 64  # RLIMIT_NOFILE
   max_file_size_mb: int = 16  # RLIMIT_FSIZE (any single file written, SIGXFSZ beyond)
   workdir_mb: int = 32  # size of the tmpfs working directory (namespace isolation)
