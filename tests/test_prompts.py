@@ -82,6 +82,8 @@ def test_template_or_generic_fallback():
     ("up", "up"),
     ("  Down.\n", "down"),
     ("left\nbecause the box is there", "left"),
+    ("Action: right", "right"),
+    ("<action>Action: up</action>", "up"),
     ("<action>jump</action>", None),
     ("<action></action>", None),
     ("I think we should go up", None),

@@ -119,14 +119,18 @@ def _normalise(text: str) -> str:
   return " ".join(text.strip(_STRIP_CHARS).split()).lower()
 
 
+_LABEL = re.compile(r"^\s*(?:action|answer)\s*[:=]\s*", re.IGNORECASE)
+
+
 def _match(candidate: str, admissible: Sequence[str] | None) -> str | None:
   if admissible is None:
     value = candidate.strip()
     return value or None
-  wanted = _normalise(candidate)
-  for action in admissible:
-    if _normalise(action) == wanted:
-      return action
+  for text in (candidate, _LABEL.sub("", candidate, count=1)):  # "Action: up" is common in untagged replies
+    wanted = _normalise(text)
+    for action in admissible:
+      if _normalise(action) == wanted:
+        return action
   return None
 
 
@@ -136,9 +140,10 @@ def parse_action(text: str, admissible: Sequence[str] | None = None) -> str | No
   Rules: the content of the LAST complete `<action>...</action>` block (tags in any case, spaces allowed); if
   no block is complete, the text after the last `<action>` (a missing closing tag, e.g. cut by a stop string)
   up to the end of its line; with no tag at all, the whole text, then its first non-empty line, must be a bare
-  action. With `admissible`, the candidate must equal an admissible action ignoring case, surrounding quotes /
-  punctuation and repeated spaces, and the admissible spelling is returned; without it the stripped candidate
-  is returned (never for untagged text, which is then None).
+  action. An "Action:" / "Answer:" label in front of the action is dropped. With `admissible`, the candidate
+  must equal an admissible action ignoring case, surrounding quotes / punctuation and repeated spaces, and the
+  admissible spelling is returned; without it the stripped candidate is returned (never for untagged text,
+  which is then None).
   """
   if not text:
     return None
