@@ -87,6 +87,26 @@ def shipped_levels(name: str) -> tuple[Level, ...]:
   return tuple(load_xsb(resource.read_text(encoding="utf-8"), name=name))
 
 
+@functools.cache
+def _train_seeds() -> tuple[int, ...]:
+  """Every training seed once, in a fixed shuffled order."""
+  seeds = list(range(*TRAIN_SEED_RANGE))
+  random.Random("sokoban-tasks:train").shuffle(seeds)
+  return tuple(seeds)
+
+
+def _test_seeds(n: int) -> list[int]:
+  """The first n distinct seeds of a fixed stream over the test range."""
+  rng = random.Random("sokoban-tasks:test")
+  seen, seeds = set(), []
+  while len(seeds) < n:
+    s = rng.randrange(*TEST_SEED_RANGE)
+    if s not in seen:
+      seen.add(s)
+      seeds.append(s)
+  return seeds
+
+
 @dataclasses.dataclass(frozen=True)
 class SokobanSnapshot:
   task_id: str | None
@@ -127,20 +147,10 @@ class SokobanEnv:
       name = split.split(":", 1)[1]
       ids = [f"level:{name}:{i}" for i in range(len(shipped_levels(name)))]
       return ids[:n] if n is not None else ids
-    rng = random.Random(f"sokoban-tasks:{split}")
     if split == "train":
-      seeds = list(range(*TRAIN_SEED_RANGE))
-      rng.shuffle(seeds)
-      return [f"seed:{s}" for s in seeds[:n]]
+      return [f"seed:{s}" for s in _train_seeds()[:n]]
     if split == "test":
-      count = DEFAULT_NUM_TEST_TASKS if n is None else n
-      seen, seeds = set(), []
-      while len(seeds) < count:
-        s = rng.randrange(*TEST_SEED_RANGE)
-        if s not in seen:
-          seen.add(s)
-          seeds.append(s)
-      return [f"seed:{s}" for s in seeds]
+      return [f"seed:{s}" for s in _test_seeds(DEFAULT_NUM_TEST_TASKS if n is None else n)]
     raise ValueError(f"sokoban: unknown split {split!r}; use 'train', 'test' or 'levels:<file>'")
 
   def level_of(self, task_id: str | None) -> Level:
