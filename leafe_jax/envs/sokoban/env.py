@@ -57,10 +57,11 @@ SOKOBAN_TEMPLATE = PromptTemplate(
                    "exactly one admissible action inside <action> </action> tags."),
 )
 
-# For tiny demo models: just the grid and a cue; the model answers with a bare action word.
+# For tiny demo models: just the grid, the reflection's experience when branching, and a cue.
 SOKOBAN_COMPACT_TEMPLATE = PromptTemplate(
     task_intro="",
     current_observation="{observation}",
+    experience="hint: {experience}",
     output_format="action:",
 )
 

@@ -1,0 +1,77 @@
+"""Noisy-expert Sokoban trajectories from the exact solver, for warm-up data of from-scratch policies.
+
+The expert plays the solver's move-optimal action, except that with probability `mistake_prob` it plays another
+action. A trajectory that fails therefore contains a *fatal* step: the first action after which the room can no
+longer be solved within the remaining steps. That step is what a reflection should name as the rollback step,
+and "avoid <that action>" is the experience that fixes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from leafe_jax.envs.sokoban import ACTIONS, SokobanEnv, solve
+from leafe_jax.envs.sokoban.level import LURD
+
+_ACTION_OF_LETTER = {letter: action for action, letter in LURD.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+  """One agent turn: what the agent saw, what it did, and what the solver would have done."""
+
+  step: int  # 1-based step number
+  observation: str
+  action: str
+  optimal_action: str | None  # None when the state was already lost
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertTrajectory:
+  task_id: str
+  turns: tuple[Turn, ...]
+  success: bool
+  fatal_step: int | None  # 1-based step whose action made the room unsolvable in time; None if never
+
+
+def optimal_action(env: SokobanEnv) -> str | None:
+  """The first move of a move-optimal solution from the env's current state within its remaining steps."""
+  snap = env.snapshot()
+  state = dataclasses.replace(env.level, player=snap.player, boxes=snap.boxes)
+  plan = solve(state, max_steps=env.max_steps - snap.steps)
+  if not plan:
+    return None
+  return _ACTION_OF_LETTER[plan[0].lower()]
+
+
+def noisy_expert_trajectory(env: SokobanEnv, task_id: str, mistake_prob: float, rng: random.Random) -> ExpertTrajectory:
+  """Plays one episode of `task_id` with the noisy expert."""
+  observation = env.reset(task_id)
+  turns: list[Turn] = []
+  fatal_step = None
+  success = False
+  step_number = 0
+  while True:
+    step_number += 1
+    best = optimal_action(env)
+    if best is not None and rng.random() >= mistake_prob:
+      action = best
+    else:
+      action = rng.choice([a for a in ACTIONS if a != best])
+    turns.append(Turn(step_number, observation, action, best))
+    result = env.step(action)
+    observation = result.observation
+    if fatal_step is None and best is not None and not result.success and optimal_action_after(env, result) is None:
+      fatal_step = step_number
+    if result.done:
+      success = result.success
+      break
+  return ExpertTrajectory(task_id, tuple(turns), success, fatal_step)
+
+
+def optimal_action_after(env: SokobanEnv, result) -> str | None:
+  """Like `optimal_action`, but None at once when the episode is over."""
+  if result.done:
+    return None
+  return optimal_action(env)

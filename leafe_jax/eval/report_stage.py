@@ -1,0 +1,74 @@
+"""Stage `report`: one markdown report from every eval stage in the workdir (table, Pass@k plot, ledger, tree)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import ml_collections
+from absl import logging
+
+from leafe_jax.eval import plots, tables
+
+CONFIG_SECTION = "report"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.eval_glob = "eval*"  # stage dirs (relative to workdir) whose results.json enter the table
+  c.ks = (1, 16)  # Pass@k columns of the table
+  c.explore_dir = "explore"  # stage dir of the explorer run whose ledger and one tree are shown ("" = none)
+  c.title = "LEAFE reproduction report"  # heading of report.md
+  return c
+
+
+def _load_results(workdir: str, pattern: str) -> list[dict]:
+  results = []
+  for path in sorted(glob.glob(os.path.join(workdir, pattern, "results.json"))):
+    with open(path) as f:
+      results.append(json.load(f))
+  return results
+
+
+def _tree_section(workdir: str, explore_dir: str, stage_dir: str) -> list[str]:
+  """The explorer's ledger totals and one rendered tree (the first one with a successful branch)."""
+  from leafe_jax.explore import show
+
+  root = os.path.join(workdir, explore_dir)
+  lines: list[str] = []
+  ledger_path = os.path.join(root, "ledger.json")
+  if os.path.exists(ledger_path):
+    with open(ledger_path) as f:
+      totals = json.load(f).get("total", {})
+    lines += ["## Exploration ledger (totals)", "", "| counter | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(totals.items())]
+    lines.append("")
+  tree_files = sorted(glob.glob(os.path.join(root, "trees", "*.jsonl")))
+  if tree_files:
+    text, png = show.render_example(tree_files, os.path.join(stage_dir, "tree.png"))
+    lines += ["## One backtrack tree", "", "```", text, "```", "", f"![tree]({os.path.basename(png)})", ""]
+  return lines
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
+  cfg = config.report
+  os.makedirs(stage_dir, exist_ok=True)
+  results = _load_results(workdir, cfg.eval_glob)
+  if not results:
+    raise FileNotFoundError(f"report: no {cfg.eval_glob}/results.json under {workdir}: run the eval stages first")
+  by_method: dict = {}
+  for r in results:
+    by_method.setdefault(r["method"], {})[r["model"]] = {t: (v["n"], v["c"]) for t, v in r["tasks"].items()}
+  table = tables.results_table(by_method, ks=tuple(cfg.ks))
+  tables.write_table(table, stage_dir)
+  png = plots.plot_pass_at_k(by_method, os.path.join(stage_dir, "pass_at_k.png"))
+  lines = [f"# {cfg.title}", "", "## Pass@k on held-out tasks", "", tables.to_markdown(table), ""]
+  lines += [f"![Pass@k]({os.path.basename(png)})", ""]
+  if cfg.explore_dir:
+    lines += _tree_section(workdir, cfg.explore_dir, stage_dir)
+  report_path = os.path.join(stage_dir, "report.md")
+  with open(report_path, "w") as f:
+    f.write("\n".join(lines))
+  logging.info("report written to %s", report_path)
+  print(f"Report: {report_path}")

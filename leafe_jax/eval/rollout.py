@@ -1,0 +1,124 @@
+"""Evaluation rollouts: n independent episodes per task, no reflection (the paper's test-time protocol).
+
+Every live episode of every task advances one step per tick, and each tick makes ONE batched policy call for
+all of them, so a batched sampler sees a full batch. Outcomes feed the unbiased Pass@k estimator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from leafe_jax.envs import Env
+from leafe_jax.envs.prompts import build_action_prompt, parse_action
+from leafe_jax.policy.base import Policy
+
+
+def _parse(env: Env, text: str) -> str | None:
+  """The env's own action parser where it has one (coding: fenced programs), else the shared tag parser."""
+  env_parser = getattr(env, "parse_action", None)
+  if env_parser is not None:
+    return env_parser(text)
+  return parse_action(text, env.admissible_actions())
+
+
+@dataclasses.dataclass
+class SamplingParams:
+  temperature: float = 0.4
+  top_p: float = 1.0
+  max_new_tokens: int = 64
+  stop: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class Episode:
+  task_id: str
+  sample_index: int
+  env: Env
+  history: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  observation: str = ""
+  steps: int = 0
+  done: bool = False
+  success: bool = False
+  invalid_actions: int = 0
+  generated_tokens: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOutcome:
+  task_id: str
+  successes: tuple[bool, ...]
+  steps: tuple[int, ...]
+
+  @property
+  def n(self) -> int:
+    return len(self.successes)
+
+  @property
+  def c(self) -> int:
+    return sum(self.successes)
+
+
+def run_episodes(
+    policy: Policy,
+    make_env: Callable[[], Env],
+    task_ids: Sequence[str],
+    *,
+    num_samples: int,
+    max_steps: int,
+    sampling: SamplingParams,
+    history_length: int,
+    seed: int,
+    on_tick: Callable[[int, int], None] | None = None,
+) -> list[TaskOutcome]:
+  """Plays `num_samples` independent episodes of each task to the end or `max_steps`; returns outcomes."""
+  episodes = [Episode(t, i, make_env()) for t in task_ids for i in range(num_samples)]
+  for episode in episodes:
+    episode.observation = episode.env.reset(episode.task_id)
+  tick = 0
+  while True:
+    live = [e for e in episodes if not e.done]
+    if on_tick is not None:
+      on_tick(tick, len(live))
+    if not live:
+      break
+    prompts = [
+        build_action_prompt(
+            e.env,
+            instruction=e.env.instruction,
+            history=e.history,
+            current_observation=e.observation,
+            admissible_actions=e.env.admissible_actions(),
+            step_count=e.steps,
+            history_length=history_length,
+        )
+        for e in live
+    ]
+    # One seed per tick; the sampler draws independent streams per row, so episodes stay independent.
+    completions = policy.generate(
+        prompts,
+        n=1,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        stop=sampling.stop,
+        seed=seed * 1_000_003 + tick,
+    )
+    for episode, (completion,) in zip(live, completions):
+      episode.generated_tokens += len(completion.token_ids)
+      action = _parse(episode.env, completion.text)
+      if action is None:
+        episode.invalid_actions += 1
+      step = episode.env.step(action if action is not None else completion.text)
+      episode.history.append((episode.observation, action if action is not None else completion.text))
+      episode.observation = step.observation
+      episode.steps += 1
+      episode.success = step.success
+      episode.done = step.done or episode.steps >= max_steps
+    tick += 1
+  by_task: dict[str, list[Episode]] = {t: [] for t in task_ids}
+  for episode in episodes:
+    by_task[episode.task_id].append(episode)
+  return [
+      TaskOutcome(t, tuple(e.success for e in eps), tuple(e.steps for e in eps)) for t, eps in by_task.items()
+  ]

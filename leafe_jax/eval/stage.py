@@ -1,0 +1,112 @@
+"""Stage `eval`: Pass@k of one policy on one environment split, from n independent samples per task.
+
+Results are appended per chunk of tasks to `<stage_dir>/outcomes.jsonl` (flushed and fsynced), so a killed
+evaluation resumes at the next unfinished chunk; `<stage_dir>/results.json` is written when all are done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+from absl import logging
+
+from leafe_jax import envs
+from leafe_jax.eval import passk
+from leafe_jax.eval.rollout import SamplingParams, TaskOutcome, run_episodes
+from leafe_jax.policy.factory import make_policy
+
+CONFIG_SECTION = "eval"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "base"  # row label in the results table (Base, GRPO, LEAFE, ...)
+  c.model_label = "model"  # column label (the backbone, e.g. Qwen2.5-7B)
+  c.policy = "train/hf"  # HF dir relative to workdir, or "openai:<base_url>#<model>"
+  c.env = "sokoban"  # registered environment name
+  c.env_config = ml_collections.ConfigDict()  # keyword config of the environment (free-form)
+  c.split = "test"  # held-out split; Sokoban test seeds are [2^16, 2^32) as in verl-agent
+  c.num_tasks = 500  # paper test-set sizes inferred in paper_notes §3 (Sokoban 500)
+  c.num_samples = 128  # n samples per task; paper reports Pass@128 (paper_notes §7)
+  c.ks = (1, 8, 16, 128)  # k values reported; each must be <= num_samples
+  c.temperature = 0.4  # verl-agent validation temperature (paper_notes §7 [F]); paper's value not found
+  c.top_p = 1.0  # nucleus sampling; paper's value not found
+  c.max_new_tokens = 512  # verl-agent max_response_length (paper_notes §3 [F])
+  c.max_steps = 15  # episode horizon; verl-agent Sokoban max_steps (paper_notes §3 [F])
+  c.history_length = 2  # (observation, action) pairs shown in the prompt
+  c.tasks_per_chunk = 16  # tasks per resumable chunk (results are saved after each)
+  c.max_cache_len = 4096  # KV-cache length of the in-process sampler
+  c.seed = 0  # sampling seed
+  return c
+
+
+def _load_done(path: str) -> dict[str, dict]:
+  done: dict[str, dict] = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          row = json.loads(line)
+          done[row["task_id"]] = row
+  return done
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
+  cfg = config.eval
+  if max(cfg.ks) > cfg.num_samples:
+    raise ValueError(f"eval.ks {tuple(cfg.ks)} has k > eval.num_samples={cfg.num_samples}")
+  os.makedirs(stage_dir, exist_ok=True)
+  env_config = cfg.env_config.to_dict()
+  task_ids = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
+  if not task_ids:
+    raise ValueError(f"eval: environment {cfg.env!r} split {cfg.split!r} has no tasks")
+  outcomes_path = os.path.join(stage_dir, "outcomes.jsonl")
+  done = _load_done(outcomes_path)
+  # Chunks are fixed slices of the task list, so a resumed run samples each task with the same seed.
+  chunks = [task_ids[i : i + cfg.tasks_per_chunk] for i in range(0, len(task_ids), cfg.tasks_per_chunk)]
+  todo = [(i, [t for t in chunk if t not in done]) for i, chunk in enumerate(chunks)]
+  todo = [(i, chunk) for i, chunk in todo if chunk]
+  logging.info("eval %s: %d tasks, %d done, n=%d", cfg.method, len(task_ids), len(done), cfg.num_samples)
+  if todo:
+    from tqdm import tqdm
+
+    policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len)
+    sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    remaining = sum(len(chunk) for _, chunk in todo)
+    with open(outcomes_path, "a") as out, tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task") as bar:
+      for chunk_index, chunk in todo:
+        outcomes: list[TaskOutcome] = run_episodes(
+            policy,
+            lambda: envs.make(cfg.env, **env_config),
+            chunk,
+            num_samples=cfg.num_samples,
+            max_steps=cfg.max_steps,
+            sampling=sampling,
+            history_length=cfg.history_length,
+            seed=cfg.seed * 100_003 + chunk_index,
+        )
+        for o in outcomes:
+          row = {"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps)}
+          out.write(json.dumps(row) + "\n")
+          done[o.task_id] = row
+        out.flush()
+        os.fsync(out.fileno())
+        bar.update(len(chunk))
+  n = [done[t]["n"] for t in task_ids]
+  c = [done[t]["c"] for t in task_ids]
+  results = {
+      "method": cfg.method,
+      "model": cfg.model_label,
+      "env": cfg.env,
+      "split": cfg.split,
+      "num_samples": cfg.num_samples,
+      "pass_at": {str(k): float(passk.pass_at_k(n, c, k).mean()) for k in cfg.ks},
+      "tasks": {t: {"n": done[t]["n"], "c": done[t]["c"]} for t in task_ids},
+  }
+  tmp = os.path.join(stage_dir, "results.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(tmp, os.path.join(stage_dir, "results.json"))
+  logging.info("eval %s: %s", cfg.method, results["pass_at"])
