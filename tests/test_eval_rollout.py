@@ -1,0 +1,106 @@
+"""Evaluation rollouts and the eval stage, with test-only policies keyed on the observation."""
+
+import json
+
+import ml_collections
+import pytest
+
+from leafe_jax.envs.sokoban import SokobanEnv, solve
+from leafe_jax.envs.sokoban.level import LURD
+from leafe_jax.eval import rollout
+from leafe_jax.eval import stage as eval_stage
+from leafe_jax.policy.base import Completion
+
+ENV_CONFIG = {"dim": (6, 6), "num_boxes": 1, "max_steps": 10, "compact_prompt": True}
+_ACTION_OF = {letter: action for action, letter in LURD.items()}
+
+
+class OraclePolicy:
+  """Answers with the solver's move for the grid in the prompt (test-only; records every call)."""
+
+  def __init__(self, task_ids):
+    env = SokobanEnv(**ENV_CONFIG)
+    self.plan = {}
+    for task in task_ids:
+      obs = env.reset(task)
+      for letter in solve(env.level, max_steps=env.max_steps):
+        action = _ACTION_OF[letter.lower()]
+        self.plan[obs] = action
+        obs = env.step(action).observation
+    self.calls = []
+
+  def generate(self, prompts, *, n=1, temperature=1.0, top_p=1.0, max_new_tokens=16, stop=(), seed=0):
+    self.calls.append(len(prompts))
+    out = []
+    for messages in prompts:
+      grid = messages[-1]["content"].split("\n\n")[0]
+      out.append([Completion(text=f"<action>{self.plan.get(grid, 'up')}</action>", token_ids=(1, 2))] * n)
+    return out
+
+
+class GarblePolicy:
+  def generate(self, prompts, **kwargs):
+    return [[Completion(text="I think I will dance")] for _ in prompts]
+
+
+def _tasks(n=3):
+  return SokobanEnv(**ENV_CONFIG).tasks("test", n)
+
+
+def test_oracle_solves_every_episode_with_one_policy_call_per_tick():
+  tasks = _tasks()
+  policy = OraclePolicy(tasks)
+  outcomes = rollout.run_episodes(
+      policy, lambda: SokobanEnv(**ENV_CONFIG), tasks, num_samples=4, max_steps=10,
+      sampling=rollout.SamplingParams(), history_length=0, seed=0,
+  )
+  assert [o.task_id for o in outcomes] == tasks
+  assert all(o.n == 4 and o.c == 4 for o in outcomes)
+  # Every live episode advances in the same call: the first tick sees all 12 episodes at once.
+  assert policy.calls[0] == 12 and len(policy.calls) == max(max(o.steps) for o in outcomes)
+
+
+def test_unparsable_actions_fail_within_the_step_limit():
+  tasks = _tasks(2)
+  outcomes = rollout.run_episodes(
+      GarblePolicy(), lambda: SokobanEnv(**ENV_CONFIG), tasks, num_samples=2, max_steps=5,
+      sampling=rollout.SamplingParams(), history_length=0, seed=0,
+  )
+  assert all(o.c == 0 and set(o.steps) == {5} for o in outcomes)
+
+
+def _eval_config(tmp_path):
+  config = ml_collections.ConfigDict({"eval": eval_stage.default_config()})
+  cfg = config.eval
+  cfg.env_config = ml_collections.ConfigDict(ENV_CONFIG)
+  cfg.num_tasks, cfg.num_samples, cfg.ks, cfg.max_steps = 3, 4, (1, 4), 10
+  cfg.history_length, cfg.tasks_per_chunk = 0, 2
+  return config
+
+
+def test_eval_stage_writes_pass_at_k_and_resumes_without_redoing_tasks(tmp_path, monkeypatch):
+  config = _eval_config(tmp_path)
+  made = []
+
+  def fake_make_policy(spec, workdir, max_cache_len):
+    made.append(spec)
+    return OraclePolicy(_tasks())
+
+  monkeypatch.setattr(eval_stage, "make_policy", fake_make_policy)
+  stage_dir = tmp_path / "eval"
+  eval_stage.run(config, str(tmp_path), str(stage_dir))
+  results = json.loads((stage_dir / "results.json").read_text())
+  assert results["pass_at"] == {"1": 1.0, "4": 1.0}
+  assert sorted(results["tasks"]) == sorted(_tasks())
+  # A rerun finds every task done and builds no policy.
+  eval_stage.run(config, str(tmp_path), str(stage_dir))
+  assert made == [config.eval.policy]
+  lines = (stage_dir / "outcomes.jsonl").read_text().splitlines()
+  assert len(lines) == 3
+
+
+def test_eval_stage_refuses_k_larger_than_n(tmp_path):
+  config = _eval_config(tmp_path)
+  config.eval.ks = (1, 8)
+  with pytest.raises(ValueError, match="k > eval.num_samples"):
+    eval_stage.run(config, str(tmp_path), str(tmp_path / "eval"))
