@@ -1,0 +1,183 @@
+"""HF checkpoint import (`from_hf`) and export (`to_hf`) for the Llama-layout families.
+
+Import validates every tensor name and shape from the safetensors headers before reading any data, then builds
+each parameter directly in its target sharding with `jax.make_array_from_callback`: every device reads only its
+own slice (the files are memory-mapped), so no host or device ever holds the whole model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from leafe_jax.models import registry, safetensors_io
+from leafe_jax.models.config import ModelConfig
+from leafe_jax.models.decoder import Decoder
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory does not match the model: missing or mis-shaped tensor, unreadable config."""
+
+
+# One entry per parameter: HF tensor name, our path, HF->ours and ours->HF converters, and HF shape.
+_Entry = tuple[str, tuple[str, ...], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray],
+               tuple[int, ...]]
+
+
+def _entries(config: ModelConfig) -> list[_Entry]:
+  d, n, k, h, f, v = (config.d_model, config.num_heads, config.num_kv_heads, config.head_dim, config.d_ff,
+                      config.vocab_size)
+  same = lambda x: x
+  out: list[_Entry] = [("model.embed_tokens.weight", ("embed_tokens", "embedding"), same, same, (v, d)),
+                       ("model.norm.weight", ("norm", "scale"), same, same, (d,))]
+  if not config.tie_embeddings:
+    out.append(("lm_head.weight", ("lm_head", "kernel"), np.transpose, np.transpose, (v, d)))
+  for i in range(config.num_layers):
+    hf, ours = f"model.layers.{i}.", (f"layers_{i}",)
+
+    def proj(heads):
+      return (lambda w: w.T.reshape(d, heads, h)), (lambda x: x.reshape(d, heads * h).T)
+
+    attn = [("q_proj", n), ("k_proj", k), ("v_proj", k)]
+    for name, heads in attn:
+      to_ours, to_hf = proj(heads)
+      out.append((f"{hf}self_attn.{name}.weight", (*ours, "self_attn", name, "kernel"), to_ours, to_hf,
+                  (heads * h, d)))
+      if config.qkv_bias:
+        out.append((f"{hf}self_attn.{name}.bias", (*ours, "self_attn", name, "bias"),
+                    lambda b, heads=heads: b.reshape(heads, h), lambda x: x.reshape(-1), (heads * h,)))
+    out.append((f"{hf}self_attn.o_proj.weight", (*ours, "self_attn", "o_proj", "kernel"),
+                lambda w: w.T.reshape(n, h, d), lambda x: x.reshape(n * h, d).T, (d, n * h)))
+    if config.qk_norm:
+      for name in ("q_norm", "k_norm"):
+        out.append((f"{hf}self_attn.{name}.weight", (*ours, "self_attn", name, "scale"), same, same, (h,)))
+    for name, shape in (("gate_proj", (f, d)), ("up_proj", (f, d)), ("down_proj", (d, f))):
+      out.append((f"{hf}mlp.{name}.weight", (*ours, "mlp", name, "kernel"), np.transpose, np.transpose, shape))
+    for name in ("input_layernorm", "post_attention_layernorm"):
+      out.append((f"{hf}{name}.weight", (*ours, name, "scale"), same, same, (d,)))
+  return out
+
+
+def config_from_hf(path: str) -> ModelConfig:
+  """ModelConfig of the HF directory `path` (its config.json), via the family registry."""
+  config_path = os.path.join(path, "config.json")
+  try:
+    with open(config_path) as f:
+      hf = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{config_path}: cannot read the HF config: {e}") from e
+  model_type = hf.get("model_type")
+  try:
+    return registry.family(model_type).config_from_hf(hf)
+  except KeyError as e:
+    raise CheckpointError(f"{config_path}: field {e} missing") from e
+
+
+def _tensor_index(path: str) -> dict[str, safetensors_io.TensorInfo]:
+  index_path = os.path.join(path, "model.safetensors.index.json")
+  if os.path.exists(index_path):
+    with open(index_path) as f:
+      files = sorted(set(json.load(f)["weight_map"].values()))
+  elif os.path.exists(os.path.join(path, "model.safetensors")):
+    files = ["model.safetensors"]
+  else:
+    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+  index: dict[str, safetensors_io.TensorInfo] = {}
+  for name in files:
+    index.update(safetensors_io.read_header(os.path.join(path, name)))
+  return index
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _scanned_path(path: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
+  """("layers_3", ...) -> (("layers", ...), 3) for the nn.scan layout; other paths unchanged."""
+  if path[0].startswith("layers_"):
+    return ("layers", *path[1:]), int(path[0].split("_")[1])
+  return path, None
+
+
+def from_hf(path: str, dtype=jnp.float32, mesh=None, param_dtype=None, scan_layers: bool = False):
+  """(Decoder, params) from a local HF directory; params placed in their shardings on `mesh` when given.
+
+  `dtype` is the parameter dtype of the returned params (and the compute dtype unless the caller rebuilds the
+  Decoder with another config); `param_dtype` overrides the former.
+  """
+  from leafe_jax import parallel
+
+  dtype = jnp.dtype(dtype)
+  param_dtype = jnp.dtype(param_dtype or dtype)
+  config = config_from_hf(path)
+  config = dataclasses.replace(config, dtype=dtype.name, param_dtype=param_dtype.name, scan_layers=scan_layers)
+  model = Decoder(config)
+  index = _tensor_index(path)
+  entries = _entries(config)
+  for hf_name, _, _, _, shape in entries:  # everything is checked before anything is read
+    if hf_name not in index:
+      raise CheckpointError(f"{path}: tensor {hf_name!r} is missing from the checkpoint")
+    if index[hf_name].shape != shape:
+      raise CheckpointError(f"{path}: tensor {hf_name!r} has shape {index[hf_name].shape}, expected {shape}")
+  if mesh is None:
+    shardings = None
+  else:
+    shardings = parallel.param_shardings(model, mesh)
+
+  def build(full: np.ndarray, spath: tuple[str, ...]):
+    if shardings is None:
+      return jnp.asarray(full, dtype=param_dtype)
+    sharding = _get(shardings, spath)
+    return jax.make_array_from_callback(full.shape, sharding, lambda idx: np.asarray(full[idx], dtype=param_dtype))
+
+  params: dict = {}
+  stacked: dict[tuple[str, ...], list] = {}
+  for hf_name, ours, to_ours, _, _ in entries:
+    spath, layer = _scanned_path(ours) if scan_layers else (ours, None)
+    if layer is None:
+      _set(params, spath, build(to_ours(safetensors_io.load(index[hf_name])), spath))
+    else:
+      stacked.setdefault(spath, []).append((layer, hf_name, to_ours))
+  for spath, layers in stacked.items():  # one stacked [layers, ...] tensor at a time
+    layers.sort()
+    _set(params, spath, build(np.stack([f(safetensors_io.load(index[n])) for _, n, f in layers]), spath))
+  return model, params
+
+
+def to_hf(model: Decoder, params: dict, path: str) -> None:
+  """Writes `params` as `model.safetensors` + `config.json` that transformers loads."""
+  config = model.config
+  os.makedirs(path, exist_ok=True)
+  params = jax.device_get(params)
+  tensors = {}
+  for hf_name, ours, _, to_hf_fn, shape in _entries(config):
+    if config.scan_layers:
+      spath, layer = _scanned_path(ours)
+      value = np.asarray(_get(params, spath))
+      value = value if layer is None else value[layer]
+    else:
+      value = np.asarray(_get(params, ours))
+    array = np.ascontiguousarray(to_hf_fn(value))
+    if array.shape != shape:
+      raise CheckpointError(f"to_hf: tensor {hf_name!r} has shape {array.shape}, expected {shape}")
+    tensors[hf_name] = array
+  safetensors_io.save(tensors, os.path.join(path, "model.safetensors"))
+  hf_config = registry.family(config.family).hf_config(config)
+  tmp = os.path.join(path, "config.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(hf_config, f, indent=2)
+  os.replace(tmp, os.path.join(path, "config.json"))

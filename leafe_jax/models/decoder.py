@@ -1,0 +1,138 @@
+"""The decoder: embeddings, a stack of blocks (unrolled or nn.scan), final norm, LM head; and its KV cache."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from leafe_jax.models.config import ModelConfig
+from leafe_jax.models.layers import Block, RMSNorm, _init
+
+_REMAT = {
+    "full": None,  # save nothing, recompute the block in the backward pass
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Static-size KV cache. Slots [0, index) hold tokens; `valid` marks real (non-padding) slots."""
+
+  k: jax.Array  # [layers, B, S, kv_heads, head_dim]
+  v: jax.Array  # [layers, B, S, kv_heads, head_dim]
+  valid: jax.Array  # bool [B, S]
+  index: jax.Array  # int32 [] next slot to write
+
+  @property
+  def max_len(self) -> int:
+    return self.k.shape[2]
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
+  """An empty cache for `batch_size` rows of up to `max_len` tokens."""
+  dtype = dtype or config.compute_dtype
+  shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
+  return KVCache(
+      k=jnp.zeros(shape, dtype),
+      v=jnp.zeros(shape, dtype),
+      valid=jnp.zeros((batch_size, max_len), bool),
+      index=jnp.zeros((), jnp.int32),
+  )
+
+
+def _attention_mask(input_ids_BxT, attention_mask_BxT, segment_ids_BxT, cache):
+  """bool [B, T, S]: which key slots each query may attend to (causal, padding, segments, cache)."""
+  b, t = input_ids_BxT.shape
+  if cache is None:
+    causal_TxS = jnp.tril(jnp.ones((t, t), bool))
+    mask_BxTxS = jnp.broadcast_to(causal_TxS, (b, t, t))
+    if attention_mask_BxT is not None:
+      mask_BxTxS = mask_BxTxS & attention_mask_BxT.astype(bool)[:, None, :]
+    if segment_ids_BxT is not None:
+      same_BxTxS = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
+      mask_BxTxS = mask_BxTxS & same_BxTxS & (segment_ids_BxT[:, None, :] != 0)
+    return mask_BxTxS, None
+  new_valid_BxT = jnp.ones((b, t), bool) if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
+  valid_BxS = jax.lax.dynamic_update_slice(cache.valid, new_valid_BxT, (0, cache.index))
+  slots_S = jnp.arange(cache.max_len)
+  query_slots_T = cache.index + jnp.arange(t)
+  causal_TxS = slots_S[None, :] <= query_slots_T[:, None]
+  return causal_TxS[None] & valid_BxS[:, None, :], valid_BxS
+
+
+def _default_positions(input_ids_BxT, attention_mask_BxT, cache):
+  b, t = input_ids_BxT.shape
+  if attention_mask_BxT is None:
+    start = 0 if cache is None else cache.index
+    return jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+  mask = attention_mask_BxT.astype(jnp.int32)
+  past = 0 if cache is None else jnp.sum(cache.valid, axis=-1, dtype=jnp.int32)[:, None]
+  return jnp.maximum(past + jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+class Decoder(nn.Module):
+  """`apply({"params": p}, input_ids_BxT, positions=, attention_mask=, segment_ids=, cache=)` -> (logits, cache)."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, input_ids_BxT, positions=None, attention_mask=None, segment_ids=None, cache=None):
+    cfg = self.config
+    if positions is None:
+      positions = _default_positions(input_ids_BxT, attention_mask, cache)
+    mask_BxTxS, valid_BxS = _attention_mask(input_ids_BxT, attention_mask, segment_ids, cache)
+    embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+                     embedding_init=_init(("vocab", "embed")), name="embed_tokens")
+    x_BxTxD = embed(input_ids_BxT)
+    block = Block
+    if cfg.remat_policy != "none":
+      block = nn.remat(Block, policy=_REMAT[cfg.remat_policy], static_argnums=())
+    write_index = None if cache is None else cache.index
+    if cfg.scan_layers:
+      kv_axis = nn.broadcast if cache is None else 0
+      stack = nn.scan(
+          block,
+          variable_axes={"params": 0},
+          split_rngs={"params": True},
+          in_axes=(nn.broadcast, nn.broadcast, kv_axis, nn.broadcast),
+          length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )(cfg, name="layers")
+      kv = None if cache is None else (cache.k, cache.v)
+      x_BxTxD, new_kv = stack(x_BxTxD, positions, mask_BxTxS, kv, write_index)
+      new_k, new_v = (None, None) if cache is None else new_kv
+    else:
+      ks, vs = [], []
+      for i in range(cfg.num_layers):
+        kv = None if cache is None else (cache.k[i], cache.v[i])
+        x_BxTxD, layer_kv = block(cfg, name=f"layers_{i}")(x_BxTxD, positions, mask_BxTxS, kv, write_index)
+        if cache is not None:
+          ks.append(layer_kv[0])
+          vs.append(layer_kv[1])
+      new_k, new_v = (None, None) if cache is None else (jnp.stack(ks), jnp.stack(vs))
+    x_BxTxD = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name="norm")(x_BxTxD)
+    if cfg.tie_embeddings:
+      logits_BxTxV = embed.attend(x_BxTxD)
+    else:
+      logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                              param_dtype=cfg.weights_dtype, kernel_init=_init(("embed", "vocab")),
+                              name="lm_head")(x_BxTxD)
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    if cache is None:
+      return logits_BxTxV, None
+    t = input_ids_BxT.shape[1]
+    return logits_BxTxV, KVCache(k=new_k, v=new_v, valid=valid_BxS, index=cache.index + t)
+
+
+def init_params(config: ModelConfig, rng: jax.Array) -> dict:
+  """Random parameters (plain arrays, logical-axis metadata removed)."""
+  boxed = Decoder(config).init(rng, jnp.zeros((1, 1), jnp.int32))["params"]
+  return nn.meta.unbox(boxed)
+
+
+def logical_axes(config: ModelConfig) -> dict:
+  """The logical axis names of every parameter (a tree of PartitionSpecs shaped like the params)."""
+  boxed = jax.eval_shape(lambda: Decoder(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
+  return nn.get_partition_spec(boxed["params"])

@@ -1,0 +1,147 @@
+"""Decoder building blocks: RMSNorm, RoPE, grouped-query attention with a KV cache, SwiGLU MLP."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from leafe_jax.models.config import ModelConfig
+
+# Additive mask value: finite, so fully masked rows (left padding) give finite garbage instead of NaN.
+_MASKED = -1e30
+
+
+def _init(names: tuple[str | None, ...], stddev: float = 0.02):
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev), names)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm computed in float32, as the HF reference does; output in the compute dtype."""
+
+  eps: float
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],),
+                       self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (scale.astype(jnp.float32) * normed).astype(self.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """Inverse frequencies, with Llama-3.1 `llama3` scaling when configured (same formula as transformers)."""
+  dim = config.head_dim
+  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+  scaling = config.rope_scaling_dict
+  if not scaling:
+    return inv_freq.astype(np.float32)
+  rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+  if rope_type == "default":
+    return inv_freq.astype(np.float32)
+  if rope_type != "llama3":
+    raise ValueError(f"rope_scaling type {rope_type!r} is not supported (supported: default, llama3)")
+  factor = scaling["factor"]
+  low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+  old_len = scaling["original_max_position_embeddings"]
+  low_wavelen, high_wavelen = old_len / low, old_len / high
+  wavelen = 2 * math.pi / inv_freq
+  scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+  smooth = (old_len / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq_F: np.ndarray) -> jax.Array:
+  """Rotary embedding in the rotate-half convention of the HF checkpoints."""
+  angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(inv_freq_F)
+  angles_BxTxH = jnp.concatenate([angles_BxTxF, angles_BxTxF], axis=-1)
+  cos, sin = jnp.cos(angles_BxTxH)[:, :, None, :], jnp.sin(angles_BxTxH)[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query attention. `kv` is this layer's cache (k, v, each [B, S, K, H]) or None."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv, write_index):
+    cfg = self.config
+    dense = lambda features, names, name, bias: nn.DenseGeneral(
+        features, axis=-1, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+        kernel_init=_init(names), bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),
+        name=name)
+    q_BxTxNxH = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "q_proj", cfg.qkv_bias)(x_BxTxD)
+    k_BxTxKxH = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "k_proj",
+                      cfg.qkv_bias)(x_BxTxD)
+    v_BxTxKxH = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "head_dim"), "v_proj",
+                      cfg.qkv_bias)(x_BxTxD)
+    if cfg.qk_norm:
+      q_BxTxNxH = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name="q_norm")(q_BxTxNxH)
+      k_BxTxKxH = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name="k_norm")(k_BxTxKxH)
+    inv_freq = rope_inv_freq(cfg)
+    q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
+    k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
+    if kv is not None:
+      cache_k, cache_v = kv
+      k_BxSxKxH = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxH.astype(cache_k.dtype), (0, write_index, 0, 0))
+      v_BxSxKxH = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxH.astype(cache_v.dtype), (0, write_index, 0, 0))
+      new_kv = (k_BxSxKxH, v_BxSxKxH)
+    else:
+      k_BxSxKxH, v_BxSxKxH, new_kv = k_BxTxKxH, v_BxTxKxH, None
+    b, t, n, h = q_BxTxNxH.shape
+    groups = n // cfg.num_kv_heads
+    q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, cfg.num_kv_heads, groups, h)
+    scores_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(q_BxTxNxH.dtype),
+                                  preferred_element_type=jnp.float32) / math.sqrt(h)
+    scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, _MASKED)
+    probs = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(cfg.compute_dtype)
+    out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", probs, v_BxSxKxH.astype(cfg.compute_dtype))
+    out_BxTxNxH = out_BxTxKxGxH.reshape(b, t, n, h)
+    out_BxTxD = nn.DenseGeneral(
+        cfg.d_model, axis=(-2, -1), use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+        kernel_init=_init(("heads", "head_dim", "embed")), name="o_proj")(out_BxTxNxH)
+    return out_BxTxD, new_kv
+
+
+class MLP(nn.Module):
+  """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD):
+    cfg = self.config
+    dense = lambda features, names, name: nn.Dense(
+        features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+        kernel_init=_init(names), name=name)
+    gate_BxTxF = dense(cfg.d_ff, ("embed", "mlp"), "gate_proj")(x_BxTxD)
+    up_BxTxF = dense(cfg.d_ff, ("embed", "mlp"), "up_proj")(x_BxTxD)
+    return dense(cfg.d_model, ("mlp", "embed"), "down_proj")(nn.silu(gate_BxTxF) * up_BxTxF)
+
+
+class Block(nn.Module):
+  """One pre-norm decoder layer. Returns (x, new_kv) so it can run under nn.scan."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv, write_index):
+    cfg = self.config
+    norm = lambda name: RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name=name)
+    attn_out, new_kv = Attention(cfg, name="self_attn")(norm("input_layernorm")(x_BxTxD), positions_BxT,
+                                                       mask_BxTxS, kv, write_index)
+    x_BxTxD = x_BxTxD + attn_out
+    x_BxTxD = x_BxTxD + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BxTxD))
+    return x_BxTxD, new_kv

@@ -1,0 +1,14 @@
+"""Llama 2/3/3.1 (incl. `llama3` rope scaling)."""
+
+from leafe_jax.models.hf_config import common_config, common_hf_config
+
+MODEL_TYPE = "llama"
+
+
+def config_from_hf(hf: dict):
+  return common_config(hf, MODEL_TYPE, qkv_bias=bool(hf.get("attention_bias", False)))
+
+
+def hf_config(config) -> dict:
+  return {**common_hf_config(config, MODEL_TYPE, "LlamaForCausalLM"), "attention_bias": config.qkv_bias,
+          "mlp_bias": False}

@@ -1,0 +1,15 @@
+"""Qwen2 / Qwen2.5: Llama layout with biases on the q, k, v projections."""
+
+from leafe_jax.models.hf_config import common_config, common_hf_config
+
+MODEL_TYPE = "qwen2"
+
+
+def config_from_hf(hf: dict):
+  if hf.get("use_sliding_window"):
+    raise ValueError("qwen2: use_sliding_window=True is not supported")
+  return common_config(hf, MODEL_TYPE, qkv_bias=True)
+
+
+def hf_config(config) -> dict:
+  return {**common_hf_config(config, MODEL_TYPE, "Qwen2ForCausalLM"), "use_sliding_window": False}

@@ -1,0 +1,16 @@
+"""Qwen3 (dense): Llama layout with per-head RMSNorm on queries and keys."""
+
+from leafe_jax.models.hf_config import common_config, common_hf_config
+
+MODEL_TYPE = "qwen3"
+
+
+def config_from_hf(hf: dict):
+  if hf.get("use_sliding_window"):
+    raise ValueError("qwen3: use_sliding_window=True is not supported")
+  return common_config(hf, MODEL_TYPE, qkv_bias=bool(hf.get("attention_bias", False)), qk_norm=True)
+
+
+def hf_config(config) -> dict:
+  return {**common_hf_config(config, MODEL_TYPE, "Qwen3ForCausalLM"), "attention_bias": config.qkv_bias,
+          "use_sliding_window": False}

@@ -1,0 +1,68 @@
+"""Device mesh and shardings of parameters and batches."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from leafe_jax.parallel.rules import LOGICAL_RULES, MESH_AXES
+
+
+def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
+  """A ("data", "fsdp", "tensor") mesh of `shape` over `devices` (default: all)."""
+  devices = list(jax.devices() if devices is None else devices)
+  if math.prod(shape) != len(devices):
+    raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {len(devices)}")
+  try:
+    grid = jax.experimental.mesh_utils.create_device_mesh(tuple(shape), devices)
+  except Exception:  # CPU / unusual topologies: plain row-major order
+    grid = np.asarray(devices).reshape(shape)
+  return Mesh(grid, MESH_AXES)
+
+
+def _mesh_axes_of(logical: str | None) -> tuple[str, ...]:
+  for name, axes in LOGICAL_RULES:
+    if name == logical:
+      if axes is None:
+        return ()
+      return (axes,) if isinstance(axes, str) else tuple(axes)
+  if logical is None:
+    return ()
+  raise KeyError(f"logical axis {logical!r} has no rule in parallel.rules.LOGICAL_RULES")
+
+
+def logical_to_spec(logical: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
+  """Mesh PartitionSpec for one array; a dimension the mesh axes do not divide stays replicated."""
+  out, used = [], set()
+  for dim, name in zip(shape, tuple(logical) + (None,) * (len(shape) - len(logical))):
+    axes = tuple(a for a in _mesh_axes_of(name) if a not in used and mesh.shape[a] > 1)
+    size = math.prod(mesh.shape[a] for a in axes)
+    if axes and dim % size == 0:
+      used.update(axes)
+      out.append(axes[0] if len(axes) == 1 else axes)
+    else:
+      out.append(None)
+  return PartitionSpec(*out)
+
+
+def logical_sharding(logical_tree, arrays_tree, mesh: Mesh):
+  """NamedShardings for a tree of logical PartitionSpecs and the matching tree of arrays (or shape structs)."""
+  return jax.tree.map(
+      lambda spec, array: NamedSharding(mesh, logical_to_spec(spec, tuple(array.shape), mesh)),
+      logical_tree, arrays_tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def param_shardings(model, mesh: Mesh):
+  """NamedShardings of `model`'s parameters (plain tree, as init_params returns) from their logical axes."""
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 1), jax.numpy.int32)))
+  params = boxed["params"]
+  return logical_sharding(nn.get_partition_spec(params), nn.meta.unbox(params), mesh)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows of a batch split over ("data", "fsdp"); the sequence axis replicated."""
+  return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
