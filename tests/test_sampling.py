@@ -1,0 +1,104 @@
+"""The jitted sampler against transformers generate and a teacher-forced forward pass."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from leafe_jax import models, parallel
+from leafe_jax.sampling import Sampler
+
+PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [3]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  torch.manual_seed(0)
+  config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, bos_token_id=None, eos_token_id=None,
+                       pad_token_id=None)
+  reference = AutoModelForCausalLM.from_config(config).eval()
+  path = str(tmp_path_factory.mktemp("tiny"))
+  reference.save_pretrained(path)
+  model, params = models.from_hf(path)
+  return reference, model, params
+
+
+def test_greedy_matches_transformers_generate_token_for_token(tiny):
+  reference, model, params = tiny
+  out = Sampler(model, params, max_cache_len=64).generate(PROMPTS, max_new_tokens=10, temperature=0.0)
+  for prompt, (sample,) in zip(PROMPTS, out):
+    expected = reference.generate(torch.tensor([prompt]), max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    assert list(sample.token_ids) == expected[0, len(prompt):].tolist()
+    assert sample.finish_reason == "length"
+
+
+def test_logprobs_equal_a_teacher_forced_forward_pass(tiny):
+  _, model, params = tiny
+  out = Sampler(model, params, max_cache_len=64).generate(PROMPTS, max_new_tokens=6, temperature=1.0, seed=3)
+  for prompt, (sample,) in zip(PROMPTS, out):
+    logits, _ = model.apply({"params": params}, jnp.asarray([prompt + list(sample.token_ids)]))
+    logp = jax.nn.log_softmax(logits[0], axis=-1)
+    forced = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(sample.token_ids)]
+    np.testing.assert_allclose(sample.logprobs, forced, atol=1e-4)
+
+
+def test_seeds_n_samples_and_top_k_one(tiny):
+  _, model, params = tiny
+  sampler = Sampler(model, params, max_cache_len=64)
+  a = sampler.generate(PROMPTS, n=3, max_new_tokens=8, temperature=1.0, seed=1)
+  b = sampler.generate(PROMPTS, n=3, max_new_tokens=8, temperature=1.0, seed=1)
+  c = sampler.generate(PROMPTS, n=3, max_new_tokens=8, temperature=1.0, seed=2)
+  ids = lambda out: [[s.token_ids for s in row] for row in out]
+  assert [len(row) for row in a] == [3, 3, 3]
+  assert ids(a) == ids(b) and ids(a) != ids(c)
+  greedy = sampler.generate(PROMPTS, max_new_tokens=8, temperature=0.0)
+  top1 = sampler.generate(PROMPTS, max_new_tokens=8, temperature=1.0, top_k=1, seed=5)
+  assert ids(greedy) == ids(top1)
+
+
+def test_eos_ends_a_row_and_stop_strings_truncate_text(tiny):
+  _, model, params = tiny
+  greedy = Sampler(model, params, max_cache_len=64).generate([PROMPTS[0]], max_new_tokens=8, temperature=0.0)
+  tokens = greedy[0][0].token_ids
+  eos = tokens[3]
+  first = tokens.index(eos)
+  with_eos = Sampler(model, params, eos_ids=(eos,), max_cache_len=64).generate([PROMPTS[0]], max_new_tokens=8,
+                                                                               temperature=0.0)[0][0]
+  assert with_eos.token_ids == tokens[:first] and with_eos.finish_reason == "eos"
+
+  class Letters:  # test-only tokenizer: token t -> one character
+    def decode(self, ids, skip_special_tokens=False):
+      return "".join(chr(ord("a") + t % 26) for t in ids)
+
+  text = Letters().decode(tokens)
+  stop = text[4:6]
+  stopped = Sampler(model, params, tokenizer=Letters(), max_cache_len=64).generate(
+      [PROMPTS[0]], max_new_tokens=8, temperature=0.0, stop_strings=(stop,))[0][0]
+  assert stopped.finish_reason == "stop" and stopped.text == text[: text.find(stop)]
+  assert stop in Letters().decode(stopped.token_ids) and stop not in Letters().decode(stopped.token_ids[:-1])
+
+
+def test_prompt_longer_than_the_cache_names_both_lengths(tiny):
+  _, model, params = tiny
+  with pytest.raises(ValueError, match=r"prompt of 60 tokens \+ max_new_tokens=10 = 70 exceeds .*max_cache_len=64"):
+    Sampler(model, params, max_cache_len=64).generate([[1] * 60], max_new_tokens=10)
+
+
+def test_calls_within_one_bucket_reuse_the_compiled_program(tiny):
+  _, model, params = tiny
+  sampler = Sampler(model, params, max_cache_len=128)
+  sampler.generate([[1, 2, 3]], max_new_tokens=5, temperature=0.0)
+  traces = sampler.num_traces
+  sampler.generate([[4, 5, 6, 7, 8, 9, 10]], max_new_tokens=7, temperature=0.7, top_p=0.9)
+  assert sampler.num_traces == traces
+
+
+def test_sharded_greedy_equals_unsharded(tiny):
+  _, model, params = tiny
+  expected = Sampler(model, params, max_cache_len=64).generate(PROMPTS * 3, max_new_tokens=6, temperature=0.0)
+  sharded = Sampler(model, params, mesh=parallel.make_mesh((2, 2, 2)), max_cache_len=64)
+  got = sharded.generate(PROMPTS * 3, max_new_tokens=6, temperature=0.0)
+  assert [r[0].token_ids for r in got] == [r[0].token_ids for r in expected]
