@@ -1,0 +1,52 @@
+"""Stage-2 data from backtrack trees: D_cf (context distillation of branch actions) and D_reh (rehearsal).
+
+D_cf: for each branch whose rollout succeeded, the revised action a'_tau as the target of the history h_tau
+WITHOUT the experience e (the prompt the policy sees at test time), at most `max_cf_per_task` per task, shallowest
+branches first (paper: 3 per task). D_reh: every agent turn (with a parsed action) of a random `reh_fraction` of
+successful rollouts, branched ones included (paper: 20%), weight beta; their prompts carry no experience either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+
+from leafe_jax.explore.tree import Tree
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  kind: str  # "cf" | "reh"
+  task_id: str
+  node_id: int
+  step: int
+  messages: list
+  response: str
+  experience: str
+  weight: float
+
+
+def successful_branches(tree: Tree):
+  return [n for n in tree.nodes if n.rollback_step is not None and n.outcome == "success" and n.turns]
+
+
+def build_examples(trees: Sequence[Tree], *, max_cf_per_task: int, reh_fraction: float, reh_weight: float,
+                   seed: int) -> list[Example]:
+  """All distillation examples of `trees` (sorted by task id first, so the result is independent of order)."""
+  trees = sorted(trees, key=lambda t: t.task_id)
+  examples: list[Example] = []
+  for tree in trees:
+    for node in sorted(successful_branches(tree), key=lambda n: (n.depth, n.node_id))[:max_cf_per_task]:
+      turn = node.turns[0]
+      examples.append(Example("cf", tree.task_id, node.node_id, turn.step, turn.clean_messages, turn.response,
+                              node.experience or "", 1.0))
+  successes = [(tree, node) for tree in trees for node in tree.nodes if node.outcome == "success"]
+  rng = random.Random(seed)
+  chosen = rng.sample(successes, round(reh_fraction * len(successes)))
+  for tree, node in sorted(chosen, key=lambda tn: (tn[0].task_id, tn[1].node_id)):
+    for turn in tree.path_turns(node):
+      if turn.action:
+        examples.append(Example("reh", tree.task_id, node.node_id, turn.step, turn.clean_messages, turn.response,
+                                "", reh_weight))
+  return examples

@@ -1,0 +1,278 @@
+"""LEAFE stage 1: many tasks explored at once, each a breadth-first tree of rollouts with rollback branches.
+
+Per tick, every live rollout of every live task needs one action: ONE `policy.generate` call serves them all,
+and one more serves every reflection due that tick. Each task runs one rollout at a time (its tree is built
+breadth-first from a queue of branch requests); parallelism comes from `concurrency` tasks alive at once.
+
+Rollback is reset + replay of a_1..a_{tau-1}; every replayed observation must equal the recorded one, otherwise
+the branch is dropped and counted as a divergence (never trained on). Methods:
+  leafe  reflect every K steps or on failure, branch from tau with experience e (paper §2.2 / Algorithm 1);
+  is     independent sampling: fresh rollouts from the start, no reflection (paper Table 3, IS);
+  ir     iterative refinement: retry from the start with the previous attempt's outcome in the prompt (IR).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from absl import logging
+
+from leafe_jax.envs import Env
+from leafe_jax.envs.prompts import build_action_prompt, parse_action
+from leafe_jax.explore import reflection as reflection_lib
+from leafe_jax.explore.ledger import Ledger
+from leafe_jax.explore.tree import Node, Reflection, Tree, Turn
+from leafe_jax.policy.base import Policy
+
+METHODS = ("leafe", "is", "ir")
+FAILURE_SIGNALS = ("irreversible", "done_without_success", "step_limit")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExploreSettings:
+  method: str = "leafe"
+  reflect_every: int = 0  # K: also reflect every K steps (0 = only on failure)
+  failure_signals: tuple[str, ...] = FAILURE_SIGNALS
+  max_depth: int = 2  # branch depth bound of a tree
+  max_attempts: int = 8  # rollouts per task (root + branches), the attempt budget
+  keep_experience_in_context: bool = False  # e in the prompt after a'_tau too
+  history_length: int = 2
+  max_steps: int = 15
+  temperature: float = 1.0
+  top_p: float = 1.0
+  max_new_tokens: int = 256
+  reflection_max_new_tokens: int = 256
+  concurrency: int = 64  # tasks alive at once (their rollouts share each policy call)
+  stop_on_success: bool = False  # end a task at its first success (IS / IR coverage runs)
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"explore.method {self.method!r} not in {METHODS}")
+    unknown = set(self.failure_signals) - set(FAILURE_SIGNALS)
+    if unknown:
+      raise ValueError(f"explore.failure_signals has unknown {sorted(unknown)}; known: {FAILURE_SIGNALS}")
+
+
+@dataclasses.dataclass
+class BranchRequest:
+  parent: int | None
+  depth: int
+  rollback_step: int | None
+  experience: str | None
+  prefix_actions: list[str]
+  prefix_observations: list[str]
+
+
+@dataclasses.dataclass
+class Rollout:
+  node: Node
+  observations: list[str]  # o_0..o_t of the whole trajectory (prefix included)
+  actions: list[str]  # a_1..a_t
+  done: bool = False
+  success: bool = False
+  failed: bool = False
+  reflection_due: str | None = None  # "failure" | "periodic"
+
+  @property
+  def t(self) -> int:
+    return len(self.actions)
+
+
+@dataclasses.dataclass
+class TaskState:
+  task_id: str
+  env: Env
+  tree: Tree
+  queue: collections.deque
+  attempts: int = 0
+  active: Rollout | None = None
+  finished: bool = False
+  succeeded: bool = False
+
+
+def _parse(env: Env, text: str) -> str | None:
+  env_parser = getattr(env, "parse_action", None)
+  return env_parser(text) if env_parser is not None else parse_action(text, env.admissible_actions())
+
+
+class Explorer:
+  """Runs `settings.method` over tasks; calls `on_tree(tree)` as each task's tree completes."""
+
+  def __init__(self, policy: Policy, make_env: Callable[[], Env], env_name: str, settings: ExploreSettings,
+               ledger: Ledger):
+    self.policy = policy
+    self.make_env = make_env
+    self.env_name = env_name
+    self.s = settings
+    self.ledger = ledger
+    self.tick = 0
+
+  # --- rollouts ------------------------------------------------------------------------------------------------
+  def _start_next(self, task: TaskState) -> None:
+    """Starts the task's next rollout (root, or next queued branch), or marks the task finished."""
+    while task.active is None and not task.finished:
+      if not task.tree.nodes:
+        request = BranchRequest(None, 0, None, None, [], [])
+      elif (task.queue and task.attempts < self.s.max_attempts and self.ledger.budget_left()
+            and not (self.s.stop_on_success and task.succeeded)):
+        request = task.queue.popleft()
+      else:
+        task.finished = True
+        return
+      node = Node(len(task.tree.nodes), request.parent, request.depth, request.rollback_step, request.experience,
+                  list(request.prefix_actions), list(request.prefix_observations))
+      task.tree.nodes.append(node)
+      task.attempts += 1
+      self.ledger.add("rollouts", task_id=task.task_id)
+      observations = [task.env.reset(task.task_id)]
+      diverged = False
+      for action in request.prefix_actions:
+        step = task.env.step(action)
+        self.ledger.add("replayed_steps", task_id=task.task_id)
+        observations.append(step.observation)
+        if step.done:
+          diverged = True
+          break
+      if request.prefix_observations and observations != request.prefix_observations:
+        diverged = True
+      if diverged:
+        node.outcome = "diverged"
+        self.ledger.add("divergences", task_id=task.task_id)
+        logging.warning("explore: task %s node %d: replay diverged from the recorded prefix; branch dropped",
+                        task.task_id, node.node_id)
+        continue
+      task.active = Rollout(node, observations, list(request.prefix_actions))
+
+  def _prompt(self, task: TaskState, rollout: Rollout, with_experience: bool):
+    env, node = task.env, rollout.node
+    first_branch_action = node.rollback_step is not None and rollout.t == node.rollback_step - 1
+    keep = self.s.keep_experience_in_context or self.s.method == "ir"  # IR's feedback stays for the attempt
+    show = with_experience and node.experience is not None and (first_branch_action or keep)
+    history = list(zip(rollout.observations[:-1], rollout.actions))
+    return build_action_prompt(
+        env, instruction=env.instruction, history=history, current_observation=rollout.observations[-1],
+        admissible_actions=env.admissible_actions(), step_count=rollout.t,
+        history_length=self.s.history_length, experience=node.experience if show else None)
+
+  def _act(self, live: list[TaskState]) -> None:
+    prompts = [self._prompt(t, t.active, with_experience=True) for t in live]
+    completions = self.policy.generate(prompts, n=1, temperature=self.s.temperature, top_p=self.s.top_p,
+                                       max_new_tokens=self.s.max_new_tokens, seed=self.s.seed * 1_000_003 + self.tick)
+    self.ledger.add("policy_calls")
+    self.ledger.policy_calls_per_tick.append(1)
+    for task, messages, (completion,) in zip(live, prompts, completions):
+      rollout, env = task.active, task.env
+      self.ledger.add("generated_tokens", len(completion.token_ids), task.task_id)
+      action = _parse(env, completion.text)
+      if action is None:
+        self.ledger.add("invalid_actions", task_id=task.task_id)
+      clean = self._prompt(task, rollout, with_experience=False)
+      step = env.step(action if action is not None else completion.text)
+      self.ledger.add("env_steps", task_id=task.task_id)
+      rollout.node.turns.append(Turn(rollout.t + 1, rollout.observations[-1], messages, clean, completion.text,
+                                     action or "", float(step.reward)))
+      rollout.actions.append(action if action is not None else completion.text)
+      rollout.observations.append(step.observation)
+      rollout.success = step.success
+      rollout.done = step.done or step.success or rollout.t >= self.s.max_steps
+      signals = {
+          "irreversible": bool(step.info.get("irreversible", False)),
+          "done_without_success": step.done and not step.success,
+          "step_limit": rollout.t >= self.s.max_steps and not step.success,
+      }
+      rollout.failed = not step.success and any(signals[s] for s in self.s.failure_signals)
+      if rollout.failed:
+        rollout.done = True
+      if self.s.method == "leafe" and rollout.node.depth < self.s.max_depth:
+        if rollout.failed:
+          rollout.reflection_due = "failure"
+        elif self.s.reflect_every > 0 and not rollout.done and rollout.t % self.s.reflect_every == 0:
+          rollout.reflection_due = "periodic"
+
+  def _reflect(self, live: list[TaskState]) -> None:
+    due = [t for t in live if t.active.reflection_due]
+    if not due:
+      return
+    prompts = []
+    for task in due:
+      r = task.active
+      outcome = "failure" if r.reflection_due == "failure" else "in progress"
+      prompts.append(reflection_lib.build_reflection_prompt(
+          task.env, instruction=task.env.instruction, steps=list(zip(r.observations[:-1], r.actions)),
+          final_observation=r.observations[-1], outcome=outcome))
+    completions = self.policy.generate(prompts, n=1, temperature=self.s.temperature, top_p=self.s.top_p,
+                                       max_new_tokens=self.s.reflection_max_new_tokens,
+                                       seed=self.s.seed * 1_000_003 + self.tick + 500_009)
+    self.ledger.add("policy_calls")
+    self.ledger.policy_calls_per_tick[-1] += 1
+    for task, messages, (completion,) in zip(due, prompts, completions):
+      r = task.active
+      self.ledger.add("reflections", task_id=task.task_id)
+      self.ledger.add("generated_tokens", len(completion.token_ids), task.task_id)
+      parsed = reflection_lib.parse_reflection(completion.text, r.t)
+      queued = False
+      if parsed is None:
+        self.ledger.add("unparsable_reflections", task_id=task.task_id)
+      elif task.attempts + len(task.queue) < self.s.max_attempts:
+        tau, experience = parsed
+        task.queue.append(BranchRequest(r.node.node_id, r.node.depth + 1, tau, experience,
+                                        r.actions[: tau - 1], r.observations[:tau]))
+        self.ledger.add("branches", task_id=task.task_id)
+        queued = True
+      r.node.reflections.append(Reflection(r.t, r.reflection_due, messages, completion.text,
+                                           parsed[0] if parsed else None, parsed[1] if parsed else None, queued))
+      r.reflection_due = None
+
+  def _finish_rollout(self, task: TaskState) -> None:
+    r = task.active
+    r.node.outcome = "success" if r.success else "failure"
+    r.node.final_observation = r.observations[-1]
+    if r.success:
+      task.succeeded = True
+      self.ledger.add("successes", task_id=task.task_id)
+    retry = (self.s.method == "is" or (self.s.method == "ir" and not r.success))
+    if retry and task.attempts + len(task.queue) < self.s.max_attempts:
+      experience = None
+      if self.s.method == "ir":
+        experience = (f"A previous attempt took the actions {', '.join(r.actions)} and failed; it ended with:\n"
+                      f"{r.observations[-1]}")
+      # A fresh attempt from the start (tau = 1 with an empty prefix).
+      task.queue.append(BranchRequest(r.node.node_id, 0 if self.s.method == "is" else r.node.depth + 1,
+                                      1 if experience else None, experience, [], []))
+    task.active = None
+
+  # --- the loop ------------------------------------------------------------------------------------------------
+  def run(self, task_ids: Sequence[str], on_tree: Callable[[Tree], None]) -> None:
+    """Explores every task; `on_tree(tree)` is called once per task as its tree completes."""
+    pending = collections.deque(task_ids)
+    live: list[TaskState] = []
+    while pending or live:
+      while pending and len(live) < self.s.concurrency and self.ledger.budget_left():
+        task_id = pending.popleft()
+        env = self.make_env()
+        live.append(TaskState(task_id, env, Tree(task_id, self.env_name, ""), collections.deque()))
+      if not live:
+        if pending:
+          logging.info("explore: interaction budget spent; %d tasks not started", len(pending))
+        break
+      for task in live:
+        if task.active is None:
+          self._start_next(task)
+        if not task.tree.instruction and task.tree.nodes:
+          task.tree.instruction = task.env.instruction
+      for task in [t for t in live if t.finished]:
+        task.tree.ledger = dict(self.ledger.per_task[task.task_id])
+        on_tree(task.tree)
+      live = [t for t in live if not t.finished]
+      acting = [t for t in live if t.active is not None]
+      if not acting:
+        continue
+      self._act(acting)
+      self._reflect(acting)
+      for task in acting:
+        if task.active.done:
+          self._finish_rollout(task)
+      self.tick += 1

@@ -1,0 +1,65 @@
+"""The interaction ledger: what exploration cost, per task and in total, and the optional global budget."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+COUNTERS = (
+    "env_steps",  # actions executed in new rollouts
+    "replayed_steps",  # actions re-executed to restore a rollback prefix (interaction too: they cost env time)
+    "policy_calls",  # Policy.generate calls (each batched over every rollout that needed one)
+    "generated_tokens",
+    "rollouts",
+    "successes",
+    "reflections",
+    "unparsable_reflections",  # no tag, tau outside 1..t, empty experience: "no branch"
+    "invalid_actions",
+    "branches",  # branch requests queued
+    "divergences",  # replays whose observations differed from the recorded ones (branch dropped)
+    "errors",  # env errors (crashed worker, exception in the env)
+)
+
+
+class Ledger:
+  """Counters per task and totals; `interaction` = env + replayed steps, the quantity budgets compare."""
+
+  def __init__(self, env_step_budget: int = 0):
+    self.env_step_budget = env_step_budget
+    self.per_task: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    self.total: collections.Counter = collections.Counter()
+    self.policy_calls_per_tick: list[int] = []
+
+  def add(self, counter: str, value: int = 1, task_id: str | None = None) -> None:
+    if counter not in COUNTERS:
+      raise KeyError(f"unknown ledger counter {counter!r}")
+    self.total[counter] += value
+    if task_id is not None:
+      self.per_task[task_id][counter] += value
+
+  @property
+  def interaction(self) -> int:
+    return self.total["env_steps"] + self.total["replayed_steps"]
+
+  def budget_left(self) -> bool:
+    return self.env_step_budget <= 0 or self.interaction < self.env_step_budget
+
+  def to_json(self) -> dict:
+    return {
+        "total": {c: self.total[c] for c in COUNTERS},
+        "per_task": {t: dict(c) for t, c in sorted(self.per_task.items())},
+        "env_step_budget": self.env_step_budget,
+    }
+
+  def load_task_counts(self, per_task: dict[str, dict]) -> None:
+    """Adds the counters of tasks finished in an earlier run (resume)."""
+    for task_id, counts in per_task.items():
+      for counter, value in counts.items():
+        self.add(counter, value, task_id)
+
+  def save(self, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(self.to_json(), f, indent=1)
+    os.replace(tmp, path)

@@ -1,0 +1,112 @@
+"""Stage `explore`: LEAFE stage 1 (or the IS / IR comparison samplers) over an environment split.
+
+Trees go to `<stage_dir>/trees/shard-<i>-of-<n>.jsonl`, one flushed and fsynced line per finished task; a rerun
+skips the tasks already there, so a killed explorer loses and duplicates nothing (records are derived from the
+trees by the `distill` stage). Host i of n (`shard = "i/n"`) takes every n-th task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+from absl import logging
+
+from leafe_jax import envs
+from leafe_jax.explore.engine import FAILURE_SIGNALS, Explorer, ExploreSettings
+from leafe_jax.explore.ledger import Ledger
+from leafe_jax.explore.tree import TreeStore
+
+CONFIG_SECTION = "explore"
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.env = "sokoban"  # registered environment
+  c.env_config = ml_collections.ConfigDict()  # its keyword config (free-form)
+  c.split = "train"  # exploration uses training tasks only
+  c.num_tasks = 256  # tasks explored (first n of the split)
+  c.policy = "train/hf"  # HF dir relative to workdir, or "openai:<base_url>#<model>"; the paper starts from GRPO
+  c.max_cache_len = 4096  # KV-cache length of the in-process sampler
+  c.method = "leafe"  # "leafe" | "is" (independent sampling) | "ir" (iterative refinement): paper Table 3
+  # Paper: "every K steps or upon failure"; K not given (paper_notes §9). 0 = on failure only, which matches
+  # the paper's CodeContests setting ("rollback only when the budget is exhausted").
+  c.reflect_every = 0
+  c.failure_signals = FAILURE_SIGNALS  # what counts as failure: irreversible state, done unsuccessful, step limit
+  c.max_depth = 2  # branch depth bound; paper value not given
+  c.max_attempts = 8  # rollouts per task (root + branches); paper value not given
+  # Paper leaves open whether e stays after a'_tau; we drop it, so the branch continues as the test-time policy
+  # would, and D_reh turns after tau are on-policy without e.
+  c.keep_experience_in_context = False
+  c.history_length = 2  # (observation, action) pairs in the action prompt
+  c.max_steps = 15  # episode horizon (verl-agent Sokoban 15; CodeContests 4, paper_notes §2.2)
+  c.temperature = 1.0  # exploration sampling temperature; paper value not given
+  c.top_p = 1.0  # nucleus sampling
+  c.max_new_tokens = 512  # verl-agent max_response_length (paper_notes §3 [F])
+  c.reflection_max_new_tokens = 512  # reflection response budget
+  c.concurrency = 64  # tasks alive at once; their rollouts share every policy call
+  c.stop_on_success = False  # end a task at its first success (set for IS/IR coverage runs)
+  c.env_step_budget = 0  # global interaction budget (env + replayed steps); 0 = unlimited
+  c.shard = "0/1"  # "i/n": this host explores every n-th task starting at i
+  c.seed = 0  # sampling seed
+  return c
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+  try:
+    index, count = (int(x) for x in shard.split("/"))
+  except ValueError:
+    raise ValueError(f"config field 'explore.shard' must look like 'i/n', got {shard!r}") from None
+  if not 0 <= index < count:
+    raise ValueError(f"config field 'explore.shard' {shard!r}: need 0 <= i < n")
+  return index, count
+
+
+def settings_of(cfg: ml_collections.ConfigDict) -> ExploreSettings:
+  return ExploreSettings(
+      method=cfg.method, reflect_every=cfg.reflect_every, failure_signals=tuple(cfg.failure_signals),
+      max_depth=cfg.max_depth, max_attempts=cfg.max_attempts, keep_experience_in_context=cfg.keep_experience_in_context,
+      history_length=cfg.history_length, max_steps=cfg.max_steps, temperature=cfg.temperature, top_p=cfg.top_p,
+      max_new_tokens=cfg.max_new_tokens, reflection_max_new_tokens=cfg.reflection_max_new_tokens,
+      concurrency=cfg.concurrency, stop_on_success=cfg.stop_on_success, seed=cfg.seed)
+
+
+def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -> Ledger:
+  """Explores the configured tasks with `policy`; returns the ledger (also saved next to the trees)."""
+  cfg = config.explore
+  settings = settings_of(cfg)
+  index, count = parse_shard(cfg.shard)
+  env_config = cfg.env_config.to_dict()
+  all_tasks = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
+  tasks = all_tasks[index::count]
+  store = TreeStore(os.path.join(stage_dir, "trees", f"shard-{index}-of-{count}.jsonl"))
+  ledger = Ledger(cfg.env_step_budget)
+  done = {}
+  for tree in store.load():
+    done[tree.task_id] = tree
+    ledger.load_task_counts({tree.task_id: tree.ledger})
+  todo = [t for t in tasks if t not in done]
+  logging.info("explore: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
+  if todo:
+    from tqdm import tqdm
+
+    with tqdm(total=len(tasks), initial=len(done), desc=f"explore ({cfg.method})", unit="task") as bar:
+      def on_tree(tree):
+        store.append(tree)
+        bar.update(1)
+
+      Explorer(policy, lambda: envs.make(cfg.env, **env_config), cfg.env, settings, ledger).run(todo, on_tree)
+  name = "ledger.json" if count == 1 else f"ledger-shard-{index}-of-{count}.json"
+  ledger.save(os.path.join(stage_dir, name))
+  logging.info("explore ledger: %s", json.dumps(ledger.to_json()["total"]))
+  return ledger
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
+  from leafe_jax.policy.factory import make_policy
+
+  cfg = config.explore
+  parse_shard(cfg.shard)  # fail on a bad shard before loading a model
+  os.makedirs(stage_dir, exist_ok=True)
+  run_with_policy(config, stage_dir, make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len))

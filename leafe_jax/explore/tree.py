@@ -1,0 +1,121 @@
+"""Backtrack trees: one per task, nodes are rollouts (the root, then branches), saved one JSON line per tree."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+
+@dataclasses.dataclass
+class Turn:
+  """One agent turn. `messages` is what the policy saw; `clean_messages` the same without the experience."""
+
+  step: int  # 1-based step number in the episode
+  observation: str  # the observation the action answers
+  messages: list[dict[str, str]]
+  clean_messages: list[dict[str, str]]
+  response: str  # the model's full text
+  action: str  # the parsed action ("" when unparsable)
+  reward: float = 0.0
+
+
+@dataclasses.dataclass
+class Reflection:
+  after_step: int  # t: the reflection saw steps 1..t
+  trigger: str  # "failure" | "periodic"
+  messages: list[dict[str, str]]
+  response: str
+  rollback_step: int | None  # tau, None when unparsable
+  experience: str | None
+  queued: bool  # a branch request was queued (budget and depth allowing)
+
+
+@dataclasses.dataclass
+class Node:
+  """A rollout. A branch replays `prefix_actions` (its parent's a_1..a_{tau-1}) then acts from step tau."""
+
+  node_id: int
+  parent: int | None
+  depth: int
+  rollback_step: int | None  # tau; None for the root
+  experience: str | None
+  prefix_actions: list[str]
+  prefix_observations: list[str]  # recorded o_0..o_{tau-1}, checked against the replay
+  turns: list[Turn] = dataclasses.field(default_factory=list)  # own turns, from step tau on
+  reflections: list[Reflection] = dataclasses.field(default_factory=list)
+  final_observation: str = ""
+  outcome: str = "running"  # "success" | "failure" | "diverged" | "error"
+
+
+@dataclasses.dataclass
+class Tree:
+  task_id: str
+  env: str
+  instruction: str
+  nodes: list[Node] = dataclasses.field(default_factory=list)
+  ledger: dict[str, int] = dataclasses.field(default_factory=dict)  # this task's interaction counters
+
+  def node(self, node_id: int) -> Node:
+    return self.nodes[node_id]
+
+  def path_turns(self, node: Node) -> list[Turn]:
+    """Every turn of the trajectory that ends in `node`: its ancestors' turns up to tau-1, then its own."""
+    if node.parent is None:
+      return list(node.turns)
+    parent = self.nodes[node.parent]
+    return self.path_turns(parent)[: node.rollback_step - 1] + list(node.turns)
+
+  def to_json(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, data: dict[str, Any]) -> Tree:
+    nodes = []
+    for n in data["nodes"]:
+      n = dict(n)
+      n["turns"] = [Turn(**t) for t in n["turns"]]
+      n["reflections"] = [Reflection(**r) for r in n["reflections"]]
+      nodes.append(Node(**n))
+    return cls(task_id=data["task_id"], env=data["env"], instruction=data["instruction"], nodes=nodes,
+               ledger=data.get("ledger", {}))
+
+
+class TreeStore:
+  """Appends finished trees to a JSONL file, flushed and fsynced, so a killed run loses no finished task."""
+
+  def __init__(self, path: str):
+    self.path = path
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    self._drop_torn_last_line()
+
+  def _drop_torn_last_line(self) -> None:
+    """A kill mid-write leaves a last line without its newline: cut it, that task is redone."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path, "rb+") as f:
+      data = f.read()
+      if data and not data.endswith(b"\n"):
+        f.truncate(data.rfind(b"\n") + 1)
+
+  def load(self) -> list[Tree]:
+    return list(load_trees(self.path)) if os.path.exists(self.path) else []
+
+  def append(self, tree: Tree) -> None:
+    with open(self.path, "a") as f:
+      f.write(json.dumps(tree.to_json()) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def load_trees(path: str):
+  """Trees of a JSONL file; a malformed line is an error naming the file and line."""
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        yield Tree.from_json(json.loads(line))
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{number}: not a backtrack tree: {e}") from e

@@ -1,0 +1,238 @@
+"""The LEAFE explorer with scripted policies: branching, replay verification, records, resume, bad input."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from leafe_jax.data import records
+from leafe_jax.envs import Step
+from leafe_jax.envs.sokoban import SokobanEnv, load_xsb
+from leafe_jax.explore import distill, engine, reflection, show
+from leafe_jax.explore import stage as explore_stage
+from leafe_jax.explore.ledger import Ledger
+from leafe_jax.explore.tree import TreeStore, load_trees
+from leafe_jax.policy.scripted import ScriptedPolicy
+
+CORRIDOR = load_xsb("#######\n#@ $ .#\n#######")[0]  # right x3 solves it
+
+
+def _corridor_env():
+  return SokobanEnv(level=CORRIDOR, max_steps=3, compact_prompt=True)
+
+
+def _corridor_policy():
+  env = _corridor_env()
+  start = env.reset("level")
+  after_one = env.step("right").observation
+  after_two = env.step("right").observation
+  # Root: right, then the mistake "left" (back to the start), then right: the step limit ends it unsolved.
+  plan = {start: "right", after_one: "left", after_two: "right"}
+
+  def respond(messages):
+    content = messages[-1]["content"]
+    if content.endswith("reflect:"):
+      return reflection.format_reflection(2, "go right")
+    if "hint: go right" in content:
+      return "<action>right</action>"
+    return f"<action>{plan[content.split(chr(10) * 2)[0]]}</action>"
+
+  return ScriptedPolicy(respond)
+
+
+def _settings(**kw):
+  base = {"history_length": 0, "max_steps": 3, "max_depth": 2, "max_attempts": 4}
+  return engine.ExploreSettings(**{**base, **kw})
+
+
+def _explore(policy, make_env, tasks, settings):
+  trees, ledger = [], Ledger()
+  engine.Explorer(policy, make_env, "sokoban", settings, ledger).run(tasks, trees.append)
+  return trees, ledger
+
+
+def test_failed_rollout_branches_at_the_reflected_step_and_the_branch_succeeds():
+  trees, ledger = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
+  (tree,) = trees
+  root, branch = tree.nodes
+  assert [t.action for t in root.turns] == ["right", "left", "right"] and root.outcome == "failure"
+  assert root.reflections[0].rollback_step == 2 and root.reflections[0].queued
+  assert branch.parent == 0 and branch.rollback_step == 2 and branch.experience == "go right"
+  assert branch.prefix_actions == ["right"] and branch.outcome == "success"
+  assert [t.step for t in branch.turns] == [2, 3]
+  # The replayed prefix reproduced the recorded observations (o_0, o_1), so no divergence was counted.
+  assert branch.prefix_observations == [root.turns[0].observation, root.turns[1].observation]
+  assert ledger.total["divergences"] == 0 and ledger.total["replayed_steps"] == 1
+  assert ledger.total["branches"] == 1 and ledger.total["successes"] == 1
+  # The hint is in the branch's first prompt only, never in its clean prompt.
+  assert "hint: go right" in branch.turns[0].messages[-1]["content"]
+  assert "hint" not in branch.turns[0].clean_messages[-1]["content"]
+  assert "hint" not in branch.turns[1].messages[-1]["content"]
+
+
+def test_distillation_gives_exactly_one_cf_and_the_successful_path_as_reh():
+  trees, _ = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
+  examples = distill.build_examples(trees, max_cf_per_task=3, reh_fraction=1.0, reh_weight=0.5, seed=0)
+  cf = [e for e in examples if e.kind == "cf"]
+  reh = [e for e in examples if e.kind == "reh"]
+  assert len(cf) == 1 and cf[0].step == 2 and cf[0].response == "<action>right</action>"
+  assert cf[0].experience == "go right" and "go right" not in json.dumps(cf[0].messages)
+  assert [e.step for e in reh] == [1, 2, 3] and all(e.weight == 0.5 for e in reh)
+
+
+def test_cf_records_contain_no_experience_tokens(tmp_path):
+  from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
+  from leafe_jax.explore import distill_stage
+
+  trees, _ = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
+  tree_dir = tmp_path / "explore" / "trees"
+  store = TreeStore(str(tree_dir / "shard-0-of-1.jsonl"))
+  for tree in trees:
+    store.append(tree)
+  corpus = [json.dumps(t.to_json()) for t in trees] + ["hint: go right"]
+  train_tokenizer(corpus, vocab_size=300, out_dir=str(tmp_path / "tok"), model_max_length=512)
+  config = ml_collections.ConfigDict({"distill": distill_stage.default_config()})
+  config.distill.tokenizer, config.distill.reh_fraction = "tok", 1.0
+  distill_stage.run(config, str(tmp_path), str(tmp_path / "distill"))
+  folder = str(tmp_path / "distill" / "records")
+  assert records.read_manifest(folder)["counts"]["cf"] == 1
+  from transformers import AutoTokenizer
+
+  tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+  experience_ids = tok.encode("go right")
+  for rec in records.iter_records(folder, kinds=("cf",)):
+    assert "go right" not in tok.decode(rec.input_ids)
+    ids = list(rec.input_ids)
+    assert not any(ids[i:i + len(experience_ids)] == experience_ids for i in range(len(ids)))
+    assert rec.experience == "go right"
+
+
+class NoisyStartEnv:
+  """Test-only env whose first observation changes on every reset: replay can never be trusted."""
+
+  name = "noisy"
+  prompt_template = None
+
+  def tasks(self, split):
+    return ["t0"]
+
+  def reset(self, task_id):
+    self.t = 0
+    return f"start {random.random()}"
+
+  def step(self, action):
+    self.t += 1
+    return Step(f"obs {self.t}", 0.0, self.t >= 2, False, {})
+
+  @property
+  def instruction(self):
+    return "do it"
+
+  def admissible_actions(self):
+    return ["a", "b"]
+
+
+def test_a_nondeterministic_env_triggers_the_divergence_check_and_no_record():
+  respond = lambda m: ("<rollback_step>2</rollback_step><experience>try b</experience>"
+                       if "rollback_step" in m[-1]["content"] else "<action>a</action>")
+  trees, ledger = _explore(ScriptedPolicy(respond), NoisyStartEnv, ["t0"], _settings(max_steps=2))
+  outcomes = [n.outcome for n in trees[0].nodes]
+  assert outcomes[0] == "failure" and "diverged" in outcomes
+  assert ledger.total["divergences"] >= 1
+  assert distill.build_examples(trees, max_cf_per_task=3, reh_fraction=1.0, reh_weight=1.0, seed=0) == []
+
+
+@pytest.mark.parametrize("reflection_text", ["no tags at all", "<rollback_step>9</rollback_step><experience>x"
+                                             "</experience>", "<rollback_step>0</rollback_step><experience>x"
+                                             "</experience>", "<rollback_step>1</rollback_step><experience> "
+                                             "</experience>"])
+def test_garbage_reflections_and_actions_are_counted_never_raised(reflection_text):
+  respond = lambda m: reflection_text if m[-1]["content"].endswith("reflect:") else "I refuse to use tags"
+  trees, ledger = _explore(ScriptedPolicy(respond), _corridor_env, ["level"], _settings())
+  assert len(trees[0].nodes) == 1 and trees[0].nodes[0].outcome == "failure"
+  assert ledger.total["invalid_actions"] == 3 and ledger.total["unparsable_reflections"] == 1
+  assert ledger.total["branches"] == 0
+
+
+def test_empty_task_list_explores_nothing():
+  trees, ledger = _explore(_corridor_policy(), _corridor_env, [], _settings())
+  assert trees == [] and ledger.total["policy_calls"] == 0
+
+
+def test_one_policy_call_per_tick_serves_every_live_rollout():
+  env = SokobanEnv(dim=(6, 6), num_boxes=1, max_steps=4, compact_prompt=True)
+  tasks = env.tasks("train", 5)
+  policy = ScriptedPolicy(lambda m: "<rollback_step>1</rollback_step><experience>x</experience>"
+                          if m[-1]["content"].endswith("reflect:") else "<action>up</action>")
+  _explore(policy, lambda: SokobanEnv(dim=(6, 6), num_boxes=1, max_steps=4, compact_prompt=True), tasks,
+           _settings(max_steps=4, method="is", max_attempts=1, concurrency=5))
+  assert policy.calls[0] == 5 and len(policy.calls) <= 4
+
+
+def test_show_renders_text_and_a_png(tmp_path):
+  trees, _ = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
+  text = show.render_text(trees[0])
+  assert "branch at step 2" in text and "e: go right" in text
+  png = show.render_png(trees[0], str(tmp_path / "tree.png"))
+  with open(png, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _stable_action(messages):
+  content = messages[-1]["content"]
+  if content.endswith("reflect:"):
+    return "<rollback_step>1</rollback_step><experience>try another way</experience>"
+  digest = hashlib.sha256(content.encode()).digest()[0]
+  return f"<action>{('up', 'down', 'left', 'right')[digest % 4]}</action>"
+
+
+_RESUME_SCRIPT = """
+import sys, ml_collections
+sys.path.insert(0, {tests!r})
+from test_explore import _stable_action, explore_config
+from leafe_jax.explore import stage
+from leafe_jax.policy.scripted import ScriptedPolicy
+stage.run_with_policy(explore_config(), {stage_dir!r}, ScriptedPolicy(_stable_action, latency_s={latency}))
+"""
+
+
+def explore_config():
+  config = ml_collections.ConfigDict({"explore": explore_stage.default_config()})
+  cfg = config.explore
+  cfg.env_config = ml_collections.ConfigDict({"dim": (6, 6), "num_boxes": 1, "max_steps": 6, "compact_prompt": True})
+  cfg.num_tasks, cfg.history_length, cfg.max_steps, cfg.max_attempts, cfg.concurrency = 12, 0, 6, 3, 3
+  return config
+
+
+def _run_script(stage_dir, latency):
+  code = _RESUME_SCRIPT.format(tests=os.path.dirname(__file__), stage_dir=str(stage_dir), latency=latency)
+  return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_sigkill_then_rerun_gives_the_same_trees_as_an_uninterrupted_run(tmp_path):
+  _run_script(tmp_path / "whole", 0.0).wait(timeout=120)
+  proc = _run_script(tmp_path / "killed", 0.02)
+  tree_file = tmp_path / "killed" / "trees" / "shard-0-of-1.jsonl"
+  deadline = time.time() + 120
+  while time.time() < deadline and not (tree_file.exists() and tree_file.read_text().count("\n") >= 2):
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  _run_script(tmp_path / "killed", 0.0).wait(timeout=120)
+  as_set = lambda path: sorted(json.dumps(t.to_json(), sort_keys=True) for t in load_trees(str(path)))
+  whole = as_set(tmp_path / "whole" / "trees" / "shard-0-of-1.jsonl")
+  assert len(whole) == 12 and as_set(tree_file) == whole
+  # Per-task interaction counters are equal; only the batched policy-call count depends on the batching.
+  ledger = lambda d: json.loads((d / "ledger.json").read_text())
+  killed, whole_ledger = ledger(tmp_path / "killed"), ledger(tmp_path / "whole")
+  assert killed["per_task"] == whole_ledger["per_task"]
+  assert {k: v for k, v in killed["total"].items() if k != "policy_calls"} == {
+      k: v for k, v in whole_ledger["total"].items() if k != "policy_calls"}
