@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from leafe_jax import models, parallel
 from leafe_jax.sampling import Sampler
+from leafe_jax.sampling import sampler as sampler_lib
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [3]]
 
@@ -57,6 +58,8 @@ def test_seeds_n_samples_and_top_k_one(tiny):
   greedy = sampler.generate(PROMPTS, max_new_tokens=8, temperature=0.0)
   top1 = sampler.generate(PROMPTS, max_new_tokens=8, temperature=1.0, top_k=1, seed=5)
   assert ids(greedy) == ids(top1)
+  # Rows of one prompt share its prefill: greedy repeated n times is the n=1 greedy output.
+  assert ids(sampler.generate(PROMPTS, n=3, max_new_tokens=8, temperature=0.0)) == [r * 3 for r in ids(greedy)]
 
 
 def test_eos_ends_a_row_and_stop_strings_truncate_text(tiny):
@@ -90,10 +93,12 @@ def test_prompt_longer_than_the_cache_names_both_lengths(tiny):
 def test_calls_within_one_bucket_reuse_the_compiled_program(tiny):
   _, model, params = tiny
   sampler = Sampler(model, params, max_cache_len=128)
-  sampler.generate([[1, 2, 3]], max_new_tokens=5, temperature=0.0)
-  traces = sampler.num_traces
-  sampler.generate([[4, 5, 6, 7, 8, 9, 10]], max_new_tokens=7, temperature=0.7, top_p=0.9)
-  assert sampler.num_traces == traces
+  sampler.generate([[1, 2, 3], [4]], max_new_tokens=5, temperature=0.7, top_p=0.9)
+  traces = sampler_lib.trace_count()
+  sampler.generate([[4, 5, 6, 7, 8, 9, 10], [1, 2]], max_new_tokens=7, temperature=0.5, top_p=0.8, seed=3)
+  assert sampler_lib.trace_count() == traces
+  sampler.generate([[1] * 40, [4]], max_new_tokens=5, temperature=0.7, top_p=0.9)  # next prompt bucket
+  assert sampler_lib.trace_count() == traces + 1
 
 
 def test_sharded_greedy_equals_unsharded(tiny):

@@ -1,11 +1,16 @@
 """Batched generation: one jitted prefill + `lax.while_loop` decode over an explicit, static-size KV cache.
 
-Shapes are bucketed (batch rows, prompt length, cache length, output length), so calls with similar sizes reuse
-one compiled program; the decode loop runs on device and stops when every row has finished. Prompts are
-left-padded so that every row writes the same cache slot at each decode step.
+Shapes are bucketed (prompt rows, prompt length, cache length, output length), so calls with similar sizes reuse
+one compiled program; the decode loop runs on device and stops when every row has finished (no per-token host
+sync). Prompts are left-padded so that every row writes the same cache slot at each decode step. With `n > 1`
+each prompt is prefilled once and its cache rows are repeated `n` times before decoding.
 
 Log-probs are those of the unmodified model distribution (log-softmax of the logits at temperature 1) for the
 chosen tokens, whatever temperature / top-p / top-k shaped the sampling: what importance ratios and RL need.
+
+Stop strings are applied on the host after generation (they need detokenization): the sample is cut at the
+shortest token prefix whose text contains a stop string, and the text ends just before the stop string.
+Generation of that row is not stopped early on device, so a stop string costs decode steps, not correctness.
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ from leafe_jax.models import init_cache
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 DEFAULT_OUTPUT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+_MIN_TEMPERATURE = 1e-6  # guards the division when a tiny positive temperature is asked for
+
+_traces = {"generate": 0}  # how many times the generate program was traced (compile-cache behaviour)
+
+
+def trace_count() -> int:
+  """Number of times the generation program has been traced (= compiled) in this process."""
+  return _traces["generate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,23 +53,75 @@ def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
   raise ValueError(f"{what} {value} exceeds the largest bucket {buckets[-1]}")
 
 
-def _filter_logits(logits_BxV, temperature, top_p, top_k: int):
-  """Temperature, top-k (static) and top-p (traced) applied to logits; masked entries become -inf."""
-  logits_BxV = logits_BxV / jnp.maximum(temperature, 1e-6)
+def _choose(logits_BxV, key, temperature, top_p, *, greedy: bool, top_k: int, nucleus: bool):
+  """The next token: argmax, or a draw from the temperature / top-k / top-p shaped distribution."""
+  if greedy:
+    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+  logits_BxV = logits_BxV / jnp.maximum(temperature, _MIN_TEMPERATURE)
   if top_k > 0:
-    kth_B = jax.lax.top_k(logits_BxV, top_k)[0][:, -1]
-    logits_BxV = jnp.where(logits_BxV < kth_B[:, None], -jnp.inf, logits_BxV)
-  sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-  probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-  mass_before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-  # The smallest logit still inside the nucleus; the first token is always kept.
-  kept = jnp.where(mass_before_BxV < top_p, sorted_BxV, jnp.inf)
-  threshold_B = jnp.min(kept, axis=-1)
-  return jnp.where(logits_BxV < threshold_B[:, None], -jnp.inf, logits_BxV)
+    # top_k values come sorted (descending): the nucleus below needs only them, not a full-vocab sort.
+    sorted_BxK = jax.lax.top_k(logits_BxV, top_k)[0]
+    logits_BxV = jnp.where(logits_BxV < sorted_BxK[:, -1:], -jnp.inf, logits_BxV)
+  if nucleus:
+    if top_k <= 0:
+      sorted_BxK = -jnp.sort(-logits_BxV, axis=-1)
+    probs_BxK = jax.nn.softmax(sorted_BxK, axis=-1)
+    mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
+    # The smallest logit still inside the nucleus; the most likely token is always kept.
+    threshold_B = jnp.min(jnp.where(mass_before_BxK < top_p, sorted_BxK, jnp.inf), axis=-1)
+    logits_BxV = jnp.where(logits_BxV < threshold_B[:, None], -jnp.inf, logits_BxV)
+  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "pad_id", "eos_ids", "cache_len", "out_len", "n", "greedy",
+                                             "top_k", "nucleus"))
+def _generate(params, tokens_BxP, mask_BxP, rng, temperature, top_p, max_new, *, model, pad_id: int,
+              eos_ids: tuple[int, ...], cache_len: int, out_len: int, n: int, greedy: bool, top_k: int,
+              nucleus: bool):
+  """Prefill B prompts once, repeat each row n times, decode up to `max_new` tokens for the B*n rows."""
+  _traces["generate"] += 1
+  choose = functools.partial(_choose, greedy=greedy, top_k=top_k, nucleus=nucleus)
+  eos_E = jnp.asarray(eos_ids or (-1,), jnp.int32)
+  cache = init_cache(model.config, tokens_BxP.shape[0], cache_len)
+  logits_BxPxV, cache = model.apply({"params": params}, tokens_BxP, attention_mask=mask_BxP, cache=cache)
+  logits_BxV = logits_BxPxV[:, -1]
+  if n > 1:  # sample rows of prompt i are rows i*n .. i*n+n-1
+    cache = cache.replace(k=jnp.repeat(cache.k, n, axis=1), v=jnp.repeat(cache.v, n, axis=1),
+                          valid=jnp.repeat(cache.valid, n, axis=0))
+    logits_BxV = jnp.repeat(logits_BxV, n, axis=0)
+  rows = logits_BxV.shape[0]
+  ones_Rx1 = jnp.ones((rows, 1), jnp.int32)
+
+  def emit(step, logits_RxV, out_RxO, logp_RxO, done_R):
+    token_R = choose(logits_RxV, jax.random.fold_in(rng, step), temperature, top_p)
+    token_R = jnp.where(done_R, pad_id, token_R)
+    logp_R = jnp.take_along_axis(jax.nn.log_softmax(logits_RxV, axis=-1), token_R[:, None], axis=-1)[:, 0]
+    out_RxO = jax.lax.dynamic_update_slice(out_RxO, token_R[:, None], (0, step))
+    logp_RxO = jax.lax.dynamic_update_slice(logp_RxO, jnp.where(done_R, 0.0, logp_R)[:, None], (0, step))
+    return token_R, out_RxO, logp_RxO, done_R | jnp.isin(token_R, eos_E)
+
+  out_RxO = jnp.full((rows, out_len), pad_id, jnp.int32)
+  logp_RxO = jnp.zeros((rows, out_len), jnp.float32)
+  token_R, out_RxO, logp_RxO, done_R = emit(0, logits_BxV, out_RxO, logp_RxO, jnp.zeros((rows,), bool))
+
+  def body(state):
+    step, cache, token_R, out_RxO, logp_RxO, done_R = state
+    logits_Rx1xV, cache = model.apply({"params": params}, token_R[:, None], attention_mask=ones_Rx1, cache=cache)
+    token_R, out_RxO, logp_RxO, done_R = emit(step, logits_Rx1xV[:, 0], out_RxO, logp_RxO, done_R)
+    return step + 1, cache, token_R, out_RxO, logp_RxO, done_R
+
+  def cond(state):
+    step, *_, done_R = state
+    return (step < max_new) & ~jnp.all(done_R)
+
+  state = (jnp.int32(1), cache, token_R, out_RxO, logp_RxO, done_R)
+  _, _, _, out_RxO, logp_RxO, _ = jax.lax.while_loop(cond, body, state)
+  return out_RxO, logp_RxO
 
 
 class Sampler:
-  """Generates from `model` with `params` (optionally sharded on `mesh`)."""
+  """Generates from `model` with `params` (sharded on `mesh` when given: params by their logical axes, rows over
+  the data axes). Compiled programs are shared by every Sampler of an equal model in the process."""
 
   def __init__(self, model, params, tokenizer=None, mesh=None, pad_id: int = 0, eos_ids: Sequence[int] = (),
                max_cache_len: int = 4096, prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
@@ -71,71 +136,37 @@ class Sampler:
     self.prompt_buckets = tuple(prompt_buckets)
     self.batch_buckets = tuple(batch_buckets)
     self.output_buckets = tuple(output_buckets)
-    self.num_traces = 0  # how many times the generate program was traced (compile-cache behaviour)
     if mesh is not None:
       from leafe_jax import parallel
 
       params = jax.device_put(params, parallel.param_shardings(model, mesh))
     self.params = params
 
-  @functools.partial(jax.jit, static_argnames=("self", "cache_len", "out_len", "top_k"))
-  def _generate(self, params, tokens_BxP, mask_BxP, rng, temperature, top_p, max_new, *, cache_len: int,
-                out_len: int, top_k: int):
-    self.num_traces += 1
-    b = tokens_BxP.shape[0]
-    eos_E = jnp.asarray(self.eos_ids or (-1,), jnp.int32)
-    cache = init_cache(self.model.config, b, cache_len)
-    logits_BxPxV, cache = self.model.apply({"params": params}, tokens_BxP, attention_mask=mask_BxP, cache=cache)
-
-    def body(state):
-      step, cache, logits_BxV, out_BxO, logp_BxO, done_B, rng = state
-      rng, key = jax.random.split(rng)
-      logp_all_BxV = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
-      sampled_B = jax.random.categorical(key, _filter_logits(logits_BxV, temperature, top_p, top_k), axis=-1)
-      greedy_B = jnp.argmax(logits_BxV, axis=-1)
-      token_B = jnp.where(temperature > 0, sampled_B, greedy_B).astype(jnp.int32)
-      token_B = jnp.where(done_B, self.pad_id, token_B)
-      logp_B = jnp.take_along_axis(logp_all_BxV, token_B[:, None], axis=-1)[:, 0]
-      out_BxO = out_BxO.at[:, step].set(token_B)
-      logp_BxO = logp_BxO.at[:, step].set(jnp.where(done_B, 0.0, logp_B))
-      done_B = done_B | jnp.isin(token_B, eos_E)
-      logits_Bx1xV, cache = self.model.apply({"params": params}, token_B[:, None],
-                                             attention_mask=jnp.ones((b, 1), jnp.int32), cache=cache)
-      return step + 1, cache, logits_Bx1xV[:, 0], out_BxO, logp_BxO, done_B, rng
-
-    def cond(state):
-      step, *_, done_B, _ = state
-      return (step < max_new) & ~jnp.all(done_B)
-
-    init = (jnp.int32(0), cache, logits_BxPxV[:, -1], jnp.full((b, out_len), self.pad_id, jnp.int32),
-            jnp.zeros((b, out_len), jnp.float32), jnp.zeros((b,), bool), rng)
-    _, _, _, out_BxO, logp_BxO, _, _ = jax.lax.while_loop(cond, body, init)
-    return out_BxO, logp_BxO
-
   def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int = 64,
                temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: Sequence[str] = (),
                seed: int = 0) -> list[list[Sample]]:
-    """`n` samples for each prompt (lists of token ids); same seed and shapes => same samples."""
+    """`n` samples for each prompt (lists of token ids); temperature 0 is greedy; same seed => same samples."""
     if not prompt_ids:
       return []
     if any(len(p) == 0 for p in prompt_ids):
       raise ValueError("generate: every prompt needs at least one token")
+    if n < 1 or max_new_tokens < 1:
+      raise ValueError(f"generate: n={n} and max_new_tokens={max_new_tokens} must both be >= 1")
     longest = max(len(p) for p in prompt_ids)
     if longest + max_new_tokens > self.max_cache_len:
       raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
                        f"{longest + max_new_tokens} exceeds the cache length max_cache_len={self.max_cache_len}")
-    rows = [list(p) for p in prompt_ids for _ in range(n)]
-    batch = _bucket(len(rows), self.batch_buckets, "batch of rows")
+    batch = _bucket(len(prompt_ids), self.batch_buckets, "number of prompts")
     prompt_len = min(_bucket(longest, self.prompt_buckets, "prompt length"), self.max_cache_len - max_new_tokens)
     out_len = _bucket(max_new_tokens, self.output_buckets, "max_new_tokens")
     cache_len = min(_bucket(prompt_len + out_len, self.prompt_buckets, "cache length"), self.max_cache_len)
     cache_len = max(cache_len, prompt_len + max_new_tokens)
     tokens = np.full((batch, prompt_len), self.pad_id, np.int32)
     mask = np.zeros((batch, prompt_len), np.int32)
-    for i, row in enumerate(rows):
+    for i, row in enumerate(prompt_ids):
       tokens[i, prompt_len - len(row):] = row
       mask[i, prompt_len - len(row):] = 1
-    mask[len(rows):, -1] = 1  # padding rows: one dummy token so no row is fully masked
+    mask[len(prompt_ids):, -1] = 1  # padding rows: one dummy token so no row is fully masked
     tokens_in, mask_in = jnp.asarray(tokens), jnp.asarray(mask)
     if self.mesh is not None:
       from leafe_jax import parallel
@@ -143,18 +174,15 @@ class Sampler:
       sharding = parallel.batch_sharding(self.mesh)
       if batch % np.prod([self.mesh.shape[a] for a in ("data", "fsdp")]) == 0:
         tokens_in, mask_in = jax.device_put(tokens_in, sharding), jax.device_put(mask_in, sharding)
-    out, logp = self._generate(self.params, tokens_in, mask_in, jax.random.PRNGKey(seed),
-                               jnp.float32(temperature), jnp.float32(top_p), jnp.int32(max_new_tokens),
-                               cache_len=cache_len, out_len=out_len, top_k=int(top_k))
-    out, logp = np.asarray(out)[: len(rows), :max_new_tokens], np.asarray(logp)[: len(rows), :max_new_tokens]
-    samples = [self._finish(out[i], logp[i], stop_strings) for i in range(len(rows))]
+    greedy = temperature <= 0.0
+    out, logp = _generate(self.params, tokens_in, mask_in, jax.random.PRNGKey(seed), jnp.float32(temperature),
+                          jnp.float32(top_p), jnp.int32(max_new_tokens), model=self.model, pad_id=self.pad_id,
+                          eos_ids=self.eos_ids, cache_len=cache_len, out_len=out_len, n=int(n), greedy=greedy,
+                          top_k=0 if greedy else int(top_k), nucleus=(not greedy) and top_p < 1.0)
+    rows = len(prompt_ids) * n
+    out, logp = np.asarray(out)[:rows, :max_new_tokens], np.asarray(logp)[:rows, :max_new_tokens]
+    samples = [self._finish(out[i], logp[i], stop_strings) for i in range(rows)]
     return [samples[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
-
-  def __hash__(self):  # the jitted method takes `self` as a static argument
-    return id(self)
-
-  def __eq__(self, other):
-    return self is other
 
   def _decode(self, ids) -> str:
     return self.tokenizer.decode(list(ids), skip_special_tokens=False) if self.tokenizer is not None else ""
