@@ -77,20 +77,36 @@ def config_from_hf(path: str) -> ModelConfig:
     return registry.family(model_type).config_from_hf(hf)
   except KeyError as e:
     raise CheckpointError(f"{config_path}: field {e} missing") from e
+  except ValueError as e:  # unsupported model_type or feature: the message names it, we add the file
+    raise CheckpointError(f"{config_path}: {e}") from e
 
 
 def _tensor_index(path: str) -> dict[str, safetensors_io.TensorInfo]:
+  """Tensor name -> where its bytes are, from the safetensors headers alone (no tensor data is read)."""
   index_path = os.path.join(path, "model.safetensors.index.json")
   if os.path.exists(index_path):
-    with open(index_path) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
+    try:
+      with open(index_path) as f:
+        weight_map = json.load(f)["weight_map"]
+    except (OSError, json.JSONDecodeError, KeyError) as e:
+      raise CheckpointError(f"{index_path}: cannot read the shard index ({e!r})") from e
+    files = sorted(set(weight_map.values()))
   elif os.path.exists(os.path.join(path, "model.safetensors")):
-    files = ["model.safetensors"]
+    weight_map, files = None, ["model.safetensors"]
   else:
     raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
   index: dict[str, safetensors_io.TensorInfo] = {}
   for name in files:
-    index.update(safetensors_io.read_header(os.path.join(path, name)))
+    file = os.path.join(path, name)
+    try:
+      header = safetensors_io.read_header(file)
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"{file}: cannot read the safetensors header: {e}") from e
+    if weight_map is not None:  # trust the index, but check it against the files it names
+      for tensor, owner in weight_map.items():
+        if owner == name and tensor not in header:
+          raise CheckpointError(f"{index_path}: tensor {tensor!r} is mapped to {name}, which does not contain it")
+    index.update(header)
   return index
 
 
@@ -133,51 +149,66 @@ def from_hf(path: str, dtype=jnp.float32, mesh=None, param_dtype=None, scan_laye
       raise CheckpointError(f"{path}: tensor {hf_name!r} is missing from the checkpoint")
     if index[hf_name].shape != shape:
       raise CheckpointError(f"{path}: tensor {hf_name!r} has shape {index[hf_name].shape}, expected {shape}")
-  if mesh is None:
-    shardings = None
-  else:
-    shardings = parallel.param_shardings(model, mesh)
+  shardings = None if mesh is None else parallel.param_shardings(model, mesh)
 
-  def build(full: np.ndarray, spath: tuple[str, ...]):
+  def build(read, shape: tuple[int, ...], spath: tuple[str, ...]):
+    """`read(index)` returns the numpy slice `index` of the parameter in our layout."""
     if shardings is None:
-      return jnp.asarray(full, dtype=param_dtype)
-    sharding = _get(shardings, spath)
-    return jax.make_array_from_callback(full.shape, sharding, lambda idx: np.asarray(full[idx], dtype=param_dtype))
+      return jnp.asarray(read(tuple(slice(None) for _ in shape)), dtype=param_dtype)
+    return jax.make_array_from_callback(shape, _get(shardings, spath),
+                                        lambda idx: np.asarray(read(idx), dtype=param_dtype))
 
   params: dict = {}
   stacked: dict[tuple[str, ...], list] = {}
   for hf_name, ours, to_ours, _, _ in entries:
     spath, layer = _scanned_path(ours) if scan_layers else (ours, None)
     if layer is None:
-      _set(params, spath, build(to_ours(safetensors_io.load(index[hf_name])), spath))
+      # A numpy view of the memory-mapped file in our layout: each device callback reads only its slice.
+      view = to_ours(safetensors_io.load(index[hf_name]))
+      _set(params, spath, build(view.__getitem__, view.shape, spath))
     else:
       stacked.setdefault(spath, []).append((layer, hf_name, to_ours))
-  for spath, layers in stacked.items():  # one stacked [layers, ...] tensor at a time
+  for spath, layers in stacked.items():
     layers.sort()
-    _set(params, spath, build(np.stack([f(safetensors_io.load(index[n])) for _, n, f in layers]), spath))
+    views = [to_ours(safetensors_io.load(index[name])) for _, name, to_ours in layers]
+
+    def read_layers(idx, views=views):  # [layers, ...]: stack only the requested slice of each layer
+      return np.stack([views[i][idx[1:]] for i in range(len(views))[idx[0]]])
+
+    _set(params, spath, build(read_layers, (len(views), *views[0].shape), spath))
   return model, params
 
 
 def to_hf(model: Decoder, params: dict, path: str) -> None:
-  """Writes `params` as `model.safetensors` + `config.json` that transformers loads."""
+  """Writes `params` as `model.safetensors` + `config.json` (+ `generation_config.json`) that transformers loads.
+
+  Tensors keep the dtype of `params`; unrolled and scanned (`layers`-stacked) params both work.
+  """
   config = model.config
   os.makedirs(path, exist_ok=True)
   params = jax.device_get(params)
   tensors = {}
   for hf_name, ours, _, to_hf_fn, shape in _entries(config):
-    if config.scan_layers:
-      spath, layer = _scanned_path(ours)
+    spath, layer = _scanned_path(ours) if config.scan_layers else (ours, None)
+    try:
       value = np.asarray(_get(params, spath))
-      value = value if layer is None else value[layer]
-    else:
-      value = np.asarray(_get(params, ours))
+    except (KeyError, TypeError) as e:
+      raise CheckpointError(f"to_hf: parameter {'/'.join(spath)} (for {hf_name!r}) is missing from params") from e
+    value = value if layer is None else value[layer]
     array = np.ascontiguousarray(to_hf_fn(value))
     if array.shape != shape:
       raise CheckpointError(f"to_hf: tensor {hf_name!r} has shape {array.shape}, expected {shape}")
     tensors[hf_name] = array
   safetensors_io.save(tensors, os.path.join(path, "model.safetensors"))
   hf_config = registry.family(config.family).hf_config(config)
-  tmp = os.path.join(path, "config.json.tmp")
+  _write_json(hf_config, os.path.join(path, "config.json"))
+  generation = {key: hf_config[key] for key in ("bos_token_id", "eos_token_id") if key in hf_config}
+  if generation:  # what `generate` stops on; transformers reads it next to config.json
+    _write_json(generation, os.path.join(path, "generation_config.json"))
+
+
+def _write_json(obj: dict, file: str) -> None:
+  tmp = file + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(hf_config, f, indent=2)
-  os.replace(tmp, os.path.join(path, "config.json"))
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, file)

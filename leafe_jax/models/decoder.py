@@ -80,6 +80,8 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids_BxT, positions=None, attention_mask=None, segment_ids=None, cache=None):
     cfg = self.config
+    if segment_ids is not None and cache is not None:
+      raise ValueError("Decoder: segment_ids (packed training rows) cannot be combined with a KV cache")
     if positions is None:
       positions = _default_positions(input_ids_BxT, attention_mask, cache)
     mask_BxTxS, valid_BxS = _attention_mask(input_ids_BxT, attention_mask, segment_ids, cache)
@@ -88,7 +90,8 @@ class Decoder(nn.Module):
     x_BxTxD = embed(input_ids_BxT)
     block = Block
     if cfg.remat_policy != "none":
-      block = nn.remat(Block, policy=_REMAT[cfg.remat_policy], static_argnums=())
+      # Inside nn.scan the loop already stops XLA from merging recomputation with the forward pass.
+      block = nn.remat(Block, policy=_REMAT[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     write_index = None if cache is None else cache.index
     if cfg.scan_layers:
       kv_axis = nn.broadcast if cache is None else 0

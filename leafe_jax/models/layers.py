@@ -38,7 +38,10 @@ class RMSNorm(nn.Module):
 def rope_inv_freq(config: ModelConfig) -> np.ndarray:
   """Inverse frequencies, with Llama-3.1 `llama3` scaling when configured (same formula as transformers)."""
   dim = config.head_dim
-  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+  # Bit-for-bit what transformers computes: torch evaluates `float ** float32_tensor` in double precision and
+  # rounds to float32, then takes the float32 reciprocal.
+  exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+  inv_freq = np.float32(1.0) / (np.float64(config.rope_theta) ** exponents.astype(np.float64)).astype(np.float32)
   scaling = config.rope_scaling_dict
   if not scaling:
     return inv_freq.astype(np.float32)

@@ -7,6 +7,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from leafe_jax.parallel.rules import LOGICAL_RULES, MESH_AXES
@@ -17,9 +18,9 @@ def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   if math.prod(shape) != len(devices):
     raise ValueError(f"mesh shape {tuple(shape)} needs {math.prod(shape)} devices, have {len(devices)}")
-  try:
-    grid = jax.experimental.mesh_utils.create_device_mesh(tuple(shape), devices)
-  except Exception:  # CPU / unusual topologies: plain row-major order
+  try:  # topology-aware order on TPU/GPU slices
+    grid = mesh_utils.create_device_mesh(tuple(shape), devices)
+  except (ValueError, NotImplementedError, AssertionError):  # unusual topologies: plain row-major order
     grid = np.asarray(devices).reshape(shape)
   return Mesh(grid, MESH_AXES)
 
@@ -49,18 +50,25 @@ def logical_to_spec(logical: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) 
   return PartitionSpec(*out)
 
 
-def logical_sharding(logical_tree, arrays_tree, mesh: Mesh):
-  """NamedShardings for a tree of logical PartitionSpecs and the matching tree of arrays (or shape structs)."""
-  return jax.tree.map(
-      lambda spec, array: NamedSharding(mesh, logical_to_spec(spec, tuple(array.shape), mesh)),
-      logical_tree, arrays_tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
+def logical_sharding(logical_tree, mesh: Mesh, shapes_tree=None):
+  """NamedShardings for a tree of logical PartitionSpecs.
+
+  With `shapes_tree` (arrays or shape structs shaped like `logical_tree`) a dimension the mesh axes do not divide
+  stays replicated, so tiny models shard on any mesh; without it the rules are applied as they are.
+  """
+  is_spec = lambda x: isinstance(x, PartitionSpec)
+  if shapes_tree is None:
+    return jax.tree.map(lambda spec: nn.logical_to_mesh_sharding(spec, mesh, LOGICAL_RULES), logical_tree,
+                        is_leaf=is_spec)
+  return jax.tree.map(lambda spec, array: NamedSharding(mesh, logical_to_spec(spec, tuple(array.shape), mesh)),
+                      logical_tree, shapes_tree, is_leaf=is_spec)
 
 
 def param_shardings(model, mesh: Mesh):
   """NamedShardings of `model`'s parameters (plain tree, as init_params returns) from their logical axes."""
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 1), jax.numpy.int32)))
   params = boxed["params"]
-  return logical_sharding(nn.get_partition_spec(params), nn.meta.unbox(params), mesh)
+  return logical_sharding(nn.get_partition_spec(params), mesh, nn.meta.unbox(params))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -1,0 +1,184 @@
+"""Decoder numerics: parity with transformers (PyTorch), RoPE frequencies, KV cache, packing, scan, remat."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+from leafe_jax import models
+from leafe_jax.models import layers
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16}
+CASES = {
+    "llama": (LlamaConfig, {}),
+    "llama3_rope_tied": (LlamaConfig, {"tie_word_embeddings": True, "rope_scaling": LLAMA3_ROPE}),
+    "qwen2": (Qwen2Config, {}),
+    "qwen3": (Qwen3Config, {"head_dim": 16}),
+}
+
+
+def save_tiny_hf(tmp_path, case):
+  """A random 2-layer transformers model of family `case`, saved to tmp_path; returns (torch model, dir)."""
+  cls, extra = CASES[case]
+  torch.manual_seed(0)
+  hf_config = cls(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, **extra)
+  model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+  path = str(tmp_path / case)
+  model.save_pretrained(path)
+  return model, path
+
+
+def _left_padded_batch():
+  ids = np.random.RandomState(0).randint(0, 128, (2, 7))
+  mask = np.ones((2, 7), np.int64)
+  mask[1, :3] = 0  # the shorter row is left-padded
+  return ids, mask
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_from_hf_logits_match_pytorch_on_a_left_padded_batch(tmp_path, case):
+  reference, path = save_tiny_hf(tmp_path, case)
+  ids, mask = _left_padded_batch()
+  with torch.no_grad():
+    expected = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+  for scan in (False, True):
+    model, params = models.from_hf(path, scan_layers=scan)
+    assert model.config.family == reference.config.model_type
+    logits, cache = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+    assert cache is None
+    err = np.abs(np.asarray(logits) - expected)[mask.astype(bool)].max()
+    assert err <= 1e-4, (case, scan, err)
+
+
+def test_llama3_inverse_frequencies_equal_transformers_bit_for_bit():
+  scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 8192}
+  hf = LlamaConfig(hidden_size=4096, num_attention_heads=32, rope_theta=500000.0, rope_scaling=scaling,
+                   max_position_embeddings=131072)
+  expected = LlamaRotaryEmbedding(hf).inv_freq.numpy()
+  config = models.registry.family("llama").config_from_hf(hf.to_dict())
+  got = layers.rope_inv_freq(config)
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(got, expected)
+  # The scaling changes something: low frequencies are divided by the factor.
+  unscaled = layers.rope_inv_freq(dataclasses.replace(config, rope_scaling=None))
+  assert got[-1] == pytest.approx(unscaled[-1] / 8.0) and got[0] == unscaled[0]
+
+
+def _tiny_config(**overrides):
+  return models.ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                            d_ff=64, **overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """(config, model, params) of a random 2-layer decoder, initialised once per module."""
+  config = _tiny_config()
+  return config, models.Decoder(config), jax.jit(models.init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
+
+
+def test_kv_cache_decode_after_left_padded_prefill_equals_the_full_forward_pass(tiny):
+  config, model, params = tiny
+  ids = np.random.RandomState(1).randint(1, 64, (2, 9))
+  mask = np.ones((2, 9), np.int32)
+  mask[1, :3] = 0
+  apply = jax.jit(lambda ids, mask, cache: model.apply({"params": params}, ids, attention_mask=mask, cache=cache))
+  full, _ = apply(jnp.asarray(ids), jnp.asarray(mask), None)
+  cache = models.init_cache(config, 2, 16)
+  steps = []
+  for start, stop in ((0, 5), (5, 7), (7, 8), (8, 9)):  # prefill, a 2-token chunk, then one token per step
+    logits, cache = apply(jnp.asarray(ids[:, start:stop]), jnp.asarray(mask[:, start:stop]), cache)
+    steps.append(np.asarray(logits))
+  assert int(cache.index) == 9
+  np.testing.assert_array_equal(np.asarray(cache.valid)[:, :9], mask.astype(bool))
+  assert not np.asarray(cache.valid)[:, 9:].any()
+  incremental = np.concatenate(steps, axis=1)
+  assert np.abs(incremental - np.asarray(full))[mask.astype(bool)].max() <= 1e-5
+
+
+def test_packed_segments_equal_separate_sequences(tiny):
+  _, model, params = tiny
+  ids = np.random.RandomState(2).randint(1, 64, (1, 9))
+  segments = np.array([[1, 1, 1, 2, 2, 2, 2, 0, 0]])
+  positions = np.array([[0, 1, 2, 0, 1, 2, 3, 0, 0]])
+  packed, _ = model.apply({"params": params}, jnp.asarray(ids), positions=jnp.asarray(positions),
+                          segment_ids=jnp.asarray(segments))
+  # The same two sequences as separate rows; the first is right-padded, which causal attention never sees.
+  separate_ids = np.stack([np.concatenate([ids[0, :3], [5]]), ids[0, 3:7]])
+  separate, _ = model.apply({"params": params}, jnp.asarray(separate_ids))
+  np.testing.assert_allclose(np.asarray(packed)[0, :3], np.asarray(separate)[0, :3], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(packed)[0, 3:7], np.asarray(separate)[1], atol=1e-5)
+
+
+def _stack_layers(params, num_layers):
+  stacked = {k: v for k, v in params.items() if not k.startswith("layers_")}
+  stacked["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"layers_{i}"] for i in range(num_layers)])
+  return stacked
+
+
+def test_scan_layers_equals_unrolled_with_and_without_a_cache(tiny):
+  config, model, params = tiny
+  scanned = models.Decoder(dataclasses.replace(config, scan_layers=True))
+  stacked = _stack_layers(params, 2)
+  # The scanned init produces exactly this tree structure, with a leading `layers` axis.
+  init_shapes = jax.eval_shape(lambda: models.init_params(scanned.config, jax.random.PRNGKey(0)))
+  assert jax.tree.map(lambda x: x.shape, init_shapes) == jax.tree.map(lambda x: x.shape, stacked)
+  ids = jnp.asarray(np.random.RandomState(3).randint(1, 64, (2, 6)))
+  expected, _ = model.apply({"params": params}, ids)
+  got, _ = scanned.apply({"params": stacked}, ids)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
+  got, cache = scanned.apply({"params": stacked}, ids, cache=models.init_cache(config, 2, 8))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
+  assert cache.k.shape == (2, 2, 8, 2, 8)
+
+
+def test_remat_policies_leave_loss_and_gradients_unchanged(tiny):
+  config, _, params = tiny
+  ids = jnp.asarray(np.random.RandomState(5).randint(1, 64, (2, 6)))
+
+  def value_and_grads(policy, scan):
+    model = models.Decoder(dataclasses.replace(config, remat_policy=policy, scan_layers=scan))
+
+    def loss(p):
+      logits, _ = model.apply({"params": p}, ids)
+      return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    return jax.jit(jax.value_and_grad(loss))(_stack_layers(params, 2) if scan else params)
+
+  loss, grads = value_and_grads("none", False)
+  expected = jax.tree.leaves((loss, _stack_layers(grads, 2)))
+  for policy, scan in (("full", True), ("dots", False)):
+    got = value_and_grads(policy, scan)
+    if not scan:
+      got = (got[0], _stack_layers(got[1], 2))
+    for a, b in zip(jax.tree.leaves(got), expected):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_compute_dtype_and_param_dtype_are_separate():
+  config = _tiny_config(dtype="bfloat16", param_dtype="float32")
+  model = models.Decoder(config)
+  params = jax.eval_shape(lambda: models.init_params(config, jax.random.PRNGKey(0)))
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  logits, _ = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.ones((1, 4), jnp.int32)), params)
+  assert logits.dtype == jnp.float32  # logits always leave the model in float32 for the loss / sampling
+  cache = models.init_cache(config, 1, 4)
+  assert cache.k.dtype == jnp.bfloat16
+
+
+def test_bad_model_config_is_rejected_with_the_field_named(tiny):
+  with pytest.raises(ValueError, match="num_kv_heads=3"):
+    models.ModelConfig(vocab_size=8, d_model=8, num_layers=1, num_heads=4, num_kv_heads=3, head_dim=2, d_ff=8)
+  with pytest.raises(ValueError, match="remat_policy 'some'"):
+    _tiny_config(remat_policy="some")
+  _, model, params = tiny
+  with pytest.raises(ValueError, match="segment_ids"):
+    model.apply({"params": params}, jnp.ones((1, 2), jnp.int32), segment_ids=jnp.ones((1, 2), jnp.int32),
+                cache=models.init_cache(model.config, 1, 4))
