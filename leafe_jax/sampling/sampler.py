@@ -46,11 +46,18 @@ class Sample:
   finish_reason: str  # "eos" | "stop" | "length"
 
 
-def _bucket(value: int, buckets: Sequence[int], what: str) -> int:
-  for b in buckets:
-    if b >= value:
-      return b
-  raise ValueError(f"{what} {value} exceeds the largest bucket {buckets[-1]}")
+def _bucket(value: int, buckets: Sequence[int], cap: int | None = None) -> int:
+  """The smallest bucket >= value, at most `cap`; `cap` (or an error) when every bucket is too small."""
+  fits = [b for b in sorted(buckets) if b >= value]
+  if cap is not None:
+    return min(fits[0], cap) if fits else cap
+  if not fits:
+    raise ValueError(f"{value} exceeds the largest bucket {max(buckets)}; pass larger buckets to Sampler")
+  return fits[0]
+
+
+def _power_of_two(value: int) -> int:
+  return 1 << max(value - 1, 0).bit_length()
 
 
 def _choose(logits_BxV, key, temperature, top_p, *, greedy: bool, top_k: int, nucleus: bool):
@@ -156,11 +163,11 @@ class Sampler:
     if longest + max_new_tokens > self.max_cache_len:
       raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
                        f"{longest + max_new_tokens} exceeds the cache length max_cache_len={self.max_cache_len}")
-    batch = _bucket(len(prompt_ids), self.batch_buckets, "number of prompts")
-    prompt_len = min(_bucket(longest, self.prompt_buckets, "prompt length"), self.max_cache_len - max_new_tokens)
-    out_len = _bucket(max_new_tokens, self.output_buckets, "max_new_tokens")
-    cache_len = min(_bucket(prompt_len + out_len, self.prompt_buckets, "cache length"), self.max_cache_len)
-    cache_len = max(cache_len, prompt_len + max_new_tokens)
+    batch = _bucket(len(prompt_ids), self.batch_buckets)
+    prompt_len = _bucket(longest, self.prompt_buckets, cap=self.max_cache_len - max_new_tokens)
+    out_len = _bucket(max_new_tokens, self.output_buckets, cap=_power_of_two(max_new_tokens))
+    # The cache holds prompt + output: a power of two when it fits, else exactly max_cache_len.
+    cache_len = max(min(_power_of_two(prompt_len + out_len), self.max_cache_len), prompt_len + max_new_tokens)
     tokens = np.full((batch, prompt_len), self.pad_id, np.int32)
     mask = np.zeros((batch, prompt_len), np.int32)
     for i, row in enumerate(prompt_ids):
