@@ -107,3 +107,12 @@ def test_sharded_greedy_equals_unsharded(tiny):
   sharded = Sampler(model, params, mesh=parallel.make_mesh((2, 2, 2)), max_cache_len=64)
   got = sharded.generate(PROMPTS * 3, max_new_tokens=6, temperature=0.0)
   assert [r[0].token_ids for r in got] == [r[0].token_ids for r in expected]
+
+
+def test_buckets_round_up_and_fall_back_to_the_cap():
+  assert sampler_lib._bucket(3, (1, 2, 4, 8)) == 4
+  assert sampler_lib._bucket(40, (32, 64), cap=50) == 50  # the bucket would not fit in the cache
+  assert sampler_lib._bucket(100, (32, 64), cap=200) == 200  # beyond every bucket: the largest legal size
+  with pytest.raises(ValueError, match="9 exceeds the largest bucket 8"):
+    sampler_lib._bucket(9, (1, 2, 4, 8))
+  assert [sampler_lib._power_of_two(v) for v in (1, 2, 3, 64, 65)] == [1, 2, 4, 64, 128]
