@@ -70,11 +70,17 @@ def _assert_trees_close(got, want, atol=1e-5):
     np.testing.assert_allclose(g, w, atol=atol, rtol=0, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.fixture(scope="module")
+def single_device_step(model_and_params):
+  model, params = model_and_params
+  return _one_step(model, params, _batch(), _single_device_mesh())
+
+
 @pytest.mark.parametrize("shape", [(8, 1, 1), (2, 2, 2), (1, 2, 4)])
-def test_one_step_on_a_mesh_equals_the_single_device_step(model_and_params, shape):
+def test_one_step_on_a_mesh_equals_the_single_device_step(model_and_params, single_device_step, shape):
   model, params = model_and_params
   batch = _batch()
-  want, want_metrics = _one_step(model, params, batch, _single_device_mesh())
+  want, want_metrics = single_device_step
   got, got_metrics = _one_step(model, params, batch, parallel.make_mesh(shape))
   _assert_trees_close(got, want)
   np.testing.assert_allclose(got_metrics["loss"], want_metrics["loss"], rtol=1e-6)
