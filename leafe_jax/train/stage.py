@@ -230,6 +230,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   logging.info("train: step %d of %d, global batch %d x %d, mesh %s", step, total_steps, cfg.batch_size,
                cfg.seq_len, dict(mesh.shape))
   pending, tokens, window_start = [], 0, time.perf_counter()
+  trained = step < total_steps
   while step < total_steps:
     local = data.next()
     tokens += int(np.count_nonzero(local["segment_ids_BxT"])) * process_count
@@ -252,7 +253,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   writer.close()
   if cfg.export_hf:
     hf_dir = os.path.join(stage_dir, "hf")
-    if not os.path.exists(os.path.join(hf_dir, "config.json")) or latest != total_steps:
+    # Re-export only if this invocation trained (a rerun of a finished stage keeps its export).
+    if not os.path.exists(os.path.join(hf_dir, "config.json")) or trained:
       checkpoint.export_hf(model, state.params, tokenizer_dir, hf_dir)
 
 
