@@ -81,6 +81,13 @@ def test_unsupported_model_type_lists_the_supported_ones(tmp_path):
     models.registry.family("mistral")
 
 
+def test_unsupported_rope_scaling_is_rejected_when_the_config_is_read(tmp_path):
+  _, path = save_tiny_hf(tmp_path, "llama")
+  _rewrite_config(path, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0})
+  with pytest.raises(models.CheckpointError, match="config.json: .*rope_scaling type 'yarn' is not supported"):
+    models.config_from_hf(path)
+
+
 def test_missing_or_misshaped_tensor_is_named_before_anything_loads(tmp_path):
   _, path = save_tiny_hf(tmp_path, "llama")
   file = os.path.join(path, "model.safetensors")

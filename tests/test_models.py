@@ -94,7 +94,9 @@ def test_kv_cache_decode_after_left_padded_prefill_equals_the_full_forward_pass(
   cache = models.init_cache(config, 2, 16)
   steps = []
   for start, stop in ((0, 5), (5, 7), (7, 8), (8, 9)):  # prefill, a 2-token chunk, then one token per step
-    logits, cache = apply(jnp.asarray(ids[:, start:stop]), jnp.asarray(mask[:, start:stop]), cache)
+    # The last step passes no mask: positions must still count valid slots, not the shared write index.
+    step_mask = None if stop == 9 else jnp.asarray(mask[:, start:stop])
+    logits, cache = apply(jnp.asarray(ids[:, start:stop]), step_mask, cache)
     steps.append(np.asarray(logits))
   assert int(cache.index) == 9
   np.testing.assert_array_equal(np.asarray(cache.valid)[:, :9], mask.astype(bool))

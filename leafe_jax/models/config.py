@@ -9,6 +9,11 @@ from typing import Any
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots")
+# Supported rope_scaling types -> the keys each needs.
+ROPE_TYPES = {
+    "default": (),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,14 @@ class ModelConfig:
       raise ValueError(f"ModelConfig: num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
     if self.head_dim % 2:
       raise ValueError(f"ModelConfig: head_dim={self.head_dim} must be even for RoPE")
+    scaling = self.rope_scaling_dict
+    if scaling:
+      rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+      if rope_type not in ROPE_TYPES:
+        raise ValueError(f"ModelConfig: rope_scaling type {rope_type!r} is not supported (supported: {tuple(ROPE_TYPES)})")
+      missing = [key for key in ROPE_TYPES[rope_type] if key not in scaling]
+      if missing:
+        raise ValueError(f"ModelConfig: rope_scaling of type {rope_type!r} lacks {missing}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"ModelConfig: remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
 

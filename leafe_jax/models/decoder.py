@@ -63,11 +63,12 @@ def _attention_mask(input_ids_BxT, attention_mask_BxT, segment_ids_BxT, cache):
 
 
 def _default_positions(input_ids_BxT, attention_mask_BxT, cache):
+  """Each real token's index among its row's real tokens (cache included); padding gets position 0."""
   b, t = input_ids_BxT.shape
-  if attention_mask_BxT is None:
-    start = 0 if cache is None else cache.index
-    return jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
-  mask = attention_mask_BxT.astype(jnp.int32)
+  if attention_mask_BxT is None and cache is None:
+    return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  mask = jnp.ones((b, t), jnp.int32) if attention_mask_BxT is None else attention_mask_BxT.astype(jnp.int32)
+  # Count valid cache slots, not `cache.index`: left padding occupies slots but has no position.
   past = 0 if cache is None else jnp.sum(cache.valid, axis=-1, dtype=jnp.int32)[:, None]
   return jnp.maximum(past + jnp.cumsum(mask, axis=-1) - 1, 0)
 
