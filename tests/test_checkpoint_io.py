@@ -8,11 +8,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from test_models import save_tiny_hf
+from test_models import CASES, save_tiny_hf
 from transformers import AutoModelForCausalLM
 
 from leafe_jax import models
 from leafe_jax.models import safetensors_io
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_family_tensor_maps_cover_exactly_the_decoder_params(case):
+  cls, extra = CASES[case]
+  hf = cls(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=2, **extra).to_dict()
+  family = models.registry.family(hf["model_type"])
+  config = family.config_from_hf(hf)
+  assert family.hf_config(config)["model_type"] == hf["model_type"]
+  shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.PRNGKey(0)))
+  expected = {tuple(k.key for k in path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(shapes)}
+  mapped = {m.path: m.to_ours(np.zeros(m.hf_shape)).shape for m in family.tensor_maps(config)}
+  assert mapped == expected
+  for m in family.tensor_maps(config):  # the converters are inverses
+    x = np.arange(np.prod(m.hf_shape), dtype=np.float32).reshape(m.hf_shape)
+    np.testing.assert_array_equal(m.to_hf(m.to_ours(x)), x)
 
 
 def _assert_same_state(reloaded, original):

@@ -1,4 +1,6 @@
-"""HF checkpoint import (`from_hf`) and export (`to_hf`) for the Llama-layout families.
+"""HF checkpoint import (`from_hf`) and export (`to_hf`) for every registered family.
+
+Which tensors exist and how they map onto our tree comes from the family module (`tensor_maps(config)`).
 
 Import validates every tensor name and shape from the safetensors headers before reading any data, then builds
 each parameter directly in its target sharding with `jax.make_array_from_callback`: every device reads only its
@@ -10,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,45 +24,6 @@ from leafe_jax.models.decoder import Decoder
 
 class CheckpointError(ValueError):
   """A checkpoint directory does not match the model: missing or mis-shaped tensor, unreadable config."""
-
-
-# One entry per parameter: HF tensor name, our path, HF->ours and ours->HF converters, and HF shape.
-_Entry = tuple[str, tuple[str, ...], Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray],
-               tuple[int, ...]]
-
-
-def _entries(config: ModelConfig) -> list[_Entry]:
-  d, n, k, h, f, v = (config.d_model, config.num_heads, config.num_kv_heads, config.head_dim, config.d_ff,
-                      config.vocab_size)
-  same = lambda x: x
-  out: list[_Entry] = [("model.embed_tokens.weight", ("embed_tokens", "embedding"), same, same, (v, d)),
-                       ("model.norm.weight", ("norm", "scale"), same, same, (d,))]
-  if not config.tie_embeddings:
-    out.append(("lm_head.weight", ("lm_head", "kernel"), np.transpose, np.transpose, (v, d)))
-  for i in range(config.num_layers):
-    hf, ours = f"model.layers.{i}.", (f"layers_{i}",)
-
-    def proj(heads):
-      return (lambda w: w.T.reshape(d, heads, h)), (lambda x: x.reshape(d, heads * h).T)
-
-    attn = [("q_proj", n), ("k_proj", k), ("v_proj", k)]
-    for name, heads in attn:
-      to_ours, to_hf = proj(heads)
-      out.append((f"{hf}self_attn.{name}.weight", (*ours, "self_attn", name, "kernel"), to_ours, to_hf,
-                  (heads * h, d)))
-      if config.qkv_bias:
-        out.append((f"{hf}self_attn.{name}.bias", (*ours, "self_attn", name, "bias"),
-                    lambda b, heads=heads: b.reshape(heads, h), lambda x: x.reshape(-1), (heads * h,)))
-    out.append((f"{hf}self_attn.o_proj.weight", (*ours, "self_attn", "o_proj", "kernel"),
-                lambda w: w.T.reshape(n, h, d), lambda x: x.reshape(n * h, d).T, (d, n * h)))
-    if config.qk_norm:
-      for name in ("q_norm", "k_norm"):
-        out.append((f"{hf}self_attn.{name}.weight", (*ours, "self_attn", name, "scale"), same, same, (h,)))
-    for name, shape in (("gate_proj", (f, d)), ("up_proj", (f, d)), ("down_proj", (d, f))):
-      out.append((f"{hf}mlp.{name}.weight", (*ours, "mlp", name, "kernel"), np.transpose, np.transpose, shape))
-    for name in ("input_layernorm", "post_attention_layernorm"):
-      out.append((f"{hf}{name}.weight", (*ours, name, "scale"), same, same, (d,)))
-  return out
 
 
 def config_from_hf(path: str) -> ModelConfig:
@@ -143,7 +105,7 @@ def from_hf(path: str, dtype=jnp.float32, mesh=None, param_dtype=None, scan_laye
   config = dataclasses.replace(config, dtype=dtype.name, param_dtype=param_dtype.name, scan_layers=scan_layers)
   model = Decoder(config)
   index = _tensor_index(path)
-  entries = _entries(config)
+  entries = registry.family(config.family).tensor_maps(config)
   for hf_name, _, _, _, shape in entries:  # everything is checked before anything is read
     if hf_name not in index:
       raise CheckpointError(f"{path}: tensor {hf_name!r} is missing from the checkpoint")
@@ -188,7 +150,7 @@ def to_hf(model: Decoder, params: dict, path: str) -> None:
   os.makedirs(path, exist_ok=True)
   params = jax.device_get(params)
   tensors = {}
-  for hf_name, ours, _, to_hf_fn, shape in _entries(config):
+  for hf_name, ours, _, to_hf_fn, shape in registry.family(config.family).tensor_maps(config):
     spath, layer = _scanned_path(ours) if config.scan_layers else (ours, None)
     try:
       value = np.asarray(_get(params, spath))

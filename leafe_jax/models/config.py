@@ -60,7 +60,8 @@ class ModelConfig:
     if scaling:
       rope_type = scaling.get("rope_type", scaling.get("type", "default"))
       if rope_type not in ROPE_TYPES:
-        raise ValueError(f"ModelConfig: rope_scaling type {rope_type!r} is not supported (supported: {tuple(ROPE_TYPES)})")
+        raise ValueError(f"ModelConfig: rope_scaling type {rope_type!r} is not supported "
+                         f"(supported: {', '.join(ROPE_TYPES)})")
       missing = [key for key in ROPE_TYPES[rope_type] if key not in scaling]
       if missing:
         raise ValueError(f"ModelConfig: rope_scaling of type {rope_type!r} lacks {missing}")

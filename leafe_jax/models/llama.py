@@ -1,6 +1,7 @@
 """Llama 2/3/3.1 (incl. `llama3` rope scaling)."""
 
 from leafe_jax.models.hf_config import common_config, common_hf_config
+from leafe_jax.models.hf_layout import llama_tensor_maps
 
 MODEL_TYPE = "llama"
 
@@ -12,3 +13,7 @@ def config_from_hf(hf: dict):
 def hf_config(config) -> dict:
   return {**common_hf_config(config, MODEL_TYPE, "LlamaForCausalLM"), "attention_bias": config.qkv_bias,
           "mlp_bias": False}
+
+
+def tensor_maps(config) -> list:
+  return llama_tensor_maps(config)

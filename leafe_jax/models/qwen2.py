@@ -1,6 +1,7 @@
 """Qwen2 / Qwen2.5: Llama layout with biases on the q, k, v projections."""
 
 from leafe_jax.models.hf_config import common_config, common_hf_config
+from leafe_jax.models.hf_layout import llama_tensor_maps
 
 MODEL_TYPE = "qwen2"
 
@@ -13,3 +14,7 @@ def config_from_hf(hf: dict):
 
 def hf_config(config) -> dict:
   return {**common_hf_config(config, MODEL_TYPE, "Qwen2ForCausalLM"), "use_sliding_window": False}
+
+
+def tensor_maps(config) -> list:
+  return llama_tensor_maps(config)

@@ -1,6 +1,7 @@
 """Qwen3 (dense): Llama layout with per-head RMSNorm on queries and keys."""
 
 from leafe_jax.models.hf_config import common_config, common_hf_config
+from leafe_jax.models.hf_layout import llama_tensor_maps
 
 MODEL_TYPE = "qwen3"
 
@@ -14,3 +15,7 @@ def config_from_hf(hf: dict):
 def hf_config(config) -> dict:
   return {**common_hf_config(config, MODEL_TYPE, "Qwen3ForCausalLM"), "attention_bias": config.qkv_bias,
           "use_sliding_window": False}
+
+
+def tensor_maps(config) -> list:
+  return llama_tensor_maps(config)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-# model_type -> module exposing MODEL_TYPE, config_from_hf(dict) -> ModelConfig, hf_config(ModelConfig) -> dict.
+# model_type -> module exposing:
+#   MODEL_TYPE: str
+#   config_from_hf(hf_config_dict) -> ModelConfig       (raise ValueError naming an unsupported feature)
+#   hf_config(ModelConfig) -> dict                       (the config.json transformers loads)
+#   tensor_maps(ModelConfig) -> list[hf_layout.TensorMap] (HF tensor names/shapes <-> our param paths)
 _FAMILIES: dict[str, str] = {
     "llama": "leafe_jax.models.llama",
     "qwen2": "leafe_jax.models.qwen2",
