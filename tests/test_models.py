@@ -112,6 +112,9 @@ def test_packed_segments_equal_separate_sequences(tiny):
   positions = np.array([[0, 1, 2, 0, 1, 2, 3, 0, 0]])
   packed, _ = model.apply({"params": params}, jnp.asarray(ids), positions=jnp.asarray(positions),
                           segment_ids=jnp.asarray(segments))
+  # Without explicit positions they are counted per segment.
+  default, _ = model.apply({"params": params}, jnp.asarray(ids), segment_ids=jnp.asarray(segments))
+  np.testing.assert_allclose(np.asarray(default)[0, :7], np.asarray(packed)[0, :7], atol=1e-6)
   # The same two sequences as separate rows; the first is right-padded, which causal attention never sees.
   separate_ids = np.stack([np.concatenate([ids[0, :3], [5]]), ids[0, 3:7]])
   separate, _ = model.apply({"params": params}, jnp.asarray(separate_ids))

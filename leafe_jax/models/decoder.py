@@ -62,9 +62,21 @@ def _attention_mask(input_ids_BxT, attention_mask_BxT, segment_ids_BxT, cache):
   return causal_TxS[None] & valid_BxS[:, None, :], valid_BxS
 
 
-def _default_positions(input_ids_BxT, attention_mask_BxT, cache):
+def _segment_positions(segment_ids_BxT):
+  """Index of each token within its (contiguous) segment."""
+  t = segment_ids_BxT.shape[1]
+  index_T = jnp.arange(t, dtype=jnp.int32)
+  starts_BxT = jnp.concatenate([jnp.ones_like(segment_ids_BxT[:, :1], bool),
+                                segment_ids_BxT[:, 1:] != segment_ids_BxT[:, :-1]], axis=1)
+  start_BxT = jax.lax.cummax(jnp.where(starts_BxT, index_T, 0), axis=1)
+  return index_T - start_BxT
+
+
+def _default_positions(input_ids_BxT, attention_mask_BxT, segment_ids_BxT, cache):
   """Each real token's index among its row's real tokens (cache included); padding gets position 0."""
   b, t = input_ids_BxT.shape
+  if segment_ids_BxT is not None:
+    return _segment_positions(segment_ids_BxT.astype(jnp.int32))
   if attention_mask_BxT is None and cache is None:
     return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   mask = jnp.ones((b, t), jnp.int32) if attention_mask_BxT is None else attention_mask_BxT.astype(jnp.int32)
@@ -74,7 +86,14 @@ def _default_positions(input_ids_BxT, attention_mask_BxT, cache):
 
 
 class Decoder(nn.Module):
-  """`apply({"params": p}, input_ids_BxT, positions=, attention_mask=, segment_ids=, cache=)` -> (logits, cache)."""
+  """`apply({"params": p}, input_ids_BxT, positions=, attention_mask=, segment_ids=, cache=)` -> (logits, cache).
+
+  positions: int32 [B, T]; default: index among the row's real tokens (per segment with `segment_ids`, counting
+    valid cache slots with a cache). attention_mask: [B, T], 1 = real token. segment_ids: int32 [B, T], tokens
+    attend only within equal ids, 0 = padding (training only). cache: KVCache; the T tokens are written at slots
+    [index, index + T) and `valid` records `attention_mask` there. The caller sizes the cache: writing past
+    `max_len` is not detected inside jit. logits_BxTxV are float32; without a cache the second output is None.
+  """
 
   config: ModelConfig
 
@@ -84,7 +103,7 @@ class Decoder(nn.Module):
     if segment_ids is not None and cache is not None:
       raise ValueError("Decoder: segment_ids (packed training rows) cannot be combined with a KV cache")
     if positions is None:
-      positions = _default_positions(input_ids_BxT, attention_mask, cache)
+      positions = _default_positions(input_ids_BxT, attention_mask, segment_ids, cache)
     mask_BxTxS, valid_BxS = _attention_mask(input_ids_BxT, attention_mask, segment_ids, cache)
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
                      embedding_init=_init(("vocab", "embed")), name="embed_tokens")
