@@ -1,7 +1,7 @@
 """A tiny train-only config (CPU, seconds): SFT of a random-init 2-layer decoder on `<workdir>/records`.
 
 Expects `<workdir>/tokenizer` (an HF tokenizer dir) and `<workdir>/records` (correction records written with that
-tokenizer); tests/test_train_resume.py builds both. Example of every train knob a real config sets:
+tokenizer); tests/test_train_stage.py builds both. Example of every train knob a real config sets:
 
   python -m leafe_jax.main --config=configs/sft_tiny.py --workdir=/tmp/sft_tiny
 """
