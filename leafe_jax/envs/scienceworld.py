@@ -1,0 +1,179 @@
+"""ScienceWorld (Wang et al. 2022) through the `scienceworld` package: one long-lived JVM per env instance.
+
+Task ids are "<task-name>/<variation>" (e.g. "boil/0"); splits come from the package's own variation lists.
+Rollback is reset + replay: the package has no state save/restore (its Python API exposes load/reset/step only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from leafe_jax.envs.base import Step
+from leafe_jax.envs.prompts import PromptTemplate
+
+logger = logging.getLogger(__name__)
+
+# Step limits per task name. Our choice, in the range AgentBench/verl-agent use (they cap episodes at 30-100
+# steps); the long multi-stage tasks (genetics, growing, inclined planes) get the package default of 100.
+DEFAULT_MAX_STEPS = 50
+LONG_TASK_MAX_STEPS = 100
+LONG_TASK_PREFIXES = ("mendelian-genetics", "grow-", "inclined-plane", "identify-life-stages", "lifespan-")
+# Cap on listed admissible actions: ScienceWorld offers hundreds of template fills per state; the first N in
+# (word count, text) order are shown: deterministic, and the short general actions (look around, go to X,
+# open X) come before the long object-pair fills (connect X to Y). Our choice, sized for a prompt of a few
+# thousand tokens.
+DEFAULT_MAX_ADMISSIBLE = 200
+SUCCESS_SCORE = 100
+SPLITS = ("train", "dev", "test")
+
+SCIENCEWORLD_TEMPLATE = PromptTemplate(
+    system="You are an expert agent operating in the ScienceWorld environment. Think before you act.",
+    task_intro="{instruction}",
+    first_step="You have not taken any action yet.",
+    history_intro=("Prior to this step, you have already taken {step_count} step(s). Below are the most recent "
+                   "{num_shown} observation(s) and the action you took after each:"),
+    history_item="[Observation {step}]\n{observation}\n[Action {step}]: {action}",
+    current_observation="You are now at step {step}. Current observation:\n{observation}",
+    admissible_actions="Admissible actions (a selection): [{actions}].",
+    experience=("Advice from reflecting on an earlier attempt at this task:\n<experience>\n{experience}\n"
+                "</experience>"),
+    output_format=("First reason step-by-step about the current situation inside <think> </think> tags. Then give "
+                   "exactly one action inside <action> </action> tags."),
+)
+
+
+def parse_task_id(task_id: str) -> tuple[str, int]:
+  name, sep, variation = task_id.rpartition("/")
+  if not sep or not name or not variation.isdigit():
+    raise ValueError(f"ScienceWorld task id {task_id!r} is not '<task-name>/<variation>', e.g. 'boil/0'")
+  return name, int(variation)
+
+
+def _admissible_order(action: str) -> tuple[int, str]:
+  return len(action.split()), action
+
+
+def max_steps_for(task_name: str) -> int:
+  return LONG_TASK_MAX_STEPS if task_name.startswith(LONG_TASK_PREFIXES) else DEFAULT_MAX_STEPS
+
+
+class ScienceWorldEnv:
+  """The Env protocol over `scienceworld.ScienceWorldEnv`.
+
+  Config: max_steps (None = per-task default above), max_admissible, simplifications (package string,
+  e.g. "easy"), task_names (restrict `tasks()` to these names; None = all 30).
+  """
+
+  name = "scienceworld"
+  prompt_template = SCIENCEWORLD_TEMPLATE
+
+  def __init__(self, max_steps: int | None = None, max_admissible: int = DEFAULT_MAX_ADMISSIBLE,
+               simplifications: str = "", task_names: list[str] | None = None, **unknown: Any):
+    if unknown:
+      raise ValueError(f"unknown scienceworld config keys: {sorted(unknown)}")
+    self._max_steps_override = max_steps
+    self.max_admissible = max_admissible
+    self.simplifications = simplifications
+    self._task_names = list(task_names) if task_names else None
+    self._engine = None
+    self.jvm_restarts = 0
+    self._task_id: str | None = None
+    self._instruction = ""
+    self._valid: list[str] = []
+    self._steps = 0
+    self._done = False
+
+  # --- engine --------------------------------------------------------------------------------------------------
+  def _launch(self):
+    from scienceworld import ScienceWorldEnv as _Engine
+
+    # The package's own step limit is disabled: ours is enforced here, per task.
+    self._engine = _Engine("", envStepLimit=10**9)
+    return self._engine
+
+  @property
+  def engine(self):
+    return self._engine or self._launch()
+
+  def _with_restart(self, fn):
+    """Runs fn(engine); if the JVM died (py4j error), relaunches it once and retries."""
+    from py4j.protocol import Py4JError
+
+    try:
+      return fn(self.engine)
+    except Py4JError as e:
+      logger.warning("ScienceWorld JVM failed (%s); relaunching once", e)
+      self.close()
+      self.jvm_restarts += 1
+      self._launch()
+      return fn(self._engine)
+
+  def close(self) -> None:
+    if self._engine is not None:
+      with contextlib.suppress(Exception):  # a dead JVM cannot be closed cleanly; it is gone either way
+        self._engine.close()
+      self._engine = None
+
+  # --- Env protocol --------------------------------------------------------------------------------------------
+  def tasks(self, split: str) -> list[str]:
+    if split not in SPLITS:
+      raise ValueError(f"unknown ScienceWorld split {split!r}; expected one of {SPLITS}")
+    engine = self.engine
+    ids = []
+    for name in self._task_names or engine.get_task_names():
+      engine.load(name, 0, self.simplifications)
+      variations = {"train": engine.get_variations_train, "dev": engine.get_variations_dev,
+                    "test": engine.get_variations_test}[split]()
+      ids.extend(f"{name}/{v}" for v in sorted(variations))
+    return ids
+
+  def reset(self, task_id: str) -> str:
+    name, variation = parse_task_id(task_id)
+
+    def _reset(engine):
+      engine.load(name, variation, self.simplifications)
+      obs, info = engine.reset()
+      return obs, info
+
+    obs, info = self._with_restart(_reset)
+    self._task_id = task_id
+    self._instruction = info["taskDesc"].strip()
+    self._valid = list(info["valid"])
+    self._steps = 0
+    self._done = False
+    self.max_steps = self._max_steps_override or max_steps_for(name)
+    return obs
+
+  def step(self, action: str) -> Step:
+    if self._task_id is None:
+      raise RuntimeError("ScienceWorldEnv.step before reset")
+    if self._done:
+      return Step("The episode is over.", 0.0, True, False, {"score": 0, "irreversible": False})
+    obs, reward, completed, info = self._with_restart(lambda engine: engine.step(action))
+    self._steps += 1
+    self._valid = list(info["valid"])
+    score = int(info["score"])
+    success = completed and score >= SUCCESS_SCORE
+    irreversible = score < 0  # the package ends the episode with a negative score on a failed task
+    truncated = self._steps >= self.max_steps and not completed
+    self._done = completed or truncated
+    return Step(obs, float(reward), self._done, success,
+                {"score": score, "irreversible": irreversible, "truncated": truncated, "moves": info["moves"]})
+
+  @property
+  def instruction(self) -> str:
+    return self._instruction
+
+  def admissible_actions(self) -> list[str] | None:
+    return sorted(self._valid, key=_admissible_order)[: self.max_admissible]
+
+  def gold_actions(self, task_id: str) -> list[str]:
+    """The package's gold action sequence for a task (loads the task; call reset afterwards)."""
+    name, variation = parse_task_id(task_id)
+    self.engine.load(name, variation, self.simplifications, generateGoldPath=True)
+    return list(self.engine.get_gold_action_sequence())
+
+  def __del__(self):
+    self.close()
