@@ -1,0 +1,62 @@
+"""ALFWorld adapter over the real TextWorld PDDL engine, on hand-written games in tests/data/alfworld."""
+
+import os
+
+import pytest
+
+pytest.importorskip("alfworld")
+pytest.importorskip("textworld")
+
+from leafe_jax.envs import registry
+from leafe_jax.envs.alfworld import ReplayDivergence, task_type_of
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "alfworld")
+FRIDGE = "valid_seen/pick_and_place_simple-Apple-None-Fridge-1/trial_T00000000_000001"
+COUNTER = "valid_seen/pick_and_place_simple-Apple-None-CounterTop-1/trial_T00000000_000002"
+WIN_FRIDGE = ["go to countertop 1", "take apple 1 from countertop 1", "go to fridge 1", "open fridge 1",
+              "move apple 1 to fridge 1"]
+
+
+@pytest.fixture(scope="module")
+def env():
+  e = registry.make("alfworld", data_dir=DATA)
+  yield e
+  e.close()
+
+
+def test_tasks_lists_split(env):
+  assert env.tasks("valid_seen") == sorted([FRIDGE, COUNTER])
+  assert env.tasks("train") == []
+  with pytest.raises(ValueError, match="split"):
+    env.tasks("dev")
+
+
+def test_known_commands_win(env):
+  obs = env.reset(FRIDGE)
+  assert "countertop 1" in obs and env.instruction == "put an apple in fridge."
+  assert task_type_of(FRIDGE) == "pick_and_place_simple"
+  assert "go to countertop 1" in env.admissible_actions() and "go to fridge 1" in env.admissible_actions()
+  steps = [env.step(a) for a in WIN_FRIDGE]
+  assert [s.success for s in steps] == [False] * 4 + [True] and steps[-1].done
+
+
+def test_invalid_command_is_nothing_happens(env):
+  env.reset(FRIDGE)
+  step = env.step("fly to the moon")
+  assert step.observation == "Nothing happens." and not step.done
+
+
+def test_replay_reproduces_observations(env):
+  recorded = env.replay_prefix(FRIDGE, WIN_FRIDGE[:3])
+  assert env.replay_prefix(FRIDGE, WIN_FRIDGE[:3], expected_observations=recorded) == recorded
+
+
+def test_wrong_game_replay_is_caught(env):
+  recorded = env.replay_prefix(FRIDGE, WIN_FRIDGE[:2])
+  with pytest.raises(ReplayDivergence, match="observation"):
+    env.replay_prefix(COUNTER, WIN_FRIDGE[:2], expected_observations=recorded)
+
+
+def test_missing_game_names_the_file(env):
+  with pytest.raises(FileNotFoundError, match="nope"):
+    env.reset("valid_seen/nope/trial")
