@@ -27,6 +27,7 @@ LONG_TASK_PREFIXES = ("mendelian-genetics", "grow-", "inclined-plane", "identify
 DEFAULT_MAX_ADMISSIBLE = 200
 SUCCESS_SCORE = 100
 SPLITS = ("train", "dev", "test")
+TASK_DESCRIPTION_HEADER = "Task Description:"  # the package prefixes every task description with this line
 
 SCIENCEWORLD_TEMPLATE = PromptTemplate(
     system="You are an expert agent operating in the ScienceWorld environment. Think before you act.",
@@ -139,7 +140,7 @@ class ScienceWorldEnv:
 
     obs, info = self._with_restart(_reset)
     self._task_id = task_id
-    self._instruction = info["taskDesc"].strip()
+    self._instruction = info["taskDesc"].strip().removeprefix(TASK_DESCRIPTION_HEADER).strip()
     self._valid = list(info["valid"])
     self._steps = 0
     self._done = False
