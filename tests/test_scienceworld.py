@@ -72,3 +72,18 @@ def test_pool_survives_killed_worker():
     results = pool.step(["a", "b"], ["look around", "look around"])
     assert isinstance(results[0], EpisodeError)
     assert not isinstance(results[1], EpisodeError) and "hallway" in results[1].observation
+
+
+def test_dead_jvm_is_relaunched_and_episode_restored(env):
+  task_id = GOLD_TASKS[0]
+  gold = env.gold_actions(task_id)
+  env.reset(task_id)
+  expected = [env.step(a).observation for a in gold[:3]]
+  env.reset(task_id)
+  for a in gold[:2]:
+    env.step(a)
+  restarts = env.jvm_restarts
+  env.engine._gateway.java_process.kill()
+  env.engine._gateway.java_process.wait()
+  assert env.step(gold[2]).observation == expected[2]
+  assert env.jvm_restarts == restarts + 1

@@ -84,6 +84,7 @@ class ScienceWorldEnv:
     self._instruction = ""
     self._valid: list[str] = []
     self._steps = 0
+    self._actions: list[str] = []
     self._done = False
 
   # --- engine --------------------------------------------------------------------------------------------------
@@ -99,7 +100,8 @@ class ScienceWorldEnv:
     return self._engine or self._launch()
 
   def _with_restart(self, fn):
-    """Runs fn(engine); if the JVM died (py4j error), relaunches it once and retries."""
+    """Runs fn(engine); if the JVM died (py4j error), relaunches it once, restores the episode by reloading the
+    task and replaying the actions taken so far, and retries fn."""
     from py4j.protocol import Py4JError
 
     try:
@@ -108,8 +110,14 @@ class ScienceWorldEnv:
       logger.warning("ScienceWorld JVM failed (%s); relaunching once", e)
       self.close()
       self.jvm_restarts += 1
-      self._launch()
-      return fn(self._engine)
+      engine = self._launch()
+      if self._task_id is not None:
+        name, variation = parse_task_id(self._task_id)
+        engine.load(name, variation, self.simplifications)
+        engine.reset()
+        for action in self._actions:
+          engine.step(action)
+      return fn(engine)
 
   def close(self) -> None:
     if self._engine is not None:
@@ -138,6 +146,8 @@ class ScienceWorldEnv:
       obs, info = engine.reset()
       return obs, info
 
+    self._task_id = None  # nothing to restore if the JVM dies while loading
+    self._actions = []
     obs, info = self._with_restart(_reset)
     self._task_id = task_id
     self._instruction = info["taskDesc"].strip().removeprefix(TASK_DESCRIPTION_HEADER).strip()
@@ -154,6 +164,7 @@ class ScienceWorldEnv:
       return Step("The episode is over.", 0.0, True, False, {"score": 0, "irreversible": False})
     obs, reward, completed, info = self._with_restart(lambda engine: engine.step(action))
     self._steps += 1
+    self._actions.append(action)
     self._valid = list(info["valid"])
     score = int(info["score"])
     success = completed and score >= SUCCESS_SCORE
