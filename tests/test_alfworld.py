@@ -60,3 +60,19 @@ def test_wrong_game_replay_is_caught(env):
 def test_missing_game_names_the_file(env):
   with pytest.raises(FileNotFoundError, match="nope"):
     env.reset("valid_seen/nope/trial")
+
+
+def test_pool_survives_killed_worker():
+  import signal
+
+  from leafe_jax.envs.pool import EnvPool, EpisodeError
+
+  with EnvPool("alfworld", {"data_dir": DATA}, num_workers=2) as pool:
+    pool.reset(["a", "b"], [FRIDGE, FRIDGE])
+    victim = pool.worker_of("a")
+    assert victim != pool.worker_of("b")
+    os.kill(pool.worker_pids()[victim], signal.SIGKILL)
+    results = pool.step(["a", "b"], [WIN_FRIDGE[0]] * 2)
+    assert isinstance(results[0], EpisodeError)
+    assert results[1].observation.startswith("You arrive at countertop 1")
+    assert pool.step(["b"], [WIN_FRIDGE[1]])[0].observation.startswith("You pick up the apple 1")
