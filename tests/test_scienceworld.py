@@ -87,3 +87,13 @@ def test_dead_jvm_is_relaunched_and_episode_restored(env):
   env.engine._gateway.java_process.wait()
   assert env.step(gold[2]).observation == expected[2]
   assert env.jvm_restarts == restarts + 1
+
+
+def test_dropped_env_hands_its_jvm_to_the_next():
+  first = registry.make("scienceworld")
+  first.reset(GOLD_TASKS[0])
+  engine = first.engine
+  del first  # what an EnvPool worker does when an episode is released
+  second = registry.make("scienceworld")
+  assert second.reset(GOLD_TASKS[1]) and second.engine is engine
+  second.close()

@@ -26,6 +26,10 @@ LONG_TASK_PREFIXES = ("mendelian-genetics", "grow-", "inclined-plane", "identify
 # thousand tokens.
 DEFAULT_MAX_ADMISSIBLE = 200
 SUCCESS_SCORE = 100
+# Engines (JVMs) of dropped env instances are kept for the next instance in the same process: an EnvPool worker
+# builds one env per episode, and a JVM launch costs seconds. At most this many idle JVMs are kept per process.
+MAX_IDLE_ENGINES = 1
+_IDLE_ENGINES: list[Any] = []
 SPLITS = ("train", "dev", "test")
 TASK_DESCRIPTION_HEADER = "Task Description:"  # the package prefixes every task description with this line
 
@@ -91,6 +95,9 @@ class ScienceWorldEnv:
   def _launch(self):
     from scienceworld import ScienceWorldEnv as _Engine
 
+    if _IDLE_ENGINES:
+      self._engine = _IDLE_ENGINES.pop()
+      return self._engine
     # The package's own step limit is disabled: ours is enforced here, per task.
     self._engine = _Engine("", envStepLimit=10**9)
     return self._engine
@@ -187,5 +194,12 @@ class ScienceWorldEnv:
     self.engine.load(name, variation, self.simplifications, generateGoldPath=True)
     return list(self.engine.get_gold_action_sequence())
 
-  def __del__(self):
+  def release(self) -> None:
+    """Hands this instance's JVM to the next ScienceWorldEnv built in this process (or closes it)."""
+    if self._engine is not None and len(_IDLE_ENGINES) < MAX_IDLE_ENGINES:
+      _IDLE_ENGINES.append(self._engine)
+      self._engine = None
     self.close()
+
+  def __del__(self):
+    self.release()
