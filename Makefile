@@ -26,7 +26,8 @@ $(STAMP_RUN): requirements.txt | $(BIN)/python
 
 $(STAMP_TEST): $(STAMP_RUN) requirements-test.txt requirements-envs.txt
 	$(BIN)/pip install -q -r requirements-test.txt
-	$(BIN)/pip install -q -c requirements-test.txt -r requirements-envs.txt
+	# fast-downward-textworld's sdist runs `python build.py`: the venv must be first on PATH for that build.
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install -q -c requirements-test.txt -r requirements-envs.txt
 	touch $@
 
 install: $(STAMP_RUN)
