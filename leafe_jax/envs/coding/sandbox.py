@@ -91,6 +91,9 @@ UID_SLOTS_PER_PROCESS = 256
 BACKSTOP_GRACE_S = 2.0
 # Exit status the setup script uses for its own failures (distinct from the program's failures).
 SETUP_FAILED_RC = 125
+# Fallback isolation: sweeps of /proc for marked processes, and the pause between sweeps (a fork or exec in flight).
+MARKER_SWEEPS = 50
+MARKER_SWEEP_PAUSE_S = 0.01
 # Seconds to wait for a killed namespace to be torn down before falling back to killing the process group.
 KILL_WAIT_S = 5.0
 SETUP_FAILED_MARK = "leafe_sandbox: setup failed"
@@ -498,8 +501,7 @@ class Sandbox:
       returncode = proc.wait()
     wall_s = time.monotonic() - start
     if marker:  # fallback isolation: kill daemons that left the process group
-      for pid in _pids_with_marker(marker.encode()):
-        _kill(pid)
+      _kill_marked(marker)
     proc.stdout.close()
     proc.stderr.close()
     stdout = buffers[proc.stdout].decode("utf-8", errors="replace")
@@ -523,8 +525,22 @@ class Sandbox:
     with contextlib.suppress(ProcessLookupError, PermissionError):
       os.killpg(proc.pid, signal.SIGKILL)
     if marker:
-      for pid in _pids_with_marker(marker.encode()):
-        _kill(pid)
+      _kill_marked(marker)
+
+
+def _kill_marked(marker: str) -> None:
+  """Kills every process whose environment holds `marker`, until a sweep finds none.
+
+  One sweep is not enough: a process in the middle of fork() or execve() can be missing from /proc or have an
+  unreadable environ for a moment, so the sweep repeats (a pause between) until one after a pause finds nothing.
+  """
+  for _ in range(MARKER_SWEEPS):
+    pids = _pids_with_marker(marker.encode())
+    for pid in pids:
+      _kill(pid)
+    time.sleep(MARKER_SWEEP_PAUSE_S)
+    if not pids and not _pids_with_marker(marker.encode()):
+      return
 
 
 def _kill(pid: int) -> None:
