@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from leafe_jax.envs import pooled
 from leafe_jax.envs.base import Step
-from leafe_jax.envs.pool import EnvPool, EpisodeError
+from leafe_jax.envs.pool import EnvPool, EnvView, EpisodeError
 from leafe_jax.envs.sokoban import SokobanEnv
 
 # Keeps tests quick while giving a spawned worker on a loaded 2-core host time to answer real requests.
@@ -15,7 +16,7 @@ STEP_TIMEOUT_S = 10.0
 
 
 class SleepyEnv:
-  """Test-only env: action "hang" never returns, "boom" raises, anything else echoes."""
+  """Test-only env: action "hang" never returns, "boom" raises, "end" ends the episode, anything else echoes."""
 
   name = "sleepy"
 
@@ -27,16 +28,17 @@ class SleepyEnv:
     return ["t0"]
 
   def reset(self, task_id):
-    self.count = 0
+    self.count, self.ended = 0, False
     return f"{self.tag}{task_id}:0"
 
   def step(self, action):
     if action == "hang":
       time.sleep(3600)
-    if action == "boom":
+    if action == "boom" or self.ended:
       raise ValueError("boom")
     self.count += 1
-    return Step(f"{action}:{self.count}", 0.0, False, False, {"pid": os.getpid()})
+    self.ended = action == "end"
+    return Step(f"{action}:{self.count}", 0.0, self.ended, False, {"pid": os.getpid()})
 
   @property
   def instruction(self):
@@ -49,7 +51,7 @@ class SleepyEnv:
 SLEEPY = f"{__name__}:SleepyEnv"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def sokoban_pool():
   pool = EnvPool("sokoban", {"max_steps": 30}, num_workers=2, step_timeout_s=STEP_TIMEOUT_S)
   yield pool
@@ -82,6 +84,39 @@ def test_pool_snapshot_restore(sokoban_pool):
   (first,) = pool.step(["a"], ["left"])
   assert pool.restore(["a"], [snap]) == [None]
   assert pool.step(["a"], ["left"]) == [first]
+
+
+def test_views_and_pooled_env_mirror_the_in_process_env(sokoban_pool):
+  pool = sokoban_pool
+  local = SokobanEnv(max_steps=30)
+  ((first, view),) = pool.reset(["v0"], ["seed:4"], view=True)
+  assert first == local.reset("seed:4")
+  assert view == EnvView(local.instruction, local.admissible_actions(), False,
+                         {"name": "sokoban", "prompt_template": local.prompt_template})
+  ((step, view),) = pool.step(["v0"], ["up"], view=True)
+  assert step == local.step("up") and view.attributes is None and not view.done
+  # A PooledEnv reads like the in-process env, and a batch of pooled and in-process envs steps in one call.
+  env, other = pooled.PooledEnv(pool), SokobanEnv(max_steps=30)
+  assert pooled.reset_all([env, other], ["seed:4", "seed:4"]) == [first, first]
+  assert env.prompt_template == local.prompt_template and env.name == "sokoban"
+  assert env.instruction == local.instruction and env.admissible_actions() == local.admissible_actions()
+  assert pooled.step_all([env, other], ["up", "up"]) == [step, step]
+  (replay,) = pooled.replay_all([env], ["seed:4"], [["up", "left"]])
+  fresh = SokobanEnv(max_steps=30)
+  assert replay == pooled.Replay([fresh.reset("seed:4")] + [fresh.step(a).observation for a in ["up", "left"]], False)
+  pooled.release_all([env, other])
+  assert pool.worker_of(env.episode_id) is None
+
+
+def test_replay_stops_where_the_episode_ends_and_a_lost_pooled_env_raises():
+  with EnvPool(SLEEPY, {}, num_workers=1, step_timeout_s=STEP_TIMEOUT_S) as pool:
+    (observations, view), = pool.replay_many(["a"], ["t"], [["go", "end", "go"]], view=True, stop_on_done=True)
+    assert observations == ["t:0", "go:1", "end:2"] and view.done
+    assert isinstance(pool.replay("b", "t", ["end", "go"]), EpisodeError)  # without stop_on_done: the env raises
+    env = pooled.PooledEnv(pool)
+    env.reset("t")
+    with pytest.raises(pooled.EpisodeLostError, match="boom"):
+      env.step("boom")
 
 
 def test_killed_worker_reports_its_episodes_others_go_on():

@@ -6,6 +6,10 @@ A worker that dies (EOF on its pipe) or misses its deadline is killed and replac
 reported as `EpisodeError` and forgotten, every other episode goes on. An exception inside an env is reported as
 an `EpisodeError` for that episode only (its env is dropped; the worker stays).
 
+With `view=True`, reset / step / replay results come paired with an `EnvView` of the env after the call (its
+instruction, admissible actions and, after reset and replay, its prompt attributes), so a proxy in the parent
+(`leafe_jax.envs.pooled.PooledEnv`) can build prompts and parse actions without an env of its own.
+
 `env_name` is a registry name ("sokoban") or a "module:Factory" string (used by tests for throwaway envs).
 Workers are started with the 'spawn' context: the parent may hold threads (JAX, tf.data) that fork would copy
 in a broken state.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import inspect
 import multiprocessing
 import multiprocessing.connection
 import time
@@ -29,6 +34,9 @@ DEFAULT_STEP_TIMEOUT_S = 60.0
 # Ready handshake of a fresh worker (imports can be slow on a loaded host).
 WORKER_START_TIMEOUT_S = 120.0
 _KILL_JOIN_TIMEOUT_S = 5.0
+# Env attributes the prompt builders and action parsers read (envs/prompts.py, explore/reflection.py, the
+# `parse_action` override of envs such as coding); shipped with every reset / replay view.
+PROMPT_ATTRIBUTES = ("name", "prompt_template", "compact_prompt", "parse_action")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +45,43 @@ class EpisodeError:
 
   episode_id: str
   reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvView:
+  """A worker env as the parent needs to see it after a call (`view=True`).
+
+  `attributes` (reset and replay only; None after a step) holds those of PROMPT_ATTRIBUTES the env has and that
+  are not None.
+  """
+
+  instruction: str
+  admissible_actions: list[str] | None
+  done: bool  # the last step ended the episode (False right after a reset)
+  attributes: dict[str, Any] | None = None
+
+
+def _view_of(env, done: bool, with_attributes: bool) -> EnvView:
+  attributes = None
+  if with_attributes:
+    attributes = {a: getattr(env, a) for a in PROMPT_ATTRIBUTES if getattr(env, a, None) is not None}
+    if inspect.ismethod(attributes.get("parse_action")):
+      # A bound method would pickle the whole env; only the text -> action function may cross the pipe.
+      raise TypeError(f"{type(env).__name__}.parse_action must be a staticmethod or a module-level function "
+                      "to be used through an EnvPool")
+  return EnvView(env.instruction, env.admissible_actions(), done, attributes)
+
+
+def _replay(env, task_id: str, actions: Sequence[str], stop_on_done: bool) -> tuple[list[str], bool]:
+  """Reset + actions; with `stop_on_done` the replay ends after the first action that ends the episode."""
+  observations, done = [env.reset(task_id)], False
+  for action in actions:
+    step = env.step(action)
+    observations.append(step.observation)
+    done = step.done
+    if done and stop_on_done:
+      break
+  return observations, done
 
 
 def make_env_from_spec(env_name: str, env_config: dict[str, Any]):
@@ -50,32 +95,34 @@ def make_env_from_spec(env_name: str, env_config: dict[str, Any]):
 
 
 def _worker_main(conn, env_name: str, env_config: dict[str, Any]) -> None:
-  """Worker loop: (op, items) requests in, one list of per-item results out."""
+  """Worker loop: (op, items, options) requests in, one list of per-item results out."""
   envs: dict[str, Any] = {}
   conn.send(("ready", None))
   while True:
     try:
-      op, items = conn.recv()
+      op, items, options = conn.recv()
     except (EOFError, KeyboardInterrupt):
       return
     if op == "close":
       return
+    view = options.get("view", False)
     results = []
     for episode_id, payload in items:
       try:
         if op == "reset":
           env = envs.get(episode_id) or make_env_from_spec(env_name, env_config)
           envs[episode_id] = env
-          results.append(env.reset(payload))
+          observation = env.reset(payload)
+          results.append((observation, _view_of(env, False, True)) if view else observation)
         elif op == "step":
-          results.append(envs[episode_id].step(payload))
+          step = envs[episode_id].step(payload)
+          results.append((step, _view_of(envs[episode_id], step.done, False)) if view else step)
         elif op == "replay":
           task_id, actions = payload
           env = envs.get(episode_id) or make_env_from_spec(env_name, env_config)
           envs[episode_id] = env
-          observations = [env.reset(task_id)]
-          observations.extend(env.step(a).observation for a in actions)
-          results.append(observations)
+          observations, done = _replay(env, task_id, actions, options.get("stop_on_done", False))
+          results.append((observations, _view_of(env, done, True)) if view else observations)
         elif op == "snapshot":
           results.append(envs[episode_id].snapshot())
         elif op == "restore":
@@ -168,7 +215,8 @@ class EnvPool:
     return len(self._workers)
 
   # --- request fan-out ---------------------------------------------------------------------------------------
-  def _call(self, op: str, episode_ids: Sequence[str], payloads: Sequence[Any], cost: Sequence[int]) -> list[Any]:
+  def _call(self, op: str, episode_ids: Sequence[str], payloads: Sequence[Any], cost: Sequence[int],
+            **options: Any) -> list[Any]:
     """Sends each worker its share, gathers all replies; lost workers give EpisodeErrors."""
     if self._closed:
       raise RuntimeError("EnvPool is closed")
@@ -192,7 +240,7 @@ class EnvPool:
     for index, positions in by_worker.items():
       items = [(episode_ids[p], payloads[p]) for p in positions]
       try:
-        self._workers[index].conn.send((op, items))
+        self._workers[index].conn.send((op, items, options))
       except (BrokenPipeError, OSError) as e:
         failed[index] = f"worker {index} is gone ({type(e).__name__})"
         continue
@@ -231,17 +279,32 @@ class EnvPool:
       self._workers[index].episodes.discard(episode_id)
 
   # --- public API --------------------------------------------------------------------------------------------
-  def reset(self, episode_ids: Sequence[str], task_ids: Sequence[str]) -> list[str | EpisodeError]:
-    """Starts (or restarts) each episode on its task; returns first observations."""
-    return self._call("reset", episode_ids, list(task_ids), [1] * len(episode_ids))
+  def reset(self, episode_ids: Sequence[str], task_ids: Sequence[str], *, view: bool = False) -> list[Any]:
+    """Starts (or restarts) each episode on its task; returns first observations (with `view`: (obs, EnvView))."""
+    return self._call("reset", episode_ids, list(task_ids), [1] * len(episode_ids), view=view)
 
-  def step(self, episode_ids: Sequence[str], actions: Sequence[str]) -> list[Step | EpisodeError]:
-    return self._call("step", episode_ids, list(actions), [1] * len(episode_ids))
+  def step(self, episode_ids: Sequence[str], actions: Sequence[str], *,
+           view: bool = False) -> list[Step | tuple[Step, EnvView] | EpisodeError]:
+    """One action per episode; returns Steps (with `view`: (Step, EnvView)) or EpisodeErrors."""
+    return self._call("step", episode_ids, list(actions), [1] * len(episode_ids), view=view)
 
-  def replay(self, episode_id: str, task_id: str, actions: Sequence[str]) -> list[str] | EpisodeError:
+  def replay(self, episode_id: str, task_id: str, actions: Sequence[str], *, view: bool = False,
+             stop_on_done: bool = False) -> Any:
     """Reset + the action prefix; returns the observations [o_0, o_1, ..., o_len(actions)]."""
-    (result,) = self._call("replay", [episode_id], [(task_id, list(actions))], [1 + len(actions)])
+    (result,) = self.replay_many([episode_id], [task_id], [actions], view=view, stop_on_done=stop_on_done)
     return result
+
+  def replay_many(self, episode_ids: Sequence[str], task_ids: Sequence[str], action_lists: Sequence[Sequence[str]],
+                  *, view: bool = False, stop_on_done: bool = False) -> list[Any]:
+    """`replay` of several episodes in one call (their workers replay concurrently).
+
+    With `stop_on_done` a replay ends after the first action that ends the episode (an env may refuse steps after
+    that), so its observation list is shorter; with `view` each result is (observations, EnvView) and
+    `EnvView.done` says whether the episode ended.
+    """
+    payloads = [(t, list(a)) for t, a in zip(task_ids, action_lists)]
+    return self._call("replay", episode_ids, payloads, [1 + len(a) for a in action_lists], view=view,
+                      stop_on_done=stop_on_done)
 
   def snapshot(self, episode_ids: Sequence[str]) -> list[Any]:
     """Env snapshots (envs implementing SnapshotEnv); others get an EpisodeError."""
@@ -260,7 +323,7 @@ class EnvPool:
     self._closed = True
     for worker in self._workers:
       with contextlib.suppress(BrokenPipeError, OSError):
-        worker.conn.send(("close", None))
+        worker.conn.send(("close", None, None))
     for worker in self._workers:
       worker.process.join(_KILL_JOIN_TIMEOUT_S)
       if worker.process.is_alive():
@@ -279,4 +342,4 @@ class EnvPool:
       self.close()
 
 
-__all__ = ["EnvPool", "EpisodeError", "make_env_from_spec"]
+__all__ = ["EnvPool", "EnvView", "EpisodeError", "make_env_from_spec"]
