@@ -236,3 +236,63 @@ def test_sigkill_then_rerun_gives_the_same_trees_as_an_uninterrupted_run(tmp_pat
   assert killed["per_task"] == whole_ledger["per_task"]
   assert {k: v for k, v in killed["total"].items() if k != "policy_calls"} == {
       k: v for k, v in whole_ledger["total"].items() if k != "policy_calls"}
+
+
+def _late_rollback(messages):
+  """Acts like `_stable_action`; reflects with tau = the last step, so every branch replays a prefix."""
+  content = messages[-1]["content"]
+  if content.endswith("reflect:"):
+    taken = sum(1 for line in content.splitlines() if line.split(" ")[-1] in ("up", "down", "left", "right"))
+    return f"<rollback_step>{max(1, taken)}</rollback_step><experience>try another way</experience>"
+  return _stable_action(messages)
+
+
+def test_pooled_envs_give_the_same_trees_as_in_process_envs(tmp_path):
+  config = explore_config()
+  config.explore.reflect_every = 2
+  runs = {}
+  for workers in (0, 2):
+    config.explore.env_workers = workers
+    ledger = explore_stage.run_with_policy(config, str(tmp_path / str(workers)), ScriptedPolicy(_late_rollback))
+    trees = load_trees(str(tmp_path / str(workers) / "trees" / "shard-0-of-1.jsonl"))
+    runs[workers] = ([json.dumps(t.to_json(), sort_keys=True) for t in trees], ledger.to_json())
+  assert runs[2] == runs[0]
+  assert runs[0][1]["total"]["replayed_steps"] > 0 and runs[0][1]["total"]["branches"] > 0
+
+
+class _KillingPolicy(ScriptedPolicy):
+  """`_late_rollback`, and at its `kill_at`-th call a SIGKILL to the pool worker that holds `victim`'s episode."""
+
+  def __init__(self, pool, victim, kill_at):
+    super().__init__(_late_rollback)
+    self.pool, self.victim, self.kill_at = pool, victim, kill_at
+
+  def generate(self, prompts, **kw):
+    if len(self.calls) + 1 == self.kill_at:
+      os.kill(self.pool.worker_pids()[self.pool.worker_of(self.victim[0].episode_id)], signal.SIGKILL)
+    return super().generate(prompts, **kw)
+
+
+def test_a_killed_pool_worker_errors_only_its_rollout_and_exploration_finishes():
+  from leafe_jax.envs.pool import EnvPool
+  from leafe_jax.envs.pooled import PooledEnv
+
+  env_config = dict(explore_config().explore.env_config)
+  tasks = SokobanEnv(**env_config).tasks("train", 2)
+  settings = _settings(max_steps=6, max_attempts=3, concurrency=2)
+  expected, _ = _explore(ScriptedPolicy(_late_rollback), lambda: SokobanEnv(**env_config), tasks, settings)
+  with EnvPool("sokoban", env_config, num_workers=2, step_timeout_s=30.0) as pool:
+    made = []
+    make_env = lambda: made.append(PooledEnv(pool)) or made[-1]
+    trees, ledger = _explore(_KillingPolicy(pool, made, kill_at=2), make_env, tasks, settings)
+    assert pool.restarts == 1
+  by_task = {t.task_id: t for t in trees}
+  assert sorted(by_task) == sorted(tasks) and ledger.total["errors"] == 1
+  # The other task's episode lived on the other worker: its tree is as without the kill.
+  other = next(t for t in expected if t.task_id == tasks[1])
+  assert json.dumps(by_task[tasks[1]].to_json()) == json.dumps(other.to_json())
+  errored = [n for n in by_task[tasks[0]].nodes if n.outcome == "error"]
+  assert len(errored) == 1 and by_task[tasks[0]].ledger["errors"] == 1
+  # The lost rollout's request was queued again and ran on the replacement worker.
+  retry = by_task[tasks[0]].nodes[errored[0].node_id + 1:]
+  assert any((n.parent, n.rollback_step) == (errored[0].parent, errored[0].rollback_step) for n in retry)

@@ -5,7 +5,11 @@ and one more serves every reflection due that tick. Each task runs one rollout a
 breadth-first from a queue of branch requests); parallelism comes from `concurrency` tasks alive at once.
 
 Rollback is reset + replay of a_1..a_{tau-1}; every replayed observation must equal the recorded one, otherwise
-the branch is dropped and counted as a divergence (never trained on). Methods:
+the branch is dropped and counted as a divergence (never trained on). Envs may live in an EnvPool
+(`leafe_jax.envs.pooled.PooledEnv`): each tick steps all of a pool's envs in ONE pool call and each round of
+rollout starts replays them in one more, so the workers run concurrently. A pooled episode lost to a crashed or
+hung worker ends its rollout as "error" (counted in the ledger's `errors`); its request goes back to the end of
+the task's queue while the attempt budget allows, and every other rollout goes on. Methods:
   leafe  reflect every K steps or on failure, branch from tau with experience e (paper §2.2 / Algorithm 1);
   is     independent sampling: fresh rollouts from the start, no reflection (paper Table 3, IS);
   ir     iterative refinement: retry from the start with the previous attempt's outcome in the prompt (IR).
@@ -19,7 +23,8 @@ from collections.abc import Callable, Sequence
 
 from absl import logging
 
-from leafe_jax.envs import Env
+from leafe_jax.envs import Env, pooled
+from leafe_jax.envs.pool import EpisodeError
 from leafe_jax.envs.prompts import build_action_prompt, parse_action
 from leafe_jax.explore import reflection as reflection_lib
 from leafe_jax.explore.ledger import Ledger
@@ -74,6 +79,7 @@ class Rollout:
   done: bool = False
   success: bool = False
   failed: bool = False
+  errored: bool = False  # the env was lost mid-rollout (pooled env: crashed or hung worker, env exception)
   reflection_due: str | None = None  # "failure" | "periodic"
 
   @property
@@ -111,40 +117,70 @@ class Explorer:
     self.tick = 0
 
   # --- rollouts ------------------------------------------------------------------------------------------------
-  def _start_next(self, task: TaskState) -> None:
-    """Starts the task's next rollout (root, or next queued branch), or marks the task finished."""
-    while task.active is None and not task.finished:
-      if not task.tree.nodes:
-        request = BranchRequest(None, 0, None, None, [], [])
-      elif (task.queue and task.attempts < self.s.max_attempts and self.ledger.budget_left()
-            and not (self.s.stop_on_success and task.succeeded)):
-        request = task.queue.popleft()
-      else:
-        task.finished = True
-        return
-      node = Node(len(task.tree.nodes), request.parent, request.depth, request.rollback_step, request.experience,
-                  list(request.prefix_actions), list(request.prefix_observations))
-      task.tree.nodes.append(node)
-      task.attempts += 1
-      self.ledger.add("rollouts", task_id=task.task_id)
-      observations = [task.env.reset(task.task_id)]
-      diverged = False
-      for action in request.prefix_actions:
-        step = task.env.step(action)
-        self.ledger.add("replayed_steps", task_id=task.task_id)
-        observations.append(step.observation)
-        if step.done:
-          diverged = True
-          break
-      if request.prefix_observations and observations != request.prefix_observations:
-        diverged = True
-      if diverged:
-        node.outcome = "diverged"
-        self.ledger.add("divergences", task_id=task.task_id)
-        logging.warning("explore: task %s node %d: replay diverged from the recorded prefix; branch dropped",
-                        task.task_id, node.node_id)
-        continue
-      task.active = Rollout(node, observations, list(request.prefix_actions))
+  def _next_request(self, task: TaskState) -> BranchRequest | None:
+    """The task's next rollout (root, or next queued branch), or None when the task is finished."""
+    if not task.tree.nodes:
+      return BranchRequest(None, 0, None, None, [], [])
+    if (task.queue and task.attempts < self.s.max_attempts and self.ledger.budget_left()
+        and not (self.s.stop_on_success and task.succeeded)):
+      return task.queue.popleft()
+    return None
+
+  def _new_node(self, task: TaskState, request: BranchRequest) -> Node:
+    node = Node(len(task.tree.nodes), request.parent, request.depth, request.rollback_step, request.experience,
+                list(request.prefix_actions), list(request.prefix_observations))
+    task.tree.nodes.append(node)
+    task.attempts += 1
+    self.ledger.add("rollouts", task_id=task.task_id)
+    return node
+
+  def _env_error(self, task: TaskState, node: Node, reason: str) -> None:
+    """Ends `node` as an env error and queues its request again (the crash, not the policy, ended it)."""
+    node.outcome = "error"
+    self.ledger.add("errors", task_id=task.task_id)
+    logging.warning("explore: task %s node %d: env lost (%s); rollout ended as an error", task.task_id,
+                    node.node_id, reason.splitlines()[0] if reason else "")
+    if task.attempts + len(task.queue) < self.s.max_attempts:
+      task.queue.append(BranchRequest(node.parent, node.depth, node.rollback_step, node.experience,
+                                      list(node.prefix_actions), list(node.prefix_observations)))
+
+  def _begin(self, task: TaskState, node: Node, result: pooled.Replay | EpisodeError) -> bool:
+    """Makes `node` the task's active rollout if its replay is good; False when the branch is dropped."""
+    if isinstance(result, EpisodeError):
+      self._env_error(task, node, result.reason)
+      return False
+    observations = result.observations
+    if len(observations) > 1:
+      self.ledger.add("replayed_steps", len(observations) - 1, task.task_id)
+    if result.ended or (node.prefix_observations and observations != node.prefix_observations):
+      node.outcome = "diverged"
+      self.ledger.add("divergences", task_id=task.task_id)
+      logging.warning("explore: task %s node %d: replay diverged from the recorded prefix; branch dropped",
+                      task.task_id, node.node_id)
+      return False
+    task.active = Rollout(node, observations, list(node.prefix_actions))
+    return True
+
+  def _start_all(self, tasks: Sequence[TaskState]) -> None:
+    """Starts the next rollout of every task that has none (or marks it finished).
+
+    Starts go in rounds: each task without a rollout takes its next request, then ONE `replay_all` restores them
+    all (pooled envs replay concurrently); tasks whose replay diverged or errored take their next request in the
+    next round. The interaction budget is checked when a request is taken, so a round may overrun it by its own
+    replays (rollouts already running overrun it the same way).
+    """
+    waiting = [t for t in tasks if t.active is None and not t.finished]
+    while waiting:
+      starts = []
+      for task in waiting:
+        request = self._next_request(task)
+        if request is None:
+          task.finished = True
+        else:
+          starts.append((task, self._new_node(task, request)))
+      results = pooled.replay_all([t.env for t, _ in starts], [t.task_id for t, _ in starts],
+                                  [n.prefix_actions for _, n in starts])
+      waiting = [task for (task, node), result in zip(starts, results) if not self._begin(task, node, result)]
 
   def _prompt(self, task: TaskState, rollout: Rollout, with_experience: bool):
     env, node = task.env, rollout.node
@@ -158,39 +194,54 @@ class Explorer:
         history_length=self.s.history_length, experience=node.experience if show else None)
 
   def _act(self, live: list[TaskState]) -> None:
+    """One action for every live rollout: one policy call, then one batched env step (one call per pool)."""
     prompts = [self._prompt(t, t.active, with_experience=True) for t in live]
     completions = self.policy.generate(prompts, n=1, temperature=self.s.temperature, top_p=self.s.top_p,
                                        max_new_tokens=self.s.max_new_tokens, seed=self.s.seed * 1_000_003 + self.tick)
     self.ledger.add("policy_calls")
     self.ledger.policy_calls_per_tick.append(1)
-    for task, messages, (completion,) in zip(live, prompts, completions):
-      rollout, env = task.active, task.env
+    actions, env_actions = [], []
+    for task, (completion,) in zip(live, completions):
       self.ledger.add("generated_tokens", len(completion.token_ids), task.task_id)
-      action = _parse(env, completion.text)
+      action = _parse(task.env, completion.text)
       if action is None:
         self.ledger.add("invalid_actions", task_id=task.task_id)
-      clean = self._prompt(task, rollout, with_experience=False)
-      step = env.step(action if action is not None else completion.text)
-      self.ledger.add("env_steps", task_id=task.task_id)
-      rollout.node.turns.append(Turn(rollout.t + 1, rollout.observations[-1], messages, clean, completion.text,
-                                     action or "", float(step.reward)))
-      rollout.actions.append(action if action is not None else completion.text)
-      rollout.observations.append(step.observation)
-      rollout.success = step.success
-      rollout.done = step.done or step.success or rollout.t >= self.s.max_steps
-      signals = {
-          "irreversible": bool(step.info.get("irreversible", False)),
-          "done_without_success": step.done and not step.success,
-          "step_limit": rollout.t >= self.s.max_steps and not step.success,
-      }
-      rollout.failed = not step.success and any(signals[s] for s in self.s.failure_signals)
+      actions.append(action)
+      env_actions.append(action if action is not None else completion.text)
+    # Clean prompts show the state the action answers: build them all before any env moves.
+    cleans = [self._prompt(t, t.active, with_experience=False) for t in live]
+    steps = pooled.step_all([t.env for t in live], env_actions)
+    for task, messages, clean, (completion,), action, env_action, step in zip(
+        live, prompts, cleans, completions, actions, env_actions, steps):
+      if isinstance(step, EpisodeError):
+        task.active.errored = task.active.done = True
+        self._env_error(task, task.active.node, step.reason)
+        continue
+      self._record(task, Turn(task.active.t + 1, task.active.observations[-1], messages, clean, completion.text,
+                              action or "", float(step.reward)), env_action, step)
+
+  def _record(self, task: TaskState, turn: Turn, env_action: str, step) -> None:
+    """Appends one executed turn to the active rollout; decides done, failure and whether a reflection is due."""
+    rollout = task.active
+    self.ledger.add("env_steps", task_id=task.task_id)
+    rollout.node.turns.append(turn)
+    rollout.actions.append(env_action)
+    rollout.observations.append(step.observation)
+    rollout.success = step.success
+    rollout.done = step.done or step.success or rollout.t >= self.s.max_steps
+    signals = {
+        "irreversible": bool(step.info.get("irreversible", False)),
+        "done_without_success": step.done and not step.success,
+        "step_limit": rollout.t >= self.s.max_steps and not step.success,
+    }
+    rollout.failed = not step.success and any(signals[s] for s in self.s.failure_signals)
+    if rollout.failed:
+      rollout.done = True
+    if self.s.method == "leafe" and rollout.node.depth < self.s.max_depth:
       if rollout.failed:
-        rollout.done = True
-      if self.s.method == "leafe" and rollout.node.depth < self.s.max_depth:
-        if rollout.failed:
-          rollout.reflection_due = "failure"
-        elif self.s.reflect_every > 0 and not rollout.done and rollout.t % self.s.reflect_every == 0:
-          rollout.reflection_due = "periodic"
+        rollout.reflection_due = "failure"
+      elif self.s.reflect_every > 0 and not rollout.done and rollout.t % self.s.reflect_every == 0:
+        rollout.reflection_due = "periodic"
 
   def _reflect(self, live: list[TaskState]) -> None:
     due = [t for t in live if t.active.reflection_due]
@@ -228,6 +279,10 @@ class Explorer:
 
   def _finish_rollout(self, task: TaskState) -> None:
     r = task.active
+    if r.errored:  # outcome and re-queued request were set when the env was lost
+      r.node.final_observation = r.observations[-1]
+      task.active = None
+      return
     r.node.outcome = "success" if r.success else "failure"
     r.node.final_observation = r.observations[-1]
     if r.success:
@@ -258,14 +313,15 @@ class Explorer:
         if pending:
           logging.info("explore: interaction budget spent; %d tasks not started", len(pending))
         break
+      self._start_all(live)
       for task in live:
-        if task.active is None:
-          self._start_next(task)
         if not task.tree.instruction and task.tree.nodes:
           task.tree.instruction = task.env.instruction
-      for task in [t for t in live if t.finished]:
+      finished = [t for t in live if t.finished]
+      for task in finished:
         task.tree.ledger = dict(self.ledger.per_task[task.task_id])
         on_tree(task.tree)
+      pooled.release_all([t.env for t in finished])
       live = [t for t in live if not t.finished]
       acting = [t for t in live if t.active is not None]
       if not acting:

@@ -2,7 +2,8 @@
 
 Trees go to `<stage_dir>/trees/shard-<i>-of-<n>.jsonl`, one flushed and fsynced line per finished task; a rerun
 skips the tasks already there, so a killed explorer loses and duplicates nothing (records are derived from the
-trees by the `distill` stage). Host i of n (`shard = "i/n"`) takes every n-th task.
+trees by the `distill` stage). Host i of n (`shard = "i/n"`) takes every n-th task. With `env_workers` > 0 the
+envs step in an EnvPool of that many processes (heavy envs: ScienceWorld, ALFWorld, the coding sandbox).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import ml_collections
 from absl import logging
 
 from leafe_jax import envs
+from leafe_jax.envs import pool as pool_lib
+from leafe_jax.envs import pooled
 from leafe_jax.explore.engine import FAILURE_SIGNALS, Explorer, ExploreSettings
 from leafe_jax.explore.ledger import Ledger
 from leafe_jax.explore.tree import TreeStore
@@ -25,6 +28,9 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.env = "sokoban"  # registered environment
   c.env_config = ml_collections.ConfigDict()  # its keyword config (free-form)
+  # Env worker processes (an EnvPool; all of a pool's envs step concurrently each tick); 0 = envs in-process.
+  c.env_workers = 0
+  c.env_step_timeout_s = pool_lib.DEFAULT_STEP_TIMEOUT_S  # a pooled env step slower than this kills its worker
   c.split = "train"  # exploration uses training tasks only
   c.num_tasks = 256  # tasks explored (first n of the split)
   c.policy = "train/hf"  # HF dir relative to workdir, or "openai:<base_url>#<model>"; the paper starts from GRPO
@@ -77,6 +83,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   cfg = config.explore
   settings = settings_of(cfg)
   index, count = parse_shard(cfg.shard)
+  if cfg.env_workers < 0:
+    raise ValueError(f"config field 'explore.env_workers' must be >= 0, got {cfg.env_workers}")
   env_config = cfg.env_config.to_dict()
   all_tasks = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
   tasks = all_tasks[index::count]
@@ -91,12 +99,13 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   if todo:
     from tqdm import tqdm
 
-    with tqdm(total=len(tasks), initial=len(done), desc=f"explore ({cfg.method})", unit="task") as bar:
+    with (tqdm(total=len(tasks), initial=len(done), desc=f"explore ({cfg.method})", unit="task") as bar,
+          pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
       def on_tree(tree):
         store.append(tree)
         bar.update(1)
 
-      Explorer(policy, lambda: envs.make(cfg.env, **env_config), cfg.env, settings, ledger).run(todo, on_tree)
+      Explorer(policy, make_env, cfg.env, settings, ledger).run(todo, on_tree)
   name = "ledger.json" if count == 1 else f"ledger-shard-{index}-of-{count}.json"
   ledger.save(os.path.join(stage_dir, name))
   logging.info("explore ledger: %s", json.dumps(ledger.to_json()["total"]))
