@@ -1,6 +1,8 @@
 """Evaluation rollouts and the eval stage, with test-only policies keyed on the observation."""
 
 import json
+import os
+import signal
 
 import ml_collections
 import pytest
@@ -104,3 +106,45 @@ def test_eval_stage_refuses_k_larger_than_n(tmp_path):
   config.eval.ks = (1, 8)
   with pytest.raises(ValueError, match="k > eval.num_samples"):
     eval_stage.run(config, str(tmp_path), str(tmp_path / "eval"))
+
+
+def test_pooled_envs_give_the_same_outcomes_as_in_process_envs(tmp_path, monkeypatch):
+  monkeypatch.setattr(eval_stage, "make_policy", lambda spec, workdir, max_cache_len: OraclePolicy(_tasks()))
+  rows = {}
+  for workers in (0, 2):
+    config = _eval_config(tmp_path)
+    config.eval.env_workers = workers
+    eval_stage.run(config, str(tmp_path), str(tmp_path / f"eval{workers}"))
+    rows[workers] = (tmp_path / f"eval{workers}" / "outcomes.jsonl").read_text()
+  assert rows[2] == rows[0] and '"errors": 0' in rows[0]
+
+
+class _KillOnFirstCall(OraclePolicy):
+  """The oracle, which also SIGKILLs the pool worker of the first episode's env on its first call."""
+
+  def __init__(self, task_ids, pool, envs):
+    super().__init__(task_ids)
+    self.pool, self.envs = pool, envs
+
+  def generate(self, prompts, **kw):
+    if not self.calls:
+      os.kill(self.pool.worker_pids()[self.pool.worker_of(self.envs[0].episode_id)], signal.SIGKILL)
+    return super().generate(prompts, **kw)
+
+
+def test_a_killed_pool_worker_fails_only_its_episodes():
+  from leafe_jax.envs.pool import EnvPool
+  from leafe_jax.envs.pooled import PooledEnv
+
+  tasks = _tasks(2)
+  with EnvPool("sokoban", ENV_CONFIG, num_workers=2, step_timeout_s=30.0) as pool:
+    envs = []
+    make_env = lambda: envs.append(PooledEnv(pool)) or envs[-1]
+    outcomes = rollout.run_episodes(
+        _KillOnFirstCall(tasks, pool, envs), make_env, tasks, num_samples=2, max_steps=10,
+        sampling=rollout.SamplingParams(), history_length=0, seed=0,
+    )
+  # Episodes go to the least loaded worker (0, 1, 0, 1): worker 0 held sample 0 of each task.
+  assert [o.errors for o in outcomes] == [1, 1]
+  # Every episode on the surviving worker solved its task; the lost ones count as failures.
+  assert [o.c for o in outcomes] == [1, 1] and [o.n for o in outcomes] == [2, 2]

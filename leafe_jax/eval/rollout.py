@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from leafe_jax.envs import Env
+from absl import logging
+
+from leafe_jax.envs import Env, pooled
+from leafe_jax.envs.pool import EpisodeError
 from leafe_jax.envs.prompts import build_action_prompt, parse_action
 from leafe_jax.policy.base import Policy
 
@@ -42,6 +45,12 @@ class Episode:
   success: bool = False
   invalid_actions: int = 0
   generated_tokens: int = 0
+  error: str | None = None  # why the env was lost (the episode then counts as unsuccessful)
+
+  def lose(self, error: EpisodeError) -> None:
+    logging.warning("eval: task %s sample %d: env lost (%s); counted as unsuccessful", self.task_id,
+                    self.sample_index, error.reason.splitlines()[0] if error.reason else "")
+    self.error, self.done, self.success = error.reason, True, False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +58,7 @@ class TaskOutcome:
   task_id: str
   successes: tuple[bool, ...]
   steps: tuple[int, ...]
+  errors: int = 0  # samples whose env was lost (included in n as unsuccessful)
 
   @property
   def n(self) -> int:
@@ -73,8 +83,11 @@ def run_episodes(
 ) -> list[TaskOutcome]:
   """Plays `num_samples` independent episodes of each task to the end or `max_steps`; returns outcomes."""
   episodes = [Episode(t, i, make_env()) for t in task_ids for i in range(num_samples)]
-  for episode in episodes:
-    episode.observation = episode.env.reset(episode.task_id)
+  for episode, first in zip(episodes, pooled.reset_all([e.env for e in episodes], [e.task_id for e in episodes])):
+    if isinstance(first, EpisodeError):
+      episode.lose(first)
+    else:
+      episode.observation = first
   tick = 0
   while True:
     live = [e for e in episodes if not e.done]
@@ -104,21 +117,28 @@ def run_episodes(
         stop=sampling.stop,
         seed=seed * 1_000_003 + tick,
     )
+    env_actions = []
     for episode, (completion,) in zip(live, completions):
       episode.generated_tokens += len(completion.token_ids)
       action = _parse(episode.env, completion.text)
       if action is None:
         episode.invalid_actions += 1
-      step = episode.env.step(action if action is not None else completion.text)
-      episode.history.append((episode.observation, action if action is not None else completion.text))
+      env_actions.append(action if action is not None else completion.text)
+    for episode, env_action, step in zip(live, env_actions, pooled.step_all([e.env for e in live], env_actions)):
+      if isinstance(step, EpisodeError):
+        episode.lose(step)
+        continue
+      episode.history.append((episode.observation, env_action))
       episode.observation = step.observation
       episode.steps += 1
       episode.success = step.success
       episode.done = step.done or episode.steps >= max_steps
     tick += 1
+  pooled.release_all([e.env for e in episodes])
   by_task: dict[str, list[Episode]] = {t: [] for t in task_ids}
   for episode in episodes:
     by_task[episode.task_id].append(episode)
   return [
-      TaskOutcome(t, tuple(e.success for e in eps), tuple(e.steps for e in eps)) for t, eps in by_task.items()
+      TaskOutcome(t, tuple(e.success for e in eps), tuple(e.steps for e in eps),
+                  sum(e.error is not None for e in eps)) for t, eps in by_task.items()
   ]

@@ -2,6 +2,8 @@
 
 Results are appended per chunk of tasks to `<stage_dir>/outcomes.jsonl` (flushed and fsynced), so a killed
 evaluation resumes at the next unfinished chunk; `<stage_dir>/results.json` is written when all are done.
+With `env_workers` > 0 the envs step in an EnvPool of that many processes; a sample whose env is lost counts as
+unsuccessful and in the row's `errors`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import ml_collections
 from absl import logging
 
 from leafe_jax import envs
+from leafe_jax.envs import pool as pool_lib
+from leafe_jax.envs import pooled
 from leafe_jax.eval import passk
 from leafe_jax.eval.rollout import SamplingParams, TaskOutcome, run_episodes
 from leafe_jax.policy.factory import make_policy
@@ -27,6 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.policy = "train/hf"  # HF dir relative to workdir, or "openai:<base_url>#<model>"
   c.env = "sokoban"  # registered environment name
   c.env_config = ml_collections.ConfigDict()  # keyword config of the environment (free-form)
+  # Env worker processes (an EnvPool; all of a pool's envs step concurrently each tick); 0 = envs in-process.
+  c.env_workers = 0
+  c.env_step_timeout_s = pool_lib.DEFAULT_STEP_TIMEOUT_S  # a pooled env step slower than this kills its worker
   c.split = "test"  # held-out split; Sokoban test seeds are [2^16, 2^32) as in verl-agent
   c.num_tasks = 500  # paper test-set sizes inferred in paper_notes §3 (Sokoban 500)
   c.num_samples = 128  # n samples per task; paper reports Pass@128 (paper_notes §7)
@@ -57,6 +64,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   cfg = config.eval
   if max(cfg.ks) > cfg.num_samples:
     raise ValueError(f"eval.ks {tuple(cfg.ks)} has k > eval.num_samples={cfg.num_samples}")
+  if cfg.env_workers < 0:
+    raise ValueError(f"config field 'eval.env_workers' must be >= 0, got {cfg.env_workers}")
   os.makedirs(stage_dir, exist_ok=True)
   env_config = cfg.env_config.to_dict()
   task_ids = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
@@ -75,11 +84,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len)
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     remaining = sum(len(chunk) for _, chunk in todo)
-    with open(outcomes_path, "a") as out, tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task") as bar:
+    with (open(outcomes_path, "a") as out, tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task") as bar,
+          pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
       for chunk_index, chunk in todo:
         outcomes: list[TaskOutcome] = run_episodes(
             policy,
-            lambda: envs.make(cfg.env, **env_config),
+            make_env,
             chunk,
             num_samples=cfg.num_samples,
             max_steps=cfg.max_steps,
@@ -88,7 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
             seed=cfg.seed * 100_003 + chunk_index,
         )
         for o in outcomes:
-          row = {"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps)}
+          row = {"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps), "errors": o.errors}
           out.write(json.dumps(row) + "\n")
           done[o.task_id] = row
         out.flush()
