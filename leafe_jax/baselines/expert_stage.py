@@ -44,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.mistake_prob = 0.15  # chance the expert plays a non-solver action at a step (makes the policy imperfect)
   c.experience_examples_per_task = 1  # extra "avoid X" -> solver action examples at random on-plan states
   c.history_length = 0  # (observation, action) pairs in the action prompt; match explore.history_length
+  # Copies of each reflection example: reflections are ~1 in 15 examples, and a from-scratch model trained on
+  # that mix keeps answering the reflection prompt with an action.
+  c.reflection_repeats = 1
   c.response_template = "<action>{action}</action>"  # the assistant text of an acting turn
   c.experience_template = "avoid {action}"  # experience e that names the fatal action
   c.tokenizer = ""  # existing HF tokenizer dir (relative to workdir); empty = train one (below)
@@ -95,7 +98,7 @@ def build_examples(env, cfg, trajectory: ExpertTrajectory, rng: random.Random) -
           final_observation=None,
           outcome="failure",
       )
-      examples.append((messages, reflection.format_reflection(trajectory.fatal_step, e), ""))
+      examples += [(messages, reflection.format_reflection(trajectory.fatal_step, e), "")] * cfg.reflection_repeats
   return examples
 
 

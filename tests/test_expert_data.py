@@ -1,0 +1,101 @@
+"""Noisy-expert warm-up data: solver play, the fatal step, and the examples the warm policy is trained on."""
+
+import dataclasses
+import random
+
+import ml_collections
+
+from leafe_jax.baselines import expert_stage
+from leafe_jax.baselines.sokoban_expert import noisy_expert_trajectory
+from leafe_jax.envs.sokoban import SokobanEnv, load_xsb, solve
+from leafe_jax.explore import reflection
+
+# A box two pushes from its target: right, right wins; pushing it anywhere else first loses within the limit.
+ROOM = load_xsb("#######\n#     #\n# @$ .#\n#     #\n#######")[0]
+
+
+def _env(max_steps=4):
+  return SokobanEnv(level=ROOM, max_steps=max_steps, compact_prompt=True)
+
+
+def _solvable_in_remaining_steps(actions, max_steps):
+  """Independent check: replay `actions` on a fresh env, then ask the solver for a plan in the steps left."""
+  env = _env(max_steps)
+  env.reset("level")
+  for action in actions:
+    env.step(action)
+  snap = env.snapshot()
+  state = dataclasses.replace(env.level, player=snap.player, boxes=snap.boxes)
+  return solve(state, max_steps=max_steps - len(actions)) is not None
+
+
+def test_mistake_free_expert_plays_the_solver_and_wins():
+  trajectory = noisy_expert_trajectory(_env(), "level", mistake_prob=0.0, rng=random.Random(0))
+  assert trajectory.success
+  assert trajectory.fatal_step is None
+  assert [t.action for t in trajectory.turns] == ["right", "right", "right"][: len(trajectory.turns)]
+  assert all(t.action == t.optimal_action for t in trajectory.turns)
+
+
+def test_fatal_step_is_the_first_action_after_which_the_room_is_lost():
+  failures = 0
+  for seed in range(20):
+    trajectory = noisy_expert_trajectory(_env(), "level", mistake_prob=0.7, rng=random.Random(seed))
+    failures += not trajectory.success
+    actions = [t.action for t in trajectory.turns]
+    lost_after = [k for k in range(1, len(actions) + 1) if not _solvable_in_remaining_steps(actions[:k], 4)]
+    if trajectory.success:
+      assert trajectory.fatal_step is None
+    else:
+      assert lost_after, "a failed trajectory must have lost the room at some step"
+      assert trajectory.fatal_step == lost_after[0]
+  assert 0 < failures < 20  # both outcomes were exercised
+
+
+def _cfg(**overrides):
+  cfg = expert_stage.default_config()
+  cfg.update(overrides)
+  return cfg
+
+
+def test_failed_trajectory_gives_a_reflection_naming_the_fatal_step_and_repeats_it():
+  env = _env()
+  rng = random.Random(0)
+  trajectory = next(t for t in (noisy_expert_trajectory(env, "level", 0.7, rng) for _ in range(50))
+                    if not t.success and t.fatal_step is not None)
+  fatal = trajectory.turns[trajectory.fatal_step - 1]
+  e = f"avoid {fatal.action}"
+  examples = expert_stage.build_examples(env, _cfg(reflection_repeats=3, experience_examples_per_task=0),
+                                         trajectory, random.Random(1))
+  reflections = [response for _, response, _ in examples if response.startswith("<rollback_step>")]
+  assert reflections == [reflection.format_reflection(trajectory.fatal_step, e)] * 3
+  assert reflection.parse_reflection(reflections[0], len(trajectory.turns)) == (trajectory.fatal_step, e)
+  # The corrected action at the fatal step, with e in the prompt, is the solver's action.
+  with_e = [(messages, response) for messages, response, experience in examples if experience == e]
+  assert with_e and all(response == f"<action>{fatal.optimal_action}</action>" for _, response in with_e)
+  assert all(e in messages[-1]["content"] for messages, _ in with_e)
+
+
+def test_acting_examples_cover_every_turn_without_experience():
+  env = _env()
+  trajectory = noisy_expert_trajectory(env, "level", 0.0, random.Random(0))
+  examples = expert_stage.build_examples(env, _cfg(experience_examples_per_task=0), trajectory, random.Random(0))
+  assert [response for _, response, _ in examples] == [f"<action>{t.action}</action>" for t in trajectory.turns]
+  assert all(experience == "" and "avoid" not in messages[-1]["content"] for messages, _, experience in examples)
+
+
+def test_stage_writes_tokenizer_records_and_is_skipped_when_done(tmp_path):
+  from leafe_jax.data import records
+
+  config = ml_collections.ConfigDict({"expert_data": _cfg(
+      num_tasks=4, trajectories_per_task=1, tokenizer_vocab_size=300,
+      env_config=ml_collections.ConfigDict({"dim": (6, 6), "num_boxes": 1, "max_steps": 8, "compact_prompt": True}),
+  )})
+  stage_dir = str(tmp_path / "expert_data")
+  expert_stage.run(config, str(tmp_path), stage_dir)
+  manifest = records.read_manifest(str(tmp_path / "expert_data" / "records"))
+  assert manifest["counts"]["sft"] > 0
+  assert (tmp_path / "expert_data" / "tokenizer" / "tokenizer.json").exists()
+  stamp = (tmp_path / "expert_data" / "DONE").stat().st_mtime_ns
+  expert_stage.run(config, str(tmp_path), stage_dir)  # complete: not redone
+  assert (tmp_path / "expert_data" / "DONE").stat().st_mtime_ns == stamp
