@@ -182,11 +182,16 @@ class Explorer:
                                   [n.prefix_actions for _, n in starts])
       waiting = [task for (task, node), result in zip(starts, results) if not self._begin(task, node, result)]
 
-  def _prompt(self, task: TaskState, rollout: Rollout, with_experience: bool):
-    env, node = task.env, rollout.node
+  def _shows_experience(self, rollout: Rollout) -> bool:
+    """Whether the action prompt now carries the node's experience e (else it equals the clean prompt)."""
+    node = rollout.node
     first_branch_action = node.rollback_step is not None and rollout.t == node.rollback_step - 1
     keep = self.s.keep_experience_in_context or self.s.method == "ir"  # IR's feedback stays for the attempt
-    show = with_experience and node.experience is not None and (first_branch_action or keep)
+    return node.experience is not None and (first_branch_action or keep)
+
+  def _prompt(self, task: TaskState, rollout: Rollout, with_experience: bool):
+    env, node = task.env, rollout.node
+    show = with_experience and self._shows_experience(rollout)
     history = list(zip(rollout.observations[:-1], rollout.actions))
     return build_action_prompt(
         env, instruction=env.instruction, history=history, current_observation=rollout.observations[-1],
@@ -208,8 +213,10 @@ class Explorer:
         self.ledger.add("invalid_actions", task_id=task.task_id)
       actions.append(action)
       env_actions.append(action if action is not None else completion.text)
-    # Clean prompts show the state the action answers: build them all before any env moves.
-    cleans = [self._prompt(t, t.active, with_experience=False) for t in live]
+    # Clean prompts show the state the action answers: build them all before any env moves. Without e in the
+    # prompt the clean prompt is the prompt itself (the same list: building it again is most of the bookkeeping).
+    cleans = [self._prompt(t, t.active, with_experience=False) if self._shows_experience(t.active) else m
+              for t, m in zip(live, prompts)]
     steps = pooled.step_all([t.env for t in live], env_actions)
     for task, messages, clean, (completion,), action, env_action, step in zip(
         live, prompts, cleans, completions, actions, env_actions, steps):
