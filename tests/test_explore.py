@@ -296,3 +296,11 @@ def test_a_killed_pool_worker_errors_only_its_rollout_and_exploration_finishes()
   # The lost rollout's request was queued again and ran on the replacement worker.
   retry = by_task[tasks[0]].nodes[errored[0].node_id + 1:]
   assert any((n.parent, n.rollback_step) == (errored[0].parent, errored[0].rollback_step) for n in retry)
+
+
+def test_rerun_of_a_finished_explore_keeps_the_ledger_totals(tmp_path):
+  first = explore_stage.run_with_policy(explore_config(), str(tmp_path), ScriptedPolicy(_stable_action)).to_json()
+  assert first["total"]["policy_calls"] > 0
+  again = explore_stage.run_with_policy(explore_config(), str(tmp_path), ScriptedPolicy(_stable_action)).to_json()
+  assert again["total"] == first["total"]
+  assert json.loads((tmp_path / "ledger.json").read_text())["total"] == first["total"]

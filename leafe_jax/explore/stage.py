@@ -96,6 +96,13 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
     ledger.load_task_counts({tree.task_id: tree.ledger})
   todo = [t for t in tasks if t not in done]
   logging.info("explore: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
+  name = "ledger.json" if count == 1 else f"ledger-shard-{index}-of-{count}.json"
+  ledger_path = os.path.join(stage_dir, name)
+  if os.path.exists(ledger_path):
+    # Policy calls serve many tasks at once, so the trees cannot carry them: take them from the last saved
+    # ledger (a run killed before saving its ledger loses only its own count of calls).
+    with open(ledger_path) as f:
+      ledger.total["policy_calls"] += json.load(f)["total"].get("policy_calls", 0)
   if todo:
     from tqdm import tqdm
 
@@ -106,8 +113,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
         bar.update(1)
 
       Explorer(policy, make_env, cfg.env, settings, ledger).run(todo, on_tree)
-  name = "ledger.json" if count == 1 else f"ledger-shard-{index}-of-{count}.json"
-  ledger.save(os.path.join(stage_dir, name))
+  ledger.save(ledger_path)
   logging.info("explore ledger: %s", json.dumps(ledger.to_json()["total"]))
   return ledger
 
