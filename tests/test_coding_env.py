@@ -181,3 +181,21 @@ def test_runs_in_env_pool_workers():
     reference = CodingEnv(format="mbpp").problem("mbpp/9002").reference_solution
     (step,) = pool.step(["e0"], [_fenced(reference)])
     assert step.success and step.done
+
+
+def test_problem_files_are_parsed_once_per_process_and_reread_when_changed(tmp_path, monkeypatch):
+  from leafe_jax.envs.coding import env as env_module
+
+  path = tmp_path / "cc.jsonl"
+  with open(EXAMPLE_FILES["codecontests"]) as f:
+    path.write_text(f.read())
+  calls = []
+  real = env_module.load_problems
+  monkeypatch.setattr(env_module, "load_problems", lambda p, fmt: calls.append(p) or real(p, fmt))
+  for _ in range(3):  # explore and eval build one env per task
+    assert CodingEnv(problems=str(path)).problem("ex_circle_area").task_id == "ex_circle_area"
+  assert len(calls) == 1
+  lines = path.read_text().splitlines()
+  path.write_text(lines[0] + "\n")  # edited: the cache must not serve the old problems
+  assert CodingEnv(problems=str(path)).tasks("test") == ["ex_sum_of_pairs"]
+  assert len(calls) == 2

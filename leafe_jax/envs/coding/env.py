@@ -12,6 +12,7 @@ setting is horizon 4 with rollback only when the budget is exhausted, so `irreve
 from __future__ import annotations
 
 import glob
+import os
 import re
 from typing import Any
 
@@ -76,6 +77,22 @@ def parse_action(text: str) -> str | None:
   return f"```python\n{code.rstrip()}\n```"
 
 
+# Problems parsed per (file, format, mtime, size), shared by every env of the process: explore and eval build one
+# env per task (and per sample), and re-reading 39 CodeContests parquet shards each time would dominate.
+_FILE_CACHE: dict[tuple[str, str, int, int], list[Problem]] = {}
+
+
+def _load_file_cached(path: str, format: str) -> list[Problem]:
+  try:
+    stat = os.stat(path)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"problem file not found: {path}") from None
+  key = (os.path.abspath(path), format, stat.st_mtime_ns, stat.st_size)
+  if key not in _FILE_CACHE:
+    _FILE_CACHE[key] = load_problems(path, format)
+  return _FILE_CACHE[key]
+
+
 class CodingEnv:
   """Programming problems judged in the sandbox (see the module docstring).
 
@@ -110,6 +127,7 @@ class CodingEnv:
     self._isolation = isolation
     self._sandbox: sandbox_lib.Sandbox | None = None
     self._loaded: dict[str, list[Problem]] = {}
+    self._index: dict[str, Problem] = {}  # task id -> problem, over the files loaded so far
     self._problem: Problem | None = None
     self._attempt = 0
     self._done = False
@@ -122,7 +140,8 @@ class CodingEnv:
       files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
       if not files:
         raise FileNotFoundError(f"coding env: no problem file matches {path!r}")
-      self._loaded[path] = [p for f in files for p in load_problems(f, self.format)]
+      self._loaded[path] = [p for f in files for p in _load_file_cached(f, self.format)]
+      self._index.update({p.task_id: p for p in self._loaded[path]})
     return self._loaded[path]
 
   def _split_file(self, split: str) -> str:
@@ -138,9 +157,9 @@ class CodingEnv:
   def problem(self, task_id: str) -> Problem:
     paths = [self._file] if self._files is None else list(self._files.values())
     for path in paths:
-      for p in self._problems(path):
-        if p.task_id == task_id:
-          return p
+      self._problems(path)
+      if task_id in self._index:
+        return self._index[task_id]
     raise KeyError(f"coding env: unknown task id {task_id!r} (files: {paths})")
 
   @property
