@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the same leafe_jax command on every worker of a Cloud TPU pod slice (multi-controller SPMD).
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE configs/paper/sokoban_qwen.py gs://bucket/workdir [--config.train.lr=...]
+#   launch/tpu_pod.sh TPU_NAME ZONE configs/paper/sokoban.py:qwen2.5-7b gs://bucket/workdir --config.stages='("train@leafe",)'
+#   (run the train stages here: every process runs the listed stages, and explore/eval on every worker would
+#   write the same tree shard; run those on CPU hosts with explore.shard=i/n, or against a served policy)
 #
 # Each worker runs `python -m leafe_jax.main` with train.distributed.mode=cluster: jax.distributed.initialize()
 # reads the slice topology from the TPU metadata. The workdir must be shared by all workers (a gs:// path or a
