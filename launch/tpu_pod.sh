@@ -11,7 +11,7 @@
 # ~/leafe_jax on the workers, PROJECT for a non-default gcloud project.
 set -euo pipefail
 if [[ $# -lt 4 ]]; then
-  sed -n '2,9p' "$0" >&2
+  sed -n '2,11p' "$0" >&2
   exit 2
 fi
 TPU_NAME=$1 ZONE=$2 CONFIG=$3 WORKDIR=$4
