@@ -304,3 +304,17 @@ def test_rerun_of_a_finished_explore_keeps_the_ledger_totals(tmp_path):
   again = explore_stage.run_with_policy(explore_config(), str(tmp_path), ScriptedPolicy(_stable_action)).to_json()
   assert again["total"] == first["total"]
   assert json.loads((tmp_path / "ledger.json").read_text())["total"] == first["total"]
+
+
+def test_tree_line_round_trips_and_writes_equal_clean_messages_once(tmp_path):
+  trees, _ = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
+  tree = trees[0]
+  line = json.loads(tree.to_json_line())
+  turns = [t for n in line["nodes"] for t in n["turns"]]
+  with_experience = [t for t in turns if t["clean_messages"] is not None]
+  assert with_experience and len(with_experience) < len(turns)  # only the branch's first turn showed e
+  assert all(t["clean_messages"] != t["messages"] for t in with_experience)
+  store = TreeStore(str(tmp_path / "trees.jsonl"))
+  store.append(tree)
+  (loaded,) = store.load()
+  assert loaded.to_json() == tree.to_json()

@@ -70,16 +70,30 @@ class Tree:
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
+  def to_json_line(self) -> str:
+    """`to_json()` as one JSON line, without deep copies, and with a turn's `clean_messages` written as null
+    when it equals `messages` (no experience was shown: most turns), which halves the file."""
+    return json.dumps(self, default=_encode_field, ensure_ascii=False)
+
   @classmethod
   def from_json(cls, data: dict[str, Any]) -> Tree:
     nodes = []
     for n in data["nodes"]:
       n = dict(n)
-      n["turns"] = [Turn(**t) for t in n["turns"]]
+      n["turns"] = [Turn(**{**t, "clean_messages": t["clean_messages"] or t["messages"]}) for t in n["turns"]]
       n["reflections"] = [Reflection(**r) for r in n["reflections"]]
       nodes.append(Node(**n))
     return cls(task_id=data["task_id"], env=data["env"], instruction=data["instruction"], nodes=nodes,
                ledger=data.get("ledger", {}))
+
+
+def _encode_field(obj: Any) -> dict[str, Any]:
+  """json.dumps hook: a dataclass of this module as its field dict (shallow; json walks the rest)."""
+  if isinstance(obj, Turn) and (obj.clean_messages is obj.messages or obj.clean_messages == obj.messages):
+    return {**obj.__dict__, "clean_messages": None}
+  if dataclasses.is_dataclass(obj):
+    return obj.__dict__
+  raise TypeError(f"cannot serialise {type(obj).__name__} in a backtrack tree")
 
 
 class TreeStore:
@@ -103,15 +117,15 @@ class TreeStore:
     return list(load_trees(self.path)) if os.path.exists(self.path) else []
 
   def append(self, tree: Tree) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps(tree.to_json()) + "\n")
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(tree.to_json_line() + "\n")
       f.flush()
       os.fsync(f.fileno())
 
 
 def load_trees(path: str):
   """Trees of a JSONL file; a malformed line is an error naming the file and line."""
-  with open(path) as f:
+  with open(path, encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
