@@ -84,7 +84,7 @@ def test_eval_stage_writes_pass_at_k_and_resumes_without_redoing_tasks(tmp_path,
   config = _eval_config(tmp_path)
   made = []
 
-  def fake_make_policy(spec, workdir, max_cache_len):
+  def fake_make_policy(spec, workdir, **kwargs):
     made.append(spec)
     return OraclePolicy(_tasks())
 
@@ -109,7 +109,7 @@ def test_eval_stage_refuses_k_larger_than_n(tmp_path):
 
 
 def test_pooled_envs_give_the_same_outcomes_as_in_process_envs(tmp_path, monkeypatch):
-  monkeypatch.setattr(eval_stage, "make_policy", lambda spec, workdir, max_cache_len: OraclePolicy(_tasks()))
+  monkeypatch.setattr(eval_stage, "make_policy", lambda spec, workdir, **kwargs: OraclePolicy(_tasks()))
   rows = {}
   for workers in (0, 2):
     config = _eval_config(tmp_path)

@@ -45,6 +45,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.history_length = 2  # (observation, action) pairs shown in the prompt
   c.tasks_per_chunk = 16  # tasks per resumable chunk (results are saved after each)
   c.max_cache_len = 4096  # KV-cache length of the in-process sampler
+  # In-process sampler placement: (data, fsdp, tensor) device counts, one -1 = the rest; () = one device.
+  # (1, 1, -1) splits a large model's heads and MLP over every device (tensor parallel decoding).
+  c.policy_mesh = ()
+  c.policy_dtype = "float32"  # parameter and compute dtype of the in-process sampler ("bfloat16" on TPU/GPU)
   c.seed = 0  # sampling seed
   return c
 
@@ -81,7 +85,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if todo:
     from tqdm import tqdm
 
-    policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len)
+    policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len,
+                             mesh_shape=tuple(cfg.policy_mesh), dtype=cfg.policy_dtype, field="eval.policy")
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     remaining = sum(len(chunk) for _, chunk in todo)
     with (open(outcomes_path, "a") as out, tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task") as bar,

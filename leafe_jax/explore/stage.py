@@ -35,6 +35,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_tasks = 256  # tasks explored (first n of the split)
   c.policy = "train/hf"  # HF dir relative to workdir, or "openai:<base_url>#<model>"; the paper starts from GRPO
   c.max_cache_len = 4096  # KV-cache length of the in-process sampler
+  # In-process sampler placement: (data, fsdp, tensor) device counts, one -1 = the rest; () = one device.
+  # (1, 1, -1) splits a large model's heads and MLP over every device (tensor parallel decoding).
+  c.policy_mesh = ()
+  c.policy_dtype = "float32"  # parameter and compute dtype of the in-process sampler ("bfloat16" on TPU/GPU)
   c.method = "leafe"  # "leafe" | "is" (independent sampling) | "ir" (iterative refinement): paper Table 3
   # Paper: "every K steps or upon failure"; K not given (paper_notes §9). 0 = on failure only, which matches
   # the paper's CodeContests setting ("rollback only when the budget is exhausted").
@@ -124,4 +128,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   cfg = config.explore
   parse_shard(cfg.shard)  # fail on a bad shard before loading a model
   os.makedirs(stage_dir, exist_ok=True)
-  run_with_policy(config, stage_dir, make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len))
+  policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
+                       dtype=cfg.policy_dtype, field="explore.policy")
+  run_with_policy(config, stage_dir, policy)

@@ -13,6 +13,25 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from leafe_jax.parallel.rules import LOGICAL_RULES, MESH_AXES
 
 
+def resolve_mesh_shape(shape: tuple[int, ...], num_devices: int, field: str = "mesh") -> tuple[int, int, int]:
+  """Replaces one -1 by the remaining device count; the product must equal `num_devices`.
+
+  `field` names the config field in errors (e.g. 'train.mesh').
+  """
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != 3 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"config field '{field}' must be 3 positive sizes (data, fsdp, tensor), one may be -1; "
+                     f"got {shape}")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"{field} {shape}: {num_devices} devices are not divisible by {known}")
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"{field} {shape} needs {math.prod(shape)} devices, have {num_devices}")
+  return shape  # type: ignore[return-value]
+
+
 def make_mesh(shape: tuple[int, int, int], devices=None) -> Mesh:
   """A ("data", "fsdp", "tensor") mesh of `shape` over `devices` (default: all)."""
   devices = list(jax.devices() if devices is None else devices)

@@ -12,8 +12,14 @@ def resolve_path(path: str, workdir: str) -> str:
   return path if os.path.isabs(path) else os.path.join(workdir, path)
 
 
-def make_policy(spec: str, workdir: str, *, max_cache_len: int = 4096) -> Policy:
-  """`spec` is a HF directory (relative to `workdir` or absolute) or `openai:<base_url>#<model name>`."""
+def make_policy(spec: str, workdir: str, *, max_cache_len: int = 4096, mesh_shape: tuple[int, ...] = (),
+                dtype: str = "float32", field: str = "policy") -> Policy:
+  """`spec` is a HF directory (relative to `workdir` or absolute) or `openai:<base_url>#<model name>`.
+
+  For a HF directory, `mesh_shape` (data, fsdp, tensor; one -1 = the remaining devices; empty = one device)
+  places the in-process sampler's parameters by their logical axes and its rows over data x fsdp; `dtype` is
+  the parameters' and compute dtype. `field` is the config section named in errors.
+  """
   if spec.startswith("openai:"):
     from leafe_jax.policy.openai_policy import OpenAIPolicy
 
@@ -24,6 +30,14 @@ def make_policy(spec: str, workdir: str, *, max_cache_len: int = 4096) -> Policy
   hf_dir = resolve_path(spec, workdir)
   if not os.path.exists(os.path.join(hf_dir, "config.json")):
     raise FileNotFoundError(f"policy {spec!r}: {hf_dir} has no config.json (expected a HF model directory)")
+  import jax
+  import jax.numpy as jnp
+
+  from leafe_jax import parallel
   from leafe_jax.policy.jax_policy import JaxPolicy
 
-  return JaxPolicy(hf_dir, max_cache_len=max_cache_len)
+  mesh = None
+  if mesh_shape:
+    shape = parallel.resolve_mesh_shape(tuple(mesh_shape), jax.device_count(), field=f"{field}_mesh")
+    mesh = parallel.make_mesh(shape)
+  return JaxPolicy(hf_dir, mesh=mesh, dtype=jnp.dtype(dtype), max_cache_len=max_cache_len)

@@ -7,7 +7,6 @@ the final model as a complete HF directory `<stage_dir>/hf` (config, safetensors
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import time
 from typing import Any
@@ -74,19 +73,10 @@ def _abs(workdir: str, path: str) -> str:
 
 
 def resolve_mesh_shape(shape: tuple[int, ...], num_devices: int) -> tuple[int, int, int]:
-  """Replaces one -1 by the remaining device count; the product must equal `num_devices`."""
-  shape = tuple(int(s) for s in shape)
-  if len(shape) != 3 or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f"config field 'train.mesh' must be 3 positive sizes (data, fsdp, tensor), one may be -1; "
-                     f"got {shape}")
-  known = math.prod(s for s in shape if s != -1)
-  if -1 in shape:
-    if num_devices % known:
-      raise ValueError(f"train.mesh {shape}: {num_devices} devices are not divisible by {known}")
-    shape = tuple(num_devices // known if s == -1 else s for s in shape)
-  if math.prod(shape) != num_devices:
-    raise ValueError(f"train.mesh {shape} needs {math.prod(shape)} devices, have {num_devices}")
-  return shape  # type: ignore[return-value]
+  """`train.mesh` with its -1 resolved against `num_devices`."""
+  from leafe_jax import parallel
+
+  return parallel.resolve_mesh_shape(shape, num_devices, field="train.mesh")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
