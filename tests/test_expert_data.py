@@ -69,6 +69,13 @@ def test_failed_trajectory_gives_a_reflection_naming_the_fatal_step_and_repeats_
                                          trajectory, random.Random(1))
   reflections = [response for _, response, _ in examples if response.startswith("<rollback_step>")]
   assert reflections == [reflection.format_reflection(trajectory.fatal_step, e)] * 3
+  # The prompt is the one the explorer builds after this rollout (final observation included): replay it.
+  replay = _env()
+  observations = [replay.reset("level")] + [replay.step(t.action).observation for t in trajectory.turns]
+  explorer_prompt = reflection.build_reflection_prompt(
+      replay, instruction=replay.instruction, steps=list(zip(observations[:-1], [t.action for t in trajectory.turns])),
+      final_observation=observations[-1], outcome="failure")
+  assert [m for m, r, _ in examples if r.startswith("<rollback_step>")] == [explorer_prompt] * 3
   assert reflection.parse_reflection(reflections[0], len(trajectory.turns)) == (trajectory.fatal_step, e)
   # The corrected action at the fatal step, with e in the prompt, is the solver's action.
   with_e = [(messages, response) for messages, response, experience in examples if experience == e]

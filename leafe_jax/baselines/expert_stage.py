@@ -95,7 +95,7 @@ def build_examples(env, cfg, trajectory: ExpertTrajectory, rng: random.Random) -
           env,
           instruction=env.instruction,
           steps=[(t.observation, t.action) for t in turns],
-          final_observation=None,
+          final_observation=trajectory.final_observation,  # as the explorer's reflection prompt shows it
           outcome="failure",
       )
       examples += [(messages, reflection.format_reflection(trajectory.fatal_step, e), "")] * cfg.reflection_repeats

@@ -33,6 +33,7 @@ class ExpertTrajectory:
   turns: tuple[Turn, ...]
   success: bool
   fatal_step: int | None  # 1-based step whose action made the room unsolvable in time; None if never
+  final_observation: str = ""  # what the agent saw after its last action (the explorer's reflection shows it)
 
 
 def optimal_action(env: SokobanEnv) -> str | None:
@@ -67,7 +68,7 @@ def noisy_expert_trajectory(env: SokobanEnv, task_id: str, mistake_prob: float, 
     if result.done:
       success = result.success
       break
-  return ExpertTrajectory(task_id, tuple(turns), success, fatal_step)
+  return ExpertTrajectory(task_id, tuple(turns), success, fatal_step, observation)
 
 
 def optimal_action_after(env: SokobanEnv, result) -> str | None:
