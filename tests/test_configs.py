@@ -123,8 +123,9 @@ def test_every_stage_input_is_a_given_model_or_an_earlier_stage_output(path, arg
 
 def test_table3_samplers_share_one_budget():
   planned = _planned(os.path.join("configs", "paper", "codecontests_samplers.py"), "qwen2.5-72b")
-  assert sorted(planned) == ["explore_ir", "explore_is", "explore_leafe"]
-  explore = {s: c.explore for s, c in planned.items()}
+  assert sorted(planned) == ["explore_ir", "explore_is", "explore_leafe", "report"]
+  assert tuple(planned["report"].report.sampler_dirs) == ("explore_is", "explore_ir", "explore_leafe")
+  explore = {s: c.explore for s, c in planned.items() if s.startswith("explore")}
   assert {e.method for e in explore.values()} == {"is", "ir", "leafe"}
   for field in ("env_step_budget", "max_attempts", "stop_on_success", "policy", "split", "num_tasks", "max_steps",
                 "temperature", "max_new_tokens", "history_length"):

@@ -7,7 +7,7 @@ Backbones (the argument after ':'): qwen2.5-32b, qwen2.5-72b, llama3-70b (notes 
 <workdir>/models/grpo, as in LEAFE's stage 1 (notes §2.2 [I]; --config.explore.policy=models/base samples the
 instruct model instead). Writes explore_is/, explore_ir/, explore_leafe/, each with its trees and ledger.json; the
 metric is stage-1 coverage, the share of problems with at least one successful rollout (notes §6 Table 3 [I]),
-which README.md shows how to compute from the ledgers (the report stage tabulates eval results only).
+tabulated with each sampler's interaction cost by the report stage in report/report.md.
 """
 
 import ml_collections
@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = f"codecontests_samplers_{arg}"  # run name
   config.seed = 0  # global seed
-  config.stages = ("explore@is", "explore@ir", "explore@leafe")  # one stage dir per sampler
+  config.stages = ("explore@is", "explore@ir", "explore@leafe", "report")  # one stage dir per sampler, then the table
   explore = common.explore_config(setup, model)
   explore.env_config = ml_collections.ConfigDict(setup.eval_env_config)  # the test problems (see NUM_TASKS)
   explore.split = "test"  # the split of NUM_TASKS
@@ -37,6 +37,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   explore.env_step_budget = ENV_STEP_BUDGET  # global interaction budget, equal for every sampler
   explore.stop_on_success = True  # coverage: a problem is done at its first success, for every sampler
   config.explore = explore
+  report = common.report_config(f"Table 3: stage-1 samplers at one budget, CodeContests, {arg}")
+  report.eval_glob = ""  # no eval stages here: the table is stage-1 coverage
+  report.sampler_dirs = ("explore_is", "explore_ir", "explore_leafe")  # coverage and cost from their ledgers
+  report.explore_dir = "explore_leafe"  # one LEAFE backtrack tree in the report
+  config.report = report
   config.variants = ml_collections.ConfigDict({
       "is": {"explore": {"method": "is"}},  # fresh episodes from the start, no reflection
       "ir": {"explore": {"method": "ir"}},  # retry from the start with the previous attempt's outcome in the prompt

@@ -16,15 +16,20 @@ CONFIG_SECTION = "report"
 
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.eval_glob = "eval*"  # stage dirs (relative to workdir) whose results.json enter the table
+  c.eval_glob = "eval*"  # stage dirs (relative to workdir) whose results.json enter the table ("" = none)
   c.ks = (1, 16)  # Pass@k columns of the table
   c.explore_dir = "explore"  # stage dir of the explorer run whose ledger and one tree are shown ("" = none)
+  # Explore stage dirs compared as stage-1 samplers (paper Table 3: IS / IR / LEAFE at one budget): coverage
+  # (tasks solved at least once) and what it cost, from their ledgers. Empty = no such table.
+  c.sampler_dirs = ()
   c.title = "LEAFE reproduction report"  # heading of report.md
   return c
 
 
 def _load_results(workdir: str, pattern: str) -> list[dict]:
   results = []
+  if not pattern:
+    return results
   for path in sorted(glob.glob(os.path.join(workdir, pattern, "results.json"))):
     with open(path) as f:
       results.append(json.load(f))
@@ -51,20 +56,61 @@ def _tree_section(workdir: str, explore_dir: str, stage_dir: str) -> list[str]:
   return lines
 
 
+def sampler_rows(workdir: str, sampler_dirs) -> list[dict]:
+  """One row per explore stage dir: tasks, coverage and interaction cost, summed over its ledger shards."""
+  rows = []
+  for name in sampler_dirs:
+    paths = sorted(glob.glob(os.path.join(workdir, name, "ledger*.json")))
+    if not paths:
+      raise FileNotFoundError(f"report: {os.path.join(workdir, name)} has no ledger*.json: run that explore stage")
+    tasks = solved = 0
+    total: dict[str, int] = {}
+    for path in paths:
+      with open(path) as f:
+        ledger = json.load(f)
+      tasks += ledger.get("num_tasks") or len(ledger["per_task"])
+      solved += sum(1 for counts in ledger["per_task"].values() if counts.get("successes"))
+      for k, v in ledger["total"].items():
+        total[k] = total.get(k, 0) + v
+    rows.append({
+        "sampler": name, "tasks": tasks, "solved": solved, "coverage": 100.0 * solved / tasks if tasks else 0.0,
+        "interaction_steps": total.get("env_steps", 0) + total.get("replayed_steps", 0),
+        "rollouts": total.get("rollouts", 0), "policy_calls": total.get("policy_calls", 0),
+        "generated_tokens": total.get("generated_tokens", 0),
+    })
+  return rows
+
+
+def _samplers_section(rows: list[dict], stage_dir: str) -> list[str]:
+  with open(os.path.join(stage_dir, "samplers.json"), "w") as f:
+    json.dump(rows, f, indent=1)
+  lines = ["## Stage-1 samplers at one budget (coverage = tasks solved at least once)", "",
+           "| sampler | tasks | solved | coverage % | interaction steps | rollouts | policy calls | generated tokens |",
+           "|---|---|---|---|---|---|---|---|"]
+  lines += [f"| {r['sampler']} | {r['tasks']} | {r['solved']} | {r['coverage']:.2f} | {r['interaction_steps']} | "
+            f"{r['rollouts']} | {r['policy_calls']} | {r['generated_tokens']} |" for r in rows]
+  return [*lines, ""]
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   cfg = config.report
   os.makedirs(stage_dir, exist_ok=True)
   results = _load_results(workdir, cfg.eval_glob)
-  if not results:
+  samplers = sampler_rows(workdir, cfg.sampler_dirs)
+  if not results and not samplers:
     raise FileNotFoundError(f"report: no {cfg.eval_glob}/results.json under {workdir}: run the eval stages first")
-  by_method: dict = {}
-  for r in results:
-    by_method.setdefault(r["method"], {})[r["model"]] = {t: (v["n"], v["c"]) for t, v in r["tasks"].items()}
-  table = tables.results_table(by_method, ks=tuple(cfg.ks))
-  tables.write_table(table, stage_dir)
-  png = plots.plot_pass_at_k(by_method, os.path.join(stage_dir, "pass_at_k.png"))
-  lines = [f"# {cfg.title}", "", "## Pass@k on held-out tasks", "", tables.to_markdown(table), ""]
-  lines += [f"![Pass@k]({os.path.basename(png)})", ""]
+  lines = [f"# {cfg.title}", ""]
+  if results:
+    by_method: dict = {}
+    for r in results:
+      by_method.setdefault(r["method"], {})[r["model"]] = {t: (v["n"], v["c"]) for t, v in r["tasks"].items()}
+    table = tables.results_table(by_method, ks=tuple(cfg.ks))
+    tables.write_table(table, stage_dir)
+    png = plots.plot_pass_at_k(by_method, os.path.join(stage_dir, "pass_at_k.png"))
+    lines += ["## Pass@k on held-out tasks", "", tables.to_markdown(table), ""]
+    lines += [f"![Pass@k]({os.path.basename(png)})", ""]
+  if samplers:
+    lines += _samplers_section(samplers, stage_dir)
   if cfg.explore_dir:
     lines += _tree_section(workdir, cfg.explore_dir, stage_dir)
   report_path = os.path.join(stage_dir, "report.md")

@@ -25,8 +25,9 @@ COUNTERS = (
 class Ledger:
   """Counters per task and totals; `interaction` = env + replayed steps, the quantity budgets compare."""
 
-  def __init__(self, env_step_budget: int = 0):
+  def __init__(self, env_step_budget: int = 0, num_tasks: int = 0):
     self.env_step_budget = env_step_budget
+    self.num_tasks = num_tasks  # tasks assigned to this run (coverage denominators); 0 = not known
     self.per_task: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     self.total: collections.Counter = collections.Counter()
     self.policy_calls_per_tick: list[int] = []
@@ -50,6 +51,7 @@ class Ledger:
         "total": {c: self.total[c] for c in COUNTERS},
         "per_task": {t: dict(c) for t, c in sorted(self.per_task.items())},
         "env_step_budget": self.env_step_budget,
+        "num_tasks": self.num_tasks,
     }
 
   def load_task_counts(self, per_task: dict[str, dict]) -> None:

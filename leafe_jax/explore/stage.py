@@ -93,7 +93,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   all_tasks = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
   tasks = all_tasks[index::count]
   store = TreeStore(os.path.join(stage_dir, "trees", f"shard-{index}-of-{count}.jsonl"))
-  ledger = Ledger(cfg.env_step_budget)
+  ledger = Ledger(cfg.env_step_budget, num_tasks=len(tasks))
   done = {}
   for tree in store.load():
     done[tree.task_id] = tree

@@ -1,0 +1,63 @@
+"""The report stage: Pass@k table from eval results, the samplers table from explore ledgers, bad input."""
+
+import json
+
+import ml_collections
+import pytest
+
+from leafe_jax.eval import report_stage
+
+
+def _write_json(path, obj):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(obj))
+
+
+def _config(**overrides):
+  report = report_stage.default_config()
+  report.update(overrides)
+  return ml_collections.ConfigDict({"report": report})
+
+
+def test_pass_at_k_table_matches_hand_computed_values(tmp_path):
+  # Two tasks, n = 4: task a solved 2 of 4, task b never. Pass@1 = (0.5 + 0) / 2; Pass@4 = (1 + 0) / 2.
+  # Pass@2 for a: 1 - C(2,2)/C(4,2) = 5/6, so Pass@2 = 5/12.
+  _write_json(tmp_path / "eval_base" / "results.json",
+              {"method": "Base", "model": "m", "tasks": {"a": {"n": 4, "c": 2}, "b": {"n": 4, "c": 0}}})
+  _write_json(tmp_path / "eval_leafe" / "results.json",
+              {"method": "LEAFE", "model": "m", "tasks": {"a": {"n": 4, "c": 4}, "b": {"n": 4, "c": 1}}})
+  report_stage.run(_config(ks=(1, 2, 4), explore_dir=""), str(tmp_path), str(tmp_path / "report"))
+  table = json.loads((tmp_path / "report" / "pass_at_k.json").read_text())
+  text = (tmp_path / "report" / "report.md").read_text()
+  assert "| Base | 25.00 | 41.67 | 50.00 |" in text.replace("**", "")
+  # LEAFE: Pass@1 = (1 + 0.25) / 2; Pass@2 for b = 1 - C(3,2)/C(4,2) = 1/2 -> (1 + 0.5) / 2; Pass@4 = 1.
+  assert "| LEAFE | 62.50 | 75.00 | 100.00 |" in text.replace("**", "")
+  assert table and (tmp_path / "report" / "pass_at_k.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sampler_table_sums_ledger_shards_and_counts_coverage(tmp_path):
+  shard = lambda per_task, calls, num_tasks: {
+      "total": {"env_steps": sum(c.get("env_steps", 0) for c in per_task.values()), "replayed_steps": 3,
+                "policy_calls": calls, "rollouts": len(per_task), "generated_tokens": 10},
+      "per_task": per_task, "num_tasks": num_tasks}
+  _write_json(tmp_path / "explore_is" / "ledger-shard-0-of-2.json",
+              shard({"t0": {"env_steps": 4, "successes": 1}, "t2": {"env_steps": 8}}, 5, 2))
+  _write_json(tmp_path / "explore_is" / "ledger-shard-1-of-2.json", shard({"t1": {"env_steps": 8}}, 4, 2))
+  _write_json(tmp_path / "explore_leafe" / "ledger.json",
+              shard({"t0": {"env_steps": 4, "successes": 1}, "t1": {"env_steps": 6, "successes": 2}}, 7, 4))
+  report_stage.run(_config(sampler_dirs=("explore_is", "explore_leafe"), explore_dir=""), str(tmp_path),
+                   str(tmp_path / "report"))
+  rows = {r["sampler"]: r for r in json.loads((tmp_path / "report" / "samplers.json").read_text())}
+  assert (rows["explore_is"]["tasks"], rows["explore_is"]["solved"]) == (4, 1)
+  assert rows["explore_is"]["coverage"] == 25.0
+  assert rows["explore_is"]["interaction_steps"] == 4 + 8 + 8 + 3 + 3
+  assert rows["explore_is"]["policy_calls"] == 9
+  assert (rows["explore_leafe"]["solved"], rows["explore_leafe"]["coverage"]) == (2, 50.0)
+  assert "| explore_leafe | 4 | 2 | 50.00 |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_report_without_results_or_ledgers_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="run the eval stages first"):
+    report_stage.run(_config(explore_dir=""), str(tmp_path), str(tmp_path / "report"))
+  with pytest.raises(FileNotFoundError, match="explore_is has no ledger"):
+    report_stage.run(_config(sampler_dirs=("explore_is",)), str(tmp_path), str(tmp_path / "report"))
