@@ -28,6 +28,7 @@ SETUP = common.EnvSetup(
     seq_len=4096,  # [ours] verl-agent max_prompt_length 2048 + response 512 [F] fit
     explore_cache_len=32768,  # [ours] a reflection prompt lists up to 50 steps with their observations
     num_epochs=2,  # [S] 2-3 epochs (notes §2.3)
+    env_workers=8,  # [ours] env worker processes: TextWorld resets cost ~1 s of CPU each
 )
 
 

@@ -42,6 +42,7 @@ SETUP = common.EnvSetup(
     seq_len=8192,  # [ours] statement, 3 earlier programs with feedback, and a 2048-token response
     explore_cache_len=8192,  # [ours] a reflection prompt lists the 4 submissions with their feedback
     num_epochs=2,  # [S] 2-3 epochs (notes §2.3)
+    env_workers=8,  # [ours] env worker processes: judging runs in each worker's sandbox
 )
 
 # MBPP (Table 5): the same judge and horizon, another problem file. [I] The paper's 378 problems match the size

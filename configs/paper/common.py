@@ -38,6 +38,10 @@ ALL_TASKS = 1_000_000
 # Every k reported: the paper's tables give Pass@1 and Pass@128 (notes §6); the powers of two between feed the
 # Pass@k curve.
 KS = (1, 2, 4, 8, 16, 32, 64, 128)
+# [ours] The in-process sampler of explore/eval: heads and MLP split over every local device (tensor-parallel
+# decoding of a 7B-14B model on one host), bf16 weights and compute. 70B-class: serve with vLLM (README).
+POLICY_MESH = (1, 1, -1)
+POLICY_DTYPE = "bfloat16"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +81,7 @@ class EnvSetup:
   seq_len: int  # training row length: one action prompt + response must fit
   explore_cache_len: int  # sampler KV cache while exploring: reflection prompts hold the whole trajectory
   num_epochs: int  # SFT epochs
+  env_workers: int = 0  # explore/eval env worker processes (EnvPool); 0 = in-process envs (cheap engines)
 
 
 def backbone(arg: str | None, allowed: tuple[str, ...], config_file: str) -> Backbone:
@@ -112,6 +117,9 @@ def explore_config(setup: EnvSetup, model: Backbone) -> ml_collections.ConfigDic
   c.stop_on_success = False  # [D] LEAFE keeps exploring its queued branches after a success
   c.env_step_budget = 0  # [D] no global interaction budget (Table 3 sets one)
   c.shard = "0/1"  # this host explores every task; multi-host: --config.explore.shard=i/n on host i
+  c.env_workers = setup.env_workers  # heavy engines step in worker processes, one batched call per tick
+  c.policy_mesh = POLICY_MESH  # in-process sampler placement
+  c.policy_dtype = POLICY_DTYPE  # in-process sampler dtype
   c.seed = 0  # sampling seed
   return c
 
@@ -183,6 +191,9 @@ def eval_config(setup: EnvSetup, model: Backbone) -> ml_collections.ConfigDict:
   c.history_length = setup.history_length  # as explored
   c.tasks_per_chunk = setup.eval_tasks_per_chunk  # tasks per resumable chunk (n = 128 episodes each)
   c.max_cache_len = min(setup.seq_len, model.context)  # in-process sampler KV cache: one action prompt + output
+  c.env_workers = setup.env_workers  # heavy engines step in worker processes, one batched call per tick
+  c.policy_mesh = POLICY_MESH  # in-process sampler placement
+  c.policy_dtype = POLICY_DTYPE  # in-process sampler dtype
   c.seed = 0  # sampling seed
   return c
 

@@ -33,6 +33,7 @@ SETUP = common.EnvSetup(
     seq_len=4096,  # [ours] instruction, 2 past steps, the admissible-action list and a 512-token response fit
     explore_cache_len=32768,  # [ours] a reflection prompt lists up to 100 steps with their observations
     num_epochs=2,  # [S] 2-3 epochs (notes §2.3)
+    env_workers=8,  # [ours] env worker processes: one JVM per worker, reused across tasks
 )
 
 
