@@ -116,28 +116,26 @@ def _fill(results: list[Any], envs: Sequence[Env], positions: list[int], replies
       results[pos] = convert(result, view)
 
 
-def reset_all(envs: Sequence[Env], task_ids: Sequence[str]) -> list[str | EpisodeError]:
-  """`env.reset(task_id)` for each env; one pool call per pool."""
+def _each(envs: Sequence[Env], args: Sequence[Any], op: str) -> list[Any]:
+  """`getattr(env, op)(arg)` for each env: one `pool.<op>` call per pool for the pooled ones, a loop for the rest."""
   results: list[Any] = [None] * len(envs)
   pooled, local = _by_pool(envs)
   for pool, positions in pooled.items():
-    replies = pool.reset([envs[p].episode_id for p in positions], [task_ids[p] for p in positions], view=True)
+    replies = getattr(pool, op)([envs[p].episode_id for p in positions], [args[p] for p in positions], view=True)
     _fill(results, envs, positions, replies)
   for pos in local:
-    results[pos] = envs[pos].reset(task_ids[pos])
+    results[pos] = getattr(envs[pos], op)(args[pos])
   return results
+
+
+def reset_all(envs: Sequence[Env], task_ids: Sequence[str]) -> list[str | EpisodeError]:
+  """`env.reset(task_id)` for each env; one pool call per pool."""
+  return _each(envs, task_ids, "reset")
 
 
 def step_all(envs: Sequence[Env], actions: Sequence[str]) -> list[Step | EpisodeError]:
   """`env.step(action)` for each env; one pool call per pool."""
-  results: list[Any] = [None] * len(envs)
-  pooled, local = _by_pool(envs)
-  for pool, positions in pooled.items():
-    replies = pool.step([envs[p].episode_id for p in positions], [actions[p] for p in positions], view=True)
-    _fill(results, envs, positions, replies)
-  for pos in local:
-    results[pos] = envs[pos].step(actions[pos])
-  return results
+  return _each(envs, actions, "step")
 
 
 def _replay_local(env: Env, task_id: str, actions: Sequence[str]) -> Replay:
