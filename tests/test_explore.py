@@ -318,3 +318,18 @@ def test_tree_line_round_trips_and_writes_equal_clean_messages_once(tmp_path):
   store.append(tree)
   (loaded,) = store.load()
   assert loaded.to_json() == tree.to_json()
+
+
+def test_reflections_sample_at_the_reflection_temperature():
+  policy = _corridor_policy()
+  seen = []
+  generate = policy.generate
+
+  def recording_generate(prompts, **kwargs):
+    seen.append((prompts[0][-1]["content"].endswith("reflect:"), kwargs["temperature"]))
+    return generate(prompts, **kwargs)
+
+  policy.generate = recording_generate
+  _explore(policy, _corridor_env, ["level"], _settings(temperature=0.7, reflection_temperature=0.0))
+  assert (True, 0.0) in seen and (False, 0.7) in seen
+  assert set(seen) == {(True, 0.0), (False, 0.7)}

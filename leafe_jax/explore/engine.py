@@ -46,6 +46,7 @@ class ExploreSettings:
   history_length: int = 2
   max_steps: int = 15
   temperature: float = 1.0
+  reflection_temperature: float = 1.0
   top_p: float = 1.0
   max_new_tokens: int = 256
   reflection_max_new_tokens: int = 256
@@ -261,7 +262,7 @@ class Explorer:
       prompts.append(reflection_lib.build_reflection_prompt(
           task.env, instruction=task.env.instruction, steps=list(zip(r.observations[:-1], r.actions)),
           final_observation=r.observations[-1], outcome=outcome))
-    completions = self.policy.generate(prompts, n=1, temperature=self.s.temperature, top_p=self.s.top_p,
+    completions = self.policy.generate(prompts, n=1, temperature=self.s.reflection_temperature, top_p=self.s.top_p,
                                        max_new_tokens=self.s.reflection_max_new_tokens,
                                        seed=self.s.seed * 1_000_003 + self.tick + 500_009)
     self.ledger.add("policy_calls")

@@ -52,6 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.history_length = 2  # (observation, action) pairs in the action prompt
   c.max_steps = 15  # episode horizon (verl-agent Sokoban 15; CodeContests 4, paper_notes §2.2)
   c.temperature = 1.0  # exploration sampling temperature; paper value not given
+  c.reflection_temperature = 1.0  # sampling temperature of reflections (0 = greedy); paper value not given
   c.top_p = 1.0  # nucleus sampling
   c.max_new_tokens = 512  # verl-agent max_response_length (paper_notes §3 [F])
   c.reflection_max_new_tokens = 512  # reflection response budget
@@ -77,7 +78,8 @@ def settings_of(cfg: ml_collections.ConfigDict) -> ExploreSettings:
   return ExploreSettings(
       method=cfg.method, reflect_every=cfg.reflect_every, failure_signals=tuple(cfg.failure_signals),
       max_depth=cfg.max_depth, max_attempts=cfg.max_attempts, keep_experience_in_context=cfg.keep_experience_in_context,
-      history_length=cfg.history_length, max_steps=cfg.max_steps, temperature=cfg.temperature, top_p=cfg.top_p,
+      history_length=cfg.history_length, max_steps=cfg.max_steps, temperature=cfg.temperature,
+      reflection_temperature=cfg.reflection_temperature, top_p=cfg.top_p,
       max_new_tokens=cfg.max_new_tokens, reflection_max_new_tokens=cfg.reflection_max_new_tokens,
       concurrency=cfg.concurrency, stop_on_success=cfg.stop_on_success, seed=cfg.seed)
 
