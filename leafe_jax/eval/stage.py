@@ -85,8 +85,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if todo:
     from tqdm import tqdm
 
-    policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len,
-                             mesh_shape=tuple(cfg.policy_mesh), dtype=cfg.policy_dtype, field="eval.policy")
+    policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
+                         dtype=cfg.policy_dtype, field="eval.policy")
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     remaining = sum(len(chunk) for _, chunk in todo)
     with (open(outcomes_path, "a") as out, tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task") as bar,
