@@ -50,68 +50,85 @@ def get_config() -> ml_collections.ConfigDict:
 
   expert = expert_stage.default_config()
   expert.env_config = ml_collections.ConfigDict(SOKOBAN)
-  expert.num_tasks = 1500  # training seeds played by the noisy expert
-  expert.trajectories_per_task = 2
+  expert.num_tasks = 1000  # training seeds played by the noisy expert
+  expert.trajectories_per_task = 1  # one noisy episode per room
+  expert.reflection_repeats = 4  # reflections are rare in the mix; a tiny model needs them repeated
   expert.mistake_prob = 0.2  # the base policy should fail often enough for reflection to matter
-  expert.history_length = HISTORY_LENGTH
-  expert.tokenizer_vocab_size = 384
+  expert.history_length = HISTORY_LENGTH  # as explore and eval prompt
+  expert.tokenizer_vocab_size = 384  # byte-level BPE: the grid symbols, actions and tags
   config.expert_data = expert
 
   train = train_stage.default_config()
-  train.init = "random"
-  train.tokenizer = "expert_data/tokenizer"
-  train.records = ("expert_data/records",)
+  train.init = "random"  # the warm-up policy is trained from scratch
+  train.tokenizer = "expert_data/tokenizer"  # saved with the HF export
+  train.records = ("expert_data/records",)  # the warm-up SFT records
   train.model = ml_collections.ConfigDict({
       "family": "llama",
       "vocab_size": 384,  # = expert.tokenizer_vocab_size
-      "d_model": 128,
-      "num_layers": 4,
+      "d_model": 96,
+      "num_layers": 3,
       "num_heads": 4,
       "num_kv_heads": 2,
-      "head_dim": 32,
-      "d_ff": 384,
+      "head_dim": 24,
+      "d_ff": 256,
       "tie_embeddings": True,
   })
-  train.mesh = (-1, 1, 1)
-  train.batch_size = 32
-  train.seq_len = 512
+  train.mesh = (-1, 1, 1)  # data parallel over every (CPU) device
+  train.batch_size = 16  # packed rows per step
+  train.seq_len = 256  # a row holds ~5 compact examples
   train.lr = 3e-3  # from scratch; the paper's 1e-6 fine-tunes a 7B GRPO checkpoint
-  train.warmup_steps = 20
-  train.schedule = "cosine"
-  train.num_epochs = 4
+  train.warmup_steps = 20  # linear lr warm-up
+  train.schedule = "cosine"  # decay to 0 over the run
+  train.num_epochs = 4  # passes over the warm-up records
   train.dtype = "float32"  # CPU
-  train.checkpoint_every = 200
-  train.log_every = 20
+  train.checkpoint_every = 200  # orbax checkpoint interval (steps); also at the end
+  train.log_every = 25  # console and TensorBoard interval (steps)
   config.train = train
 
   explore = explore_stage.default_config()
+  explore.env_config = ml_collections.ConfigDict(SOKOBAN)
+  explore.num_tasks = 768  # training seeds explored (the paper explores its training split)
+  explore.policy = "train_warmup/hf"  # the warm policy is its own reflector (paper: the GRPO checkpoint)
+  explore.max_steps = SOKOBAN["max_steps"]  # episode horizon
+  explore.history_length = HISTORY_LENGTH  # as the warm-up data
+  explore.max_new_tokens = 16  # "<action>left</action>" and eos
+  explore.reflection_max_new_tokens = 32  # <rollback_step>k</rollback_step><experience>avoid X</experience>
+  explore.reflection_temperature = 0.0  # greedy reflections: the tiny model garbles the format when sampled
+  explore.max_attempts = 8  # rollouts per task, root included (paper: not given)
+  explore.max_depth = 2  # branches of branches at most (paper: not given)
+  explore.concurrency = 256  # every task alive at once: one batched policy call per tick
+  explore.max_cache_len = 512  # reflection prompts list the whole trajectory
   config.explore = explore
-  config.distill = distill_stage.default_config()
+
+  distill = distill_stage.default_config()
+  distill.tokenizer = "train_warmup/hf"  # the policy's tokenizer: records must match what it saw
+  config.distill = distill
 
   evaluation = eval_stage.default_config()
   evaluation.model_label = "tiny-llama (demo)"
   evaluation.env = "sokoban"
   evaluation.env_config = ml_collections.ConfigDict(SOKOBAN)
   evaluation.split = "test"  # held-out seeds [2^16, 2^32)
-  evaluation.num_tasks = 64
-  evaluation.num_samples = 16
-  evaluation.ks = (1, 4, 16)
+  evaluation.num_tasks = 64  # held-out rooms (Pass@16 standard error ~6 points at this size)
+  evaluation.num_samples = 16  # n independent episodes per room
+  evaluation.ks = (1, 4, 16)  # Pass@k reported (the paper: 1 and 128)
   evaluation.temperature = 1.0  # sample the policy as trained; Pass@k needs diverse samples
-  evaluation.max_new_tokens = 16
-  evaluation.max_steps = SOKOBAN["max_steps"]
-  evaluation.history_length = HISTORY_LENGTH
-  evaluation.tasks_per_chunk = 64
-  evaluation.max_cache_len = 256
+  evaluation.max_new_tokens = 16  # as explore
+  evaluation.max_steps = SOKOBAN["max_steps"]  # as explore
+  evaluation.history_length = HISTORY_LENGTH  # as explore
+  evaluation.tasks_per_chunk = 64  # every room in one chunk: 1024 episodes per batched policy call
+  evaluation.max_cache_len = 256  # one compact action prompt + response
   config.eval = evaluation
 
   report = report_stage.default_config()
-  report.ks = (1, 4, 16)
+  report.ks = (1, 4, 16)  # table columns
   report.title = "LEAFE demo: tiny policy on 6x6 two-box Sokoban (held-out seeds)"
   config.report = report
 
-  # Fine-tuning the warm policy: lower lr, from its HF export.
+  # Stage 2 fine-tunes the warm policy from its HF export on the distilled records (a few hundred: small
+  # batches, several epochs); the paper's settings (batch 128, lr 1e-6, 2-3 epochs) are for 7B+ models.
   finetune = {"init": "hf", "init_path": "train_warmup/hf", "tokenizer": "", "lr": 5e-4, "warmup_steps": 0,
-              "num_epochs": 3, "records": ("distill/records",)}
+              "num_epochs": 6, "batch_size": 8, "records": ("distill/records",)}
   # A variant holds the overrides of every stage that runs under its name (train@leafe and eval@leafe).
   config.variants = ml_collections.ConfigDict({
       "warmup": {},
