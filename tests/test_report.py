@@ -26,6 +26,8 @@ def test_pass_at_k_table_matches_hand_computed_values(tmp_path):
               {"method": "Base", "model": "m", "tasks": {"a": {"n": 4, "c": 2}, "b": {"n": 4, "c": 0}}})
   _write_json(tmp_path / "eval_leafe" / "results.json",
               {"method": "LEAFE", "model": "m", "tasks": {"a": {"n": 4, "c": 4}, "b": {"n": 4, "c": 1}}})
+  _write_json(tmp_path / "distill" / "records" / "manifest.json",
+              {"counts": {"cf": 3, "reh": 7, "sr": 0}, "num_target_tokens": 90})
   report_stage.run(_config(ks=(1, 2, 4), explore_dir=""), str(tmp_path), str(tmp_path / "report"))
   table = json.loads((tmp_path / "report" / "pass_at_k.json").read_text())
   text = (tmp_path / "report" / "report.md").read_text()
@@ -33,6 +35,7 @@ def test_pass_at_k_table_matches_hand_computed_values(tmp_path):
   # LEAFE: Pass@1 = (1 + 0.25) / 2; Pass@2 for b = 1 - C(3,2)/C(4,2) = 1/2 -> (1 + 0.5) / 2; Pass@4 = 1.
   assert "| LEAFE | 62.50 | 75.00 | 100.00 |" in text.replace("**", "")
   assert table and (tmp_path / "report" / "pass_at_k.png").read_bytes()[:4] == b"\x89PNG"
+  assert "| cf | 3 |\n| reh | 7 |\n| target tokens | 90 |" in text and "| sr |" not in text
 
 
 def test_sampler_table_sums_ledger_shards_and_counts_coverage(tmp_path):

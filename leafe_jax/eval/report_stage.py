@@ -22,6 +22,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Explore stage dirs compared as stage-1 samplers (paper Table 3: IS / IR / LEAFE at one budget): coverage
   # (tasks solved at least once) and what it cost, from their ledgers. Empty = no such table.
   c.sampler_dirs = ()
+  c.records_dir = "distill/records"  # correction records whose counts per kind are shown ("" = none)
   c.title = "LEAFE reproduction report"  # heading of report.md
   return c
 
@@ -34,6 +35,20 @@ def _load_results(workdir: str, pattern: str) -> list[dict]:
     with open(path) as f:
       results.append(json.load(f))
   return results
+
+
+def _records_section(folder: str) -> list[str]:
+  """Counts per record kind and target tokens of the distilled records (what stage 2 trained on)."""
+  path = os.path.join(folder, "manifest.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    manifest = json.load(f)
+  counts = {k: v for k, v in manifest.get("counts", {}).items() if v}
+  lines = ["## Distilled records (stage 2 data)", "", "| kind | records |", "|---|---|"]
+  lines += [f"| {k} | {v} |" for k, v in sorted(counts.items())]
+  lines += [f"| target tokens | {manifest.get('num_target_tokens', 0)} |", ""]
+  return lines
 
 
 def _tree_section(workdir: str, explore_dir: str, stage_dir: str) -> list[str]:
@@ -111,6 +126,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     lines += [f"![Pass@k]({os.path.basename(png)})", ""]
   if samplers:
     lines += _samplers_section(samplers, stage_dir)
+  if cfg.records_dir:
+    lines += _records_section(os.path.join(workdir, cfg.records_dir))
   if cfg.explore_dir:
     lines += _tree_section(workdir, cfg.explore_dir, stage_dir)
   report_path = os.path.join(stage_dir, "report.md")
