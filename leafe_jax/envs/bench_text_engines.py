@@ -40,7 +40,10 @@ def _pool_rates(env_name: str, config: dict, task_id: str, actions: Sequence[str
   """Steps/s and reset/replay latency through an EnvPool with `num_workers` episodes in parallel."""
   with EnvPool(env_name, config, num_workers=num_workers) as pool:
     ids = [f"e{i}" for i in range(num_workers)]
-    pool.reset(ids, [task_id] * num_workers)  # warm-up: worker engines started (JVM launch not counted)
+    # Warm-up, as on the direct side: one whole episode (engine start and the JVM's JIT are not measured).
+    pool.reset(ids, [task_id] * num_workers)
+    for a in actions:
+      pool.step(ids, [a] * num_workers)
     reset_s = step_s = 0.0
     for _ in range(EPISODES):
       reset_s += _timed(lambda: pool.reset(ids, [task_id] * num_workers))
@@ -53,7 +56,9 @@ def _pool_rates(env_name: str, config: dict, task_id: str, actions: Sequence[str
 
 
 def _direct_rates(reset: Callable[[], None], step: Callable[[str], None], actions: Sequence[str]) -> dict:
-  reset()
+  reset()  # warm-up: one whole episode, as on the pool side
+  for a in actions:
+    step(a)
   reset_s = step_s = 0.0
   for _ in range(EPISODES):
     reset_s += _timed(reset)
