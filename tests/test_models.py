@@ -122,6 +122,29 @@ def test_packed_segments_equal_separate_sequences(tiny):
   np.testing.assert_allclose(np.asarray(packed)[0, 3:7], np.asarray(separate)[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("block", [4, 5, 16])
+def test_blocked_causal_attention_equals_one_block_with_gradients(tiny, block):
+  config, _, params = tiny
+  ids = jnp.asarray(np.random.RandomState(3).randint(1, 64, (2, 13)))
+  segments = jnp.asarray([[1] * 6 + [2] * 5 + [0] * 2, [1] * 13])
+  whole = models.Decoder(dataclasses.replace(config, attention_block=0))
+  blocked = models.Decoder(dataclasses.replace(config, attention_block=block))
+
+  real = segments != 0  # padding rows attend to nothing: their (finite) values are garbage either way
+
+  def loss(model, p):
+    logits, _ = model.apply({"params": p}, ids, segment_ids=segments)
+    return jnp.sum(jnp.where(real, jax.nn.log_softmax(logits)[..., 7], 0.0)), logits
+
+  (want_loss, want_logits), want_grads = jax.value_and_grad(lambda p: loss(whole, p), has_aux=True)(params)
+  (got_loss, got_logits), got_grads = jax.value_and_grad(lambda p: loss(blocked, p), has_aux=True)(params)
+  np.testing.assert_allclose(np.asarray(got_logits)[np.asarray(real)], np.asarray(want_logits)[np.asarray(real)],
+                             atol=1e-5)
+  np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-6)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+
+
 def _stack_layers(params, num_layers):
   stacked = {k: v for k, v in params.items() if not k.startswith("layers_")}
   stacked["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"layers_{i}"] for i in range(num_layers)])

@@ -46,6 +46,10 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat_policy: str = "none"
   scan_layers: bool = False
+  # Without a KV cache (training, teacher forcing) causal attention runs in query blocks of this many tokens,
+  # each against the keys up to its own end: the blocks above the diagonal are never computed (about half the
+  # score matrix for long rows) and each block's scores stay small. 0 = one block (the whole row).
+  attention_block: int = 128
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, Mapping):
@@ -65,6 +69,8 @@ class ModelConfig:
       missing = [key for key in ROPE_TYPES[rope_type] if key not in scaling]
       if missing:
         raise ValueError(f"ModelConfig: rope_scaling of type {rope_type!r} lacks {missing}")
+    if self.attention_block < 0:
+      raise ValueError(f"ModelConfig: attention_block must be >= 0, got {self.attention_block}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"ModelConfig: remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
 

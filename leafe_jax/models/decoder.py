@@ -136,13 +136,15 @@ class Decoder(nn.Module):
           vs.append(layer_kv[1])
       new_k, new_v = (None, None) if cache is None else (jnp.stack(ks), jnp.stack(vs))
     x_BxTxD = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name="norm")(x_BxTxD)
+    b, t, d = x_BxTxD.shape
+    x_LxD = x_BxTxD.reshape(b * t, d)  # [tokens, D], as in the blocks (layers.py, `flat_tokens`)
     if cfg.tie_embeddings:
-      logits_BxTxV = embed.attend(x_BxTxD)
+      logits_LxV = embed.attend(x_LxD)
     else:
-      logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
-                              param_dtype=cfg.weights_dtype, kernel_init=_init(("embed", "vocab")),
-                              name="lm_head")(x_BxTxD)
-    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+      logits_LxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
+                            param_dtype=cfg.weights_dtype, kernel_init=_init(("embed", "vocab")),
+                            name="lm_head")(x_LxD)
+    logits_BxTxV = logits_LxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size)
     if cache is None:
       return logits_BxTxV, None
     t = input_ids_BxT.shape[1]
