@@ -97,3 +97,18 @@ def test_dropped_env_hands_its_jvm_to_the_next():
   second = registry.make("scienceworld")
   assert second.reset(GOLD_TASKS[1]) and second.engine is engine
   second.close()
+
+
+def test_variations_per_task_keeps_the_lowest_ids_of_every_task_name():
+  names = ["boil", "find-living-thing"]
+  full = registry.make("scienceworld", task_names=names)
+  capped = registry.make("scienceworld", task_names=names, variations_per_task=3)
+  try:
+    everything, few = full.tasks("test"), capped.tasks("test")
+  finally:
+    full.close()
+    capped.close()
+  for name in names:
+    ids = sorted((t for t in everything if t.startswith(name + "/")), key=lambda t: int(t.split("/")[1]))
+    assert [t for t in few if t.startswith(name + "/")] == ids[:3]
+  assert len(few) == 6

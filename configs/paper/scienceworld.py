@@ -19,13 +19,13 @@ SETUP = common.EnvSetup(
     # [ours] the env's per-task step limits (50, 100 for the long multi-stage tasks) and 200 listed admissible
     # actions; the paper's horizon is not given (notes §3).
     env_config={},
-    eval_env_config={},  # the same limits at test time
+    # [I] 10 test variations of each of the 30 task names = 300 episodes, the size the paper's cells imply
+    # (multiples of 1/300, notes §3); which 300 the paper used is not known. Same step limits as exploration.
+    eval_env_config={"variations_per_task": 10},
     explore_split="train",  # the package's training variations
     explore_tasks=common.ALL_TASKS,  # [ours] every training variation
     eval_split="test",  # the package's test variations
-    # [ours] every test variation. The paper's cells are multiples of 1/300 (notes §3), but which 300 episodes is
-    # not known, and the first 300 ids of the split would cover only its first few task names.
-    eval_tasks=common.ALL_TASKS,
+    eval_tasks=common.ALL_TASKS,  # every task id that eval_env_config lists (300)
     eval_tasks_per_chunk=1,  # [ours] one variation per chunk: each of its 128 episodes runs its own JVM
     max_steps=100,  # [ours] the env ends each episode at its own per-task limit (<= 100)
     history_length=2,  # [D] recent (observation, action) pairs shown

@@ -68,16 +68,22 @@ class ScienceWorldEnv:
   """The Env protocol over `scienceworld.ScienceWorldEnv`.
 
   Config: max_steps (None = per-task default above), max_admissible, simplifications (package string,
-  e.g. "easy"), task_names (restrict `tasks()` to these names; None = all 30).
+  e.g. "easy"), task_names (restrict `tasks()` to these names; None = all 30), variations_per_task (`tasks()`
+  lists at most this many variations of each task name, the lowest ids, so a small evaluation set still covers
+  every task name; None = all).
   """
 
   name = "scienceworld"
   prompt_template = SCIENCEWORLD_TEMPLATE
 
   def __init__(self, max_steps: int | None = None, max_admissible: int = DEFAULT_MAX_ADMISSIBLE,
-               simplifications: str = "", task_names: list[str] | None = None, **unknown: Any):
+               simplifications: str = "", task_names: list[str] | None = None,
+               variations_per_task: int | None = None, **unknown: Any):
     if unknown:
       raise ValueError(f"unknown scienceworld config keys: {sorted(unknown)}")
+    if variations_per_task is not None and variations_per_task < 1:
+      raise ValueError(f"scienceworld config variations_per_task must be >= 1, got {variations_per_task}")
+    self._variations_per_task = variations_per_task
     self._max_steps_override = max_steps
     self.max_admissible = max_admissible
     self.simplifications = simplifications
@@ -142,7 +148,7 @@ class ScienceWorldEnv:
       engine.load(name, 0, self.simplifications)
       variations = {"train": engine.get_variations_train, "dev": engine.get_variations_dev,
                     "test": engine.get_variations_test}[split]()
-      ids.extend(f"{name}/{v}" for v in sorted(variations))
+      ids.extend(f"{name}/{v}" for v in sorted(variations)[: self._variations_per_task])
     return ids
 
   def reset(self, task_id: str) -> str:
