@@ -127,14 +127,14 @@ class Decoder(nn.Module):
       x_BxTxD, new_kv = stack(x_BxTxD, positions, mask_BxTxS, kv, write_index)
       new_k, new_v = (None, None) if cache is None else new_kv
     else:
-      ks, vs = [], []
+      # Each layer writes its new keys/values straight into the stacked cache (a small in-place update in the
+      # decode loop); slicing the layers out and stacking them back would copy the whole cache every token.
+      new_k, new_v = (None, None) if cache is None else (cache.k, cache.v)
       for i in range(cfg.num_layers):
-        kv = None if cache is None else (cache.k[i], cache.v[i])
+        kv = None if cache is None else (new_k, new_v, i)
         x_BxTxD, layer_kv = block(cfg, name=f"layers_{i}")(x_BxTxD, positions, mask_BxTxS, kv, write_index)
         if cache is not None:
-          ks.append(layer_kv[0])
-          vs.append(layer_kv[1])
-      new_k, new_v = (None, None) if cache is None else (jnp.stack(ks), jnp.stack(vs))
+          new_k, new_v, _ = layer_kv
     x_BxTxD = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name="norm")(x_BxTxD)
     b, t, d = x_BxTxD.shape
     x_LxD = x_BxTxD.reshape(b * t, d)  # [tokens, D], as in the blocks (layers.py, `flat_tokens`)

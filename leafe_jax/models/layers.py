@@ -88,7 +88,11 @@ def _attend(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, dtype) -> jax.Array:
 
 
 class Attention(nn.Module):
-  """Grouped-query attention. `kv` is this layer's cache (k, v, each [B, S, K, H]) or None."""
+  """Grouped-query attention with an optional KV cache `kv`, returned updated as the second output.
+
+  `kv` is None (no cache), this layer's cache (k, v, each [B, S, K, H]; under nn.scan), or the whole stacked
+  cache and this layer's index (k, v, each [layers, B, S, K, H], layer): the new tokens go in at `write_index`.
+  """
 
   config: ModelConfig
 
@@ -113,7 +117,18 @@ class Attention(nn.Module):
     inv_freq = rope_inv_freq(cfg)
     q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
     k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
-    if kv is not None:
+    if kv is not None and len(kv) == 3:
+      # The whole stacked cache [layers, B, S, K, H] and this layer's index: write only the new tokens into it
+      # (in place inside the decode loop) and read this layer's slice; see Decoder.
+      cache_k_LxBxSxKxH, cache_v_LxBxSxKxH, layer = kv
+      start = (layer, 0, write_index, 0, 0)
+      cache_k_LxBxSxKxH = jax.lax.dynamic_update_slice(
+          cache_k_LxBxSxKxH, k_BxTxKxH[None].astype(cache_k_LxBxSxKxH.dtype), start)
+      cache_v_LxBxSxKxH = jax.lax.dynamic_update_slice(
+          cache_v_LxBxSxKxH, v_BxTxKxH[None].astype(cache_v_LxBxSxKxH.dtype), start)
+      k_BxSxKxH, v_BxSxKxH = cache_k_LxBxSxKxH[layer], cache_v_LxBxSxKxH[layer]
+      new_kv = (cache_k_LxBxSxKxH, cache_v_LxBxSxKxH, layer)
+    elif kv is not None:
       cache_k, cache_v = kv
       k_BxSxKxH = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxH.astype(cache_k.dtype), (0, write_index, 0, 0))
       v_BxSxKxH = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxH.astype(cache_v.dtype), (0, write_index, 0, 0))
