@@ -62,6 +62,30 @@ def test_oracle_solves_every_episode_with_one_policy_call_per_tick():
   assert policy.calls[0] == 12 and len(policy.calls) == max(max(o.steps) for o in outcomes)
 
 
+def test_max_live_bounds_the_envs_alive_and_keeps_the_outcomes():
+  tasks = _tasks()
+  alive, most_alive = set(), [0]
+
+  class CountedEnv(SokobanEnv):
+    def reset(self, task_id=None):
+      alive.add(id(self))
+      most_alive[0] = max(most_alive[0], len(alive))
+      return super().reset(task_id)
+
+    def release(self):
+      alive.discard(id(self))
+
+  make = lambda: CountedEnv(**ENV_CONFIG)
+  policy = OraclePolicy(tasks)
+  bounded = rollout.run_episodes(policy, make, tasks, num_samples=4, max_steps=10,
+                                 sampling=rollout.SamplingParams(), history_length=0, seed=0, max_live=5)
+  assert most_alive[0] == 5 and not alive  # never more than 5 envs; every finished one released
+  assert max(policy.calls) == 5
+  whole = rollout.run_episodes(OraclePolicy(tasks), make, tasks, num_samples=4, max_steps=10,
+                               sampling=rollout.SamplingParams(), history_length=0, seed=0)
+  assert [(o.task_id, o.n, o.c, o.steps) for o in bounded] == [(o.task_id, o.n, o.c, o.steps) for o in whole]
+
+
 def test_unparsable_actions_fail_within_the_step_limit():
   tasks = _tasks(2)
   outcomes = rollout.run_episodes(

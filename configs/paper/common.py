@@ -82,6 +82,7 @@ class EnvSetup:
   explore_cache_len: int  # sampler KV cache while exploring: reflection prompts hold the whole trajectory
   num_epochs: int  # SFT epochs
   env_workers: int = 0  # explore/eval env worker processes (EnvPool); 0 = in-process envs (cheap engines)
+  eval_max_live: int = 0  # eval episodes alive at once (each holds an env); 0 = a whole chunk at once
 
 
 def backbone(arg: str | None, allowed: tuple[str, ...], config_file: str) -> Backbone:
@@ -190,6 +191,7 @@ def eval_config(setup: EnvSetup, model: Backbone) -> ml_collections.ConfigDict:
   c.max_steps = setup.max_steps  # episode horizon (as explored)
   c.history_length = setup.history_length  # as explored
   c.tasks_per_chunk = setup.eval_tasks_per_chunk  # tasks per resumable chunk (n = 128 episodes each)
+  c.max_live_episodes = setup.eval_max_live  # bounds the envs alive at once
   c.max_cache_len = min(setup.seq_len, model.context)  # in-process sampler KV cache: one action prompt + output
   c.env_workers = setup.env_workers  # heavy engines step in worker processes, one batched call per tick
   c.policy_mesh = POLICY_MESH  # in-process sampler placement

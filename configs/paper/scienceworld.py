@@ -26,7 +26,7 @@ SETUP = common.EnvSetup(
     explore_tasks=common.ALL_TASKS,  # [ours] every training variation
     eval_split="test",  # the package's test variations
     eval_tasks=common.ALL_TASKS,  # every task id that eval_env_config lists (300)
-    eval_tasks_per_chunk=1,  # [ours] one variation per chunk: each of its 128 episodes runs its own JVM
+    eval_tasks_per_chunk=10,  # [ours] variations per resumable chunk (1280 episodes)
     max_steps=100,  # [ours] the env ends each episode at its own per-task limit (<= 100)
     history_length=2,  # [D] recent (observation, action) pairs shown
     max_new_tokens=512,  # [F] verl-agent max_response_length (notes §3)
@@ -34,6 +34,7 @@ SETUP = common.EnvSetup(
     explore_cache_len=32768,  # [ours] a reflection prompt lists up to 100 steps with their observations
     num_epochs=2,  # [S] 2-3 epochs (notes §2.3)
     env_workers=8,  # [ours] env worker processes: one JVM per worker, reused across tasks
+    eval_max_live=64,  # [ours] each live episode holds a JVM: 64 at once (8 per worker), the rest wait
 )
 
 

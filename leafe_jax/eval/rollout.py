@@ -6,6 +6,7 @@ all of them, so a batched sampler sees a full batch. Outcomes feed the unbiased 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -69,6 +70,26 @@ class TaskOutcome:
     return sum(self.successes)
 
 
+def _start(slots: Sequence[tuple[str, int]], make_env: Callable[[], Env], episodes: list[Episode]) -> list[Episode]:
+  """New episodes for (task id, sample index) slots, reset with one batched call; appended to `episodes`."""
+  started = [Episode(t, i, make_env()) for t, i in slots]
+  for episode, first in zip(started, pooled.reset_all([e.env for e in started], [e.task_id for e in started])):
+    if isinstance(first, EpisodeError):
+      episode.lose(first)
+    else:
+      episode.observation = first
+  episodes.extend(started)
+  return started
+
+
+def _release(envs: Sequence[Env]) -> None:
+  """Frees finished episodes' envs: pooled ones in their workers, in-process ones that hold an engine."""
+  pooled.release_all(envs)
+  for env in envs:
+    if not isinstance(env, pooled.PooledEnv) and hasattr(env, "release"):
+      env.release()
+
+
 def run_episodes(
     policy: Policy,
     make_env: Callable[[], Env],
@@ -80,17 +101,24 @@ def run_episodes(
     history_length: int,
     seed: int,
     on_tick: Callable[[int, int], None] | None = None,
+    max_live: int = 0,
 ) -> list[TaskOutcome]:
-  """Plays `num_samples` independent episodes of each task to the end or `max_steps`; returns outcomes."""
-  episodes = [Episode(t, i, make_env()) for t in task_ids for i in range(num_samples)]
-  for episode, first in zip(episodes, pooled.reset_all([e.env for e in episodes], [e.task_id for e in episodes])):
-    if isinstance(first, EpisodeError):
-      episode.lose(first)
-    else:
-      episode.observation = first
+  """Plays `num_samples` independent episodes of each task to the end or `max_steps`; returns outcomes.
+
+  `max_live` > 0 bounds the episodes (and so the envs) alive at once: the rest wait and start as others finish,
+  and a finished episode's env is released at once (a ScienceWorld env holds a JVM). 0 = all at once.
+  """
+  waiting = collections.deque((t, i) for t in task_ids for i in range(num_samples))
+  episodes: list[Episode] = []
+  live: list[Episode] = []
   tick = 0
   while True:
-    live = [e for e in episodes if not e.done]
+    live = [e for e in live if not e.done]
+    while waiting and (max_live <= 0 or len(live) < max_live):  # again if a whole batch was lost at reset
+      room = len(waiting) if max_live <= 0 else min(max_live - len(live), len(waiting))
+      started = _start([waiting.popleft() for _ in range(room)], make_env, episodes)
+      _release([e.env for e in started if e.done])
+      live += [e for e in started if not e.done]
     if on_tick is not None:
       on_tick(tick, len(live))
     if not live:
@@ -133,8 +161,8 @@ def run_episodes(
       episode.steps += 1
       episode.success = step.success
       episode.done = step.done or episode.steps >= max_steps
+    _release([e.env for e in live if e.done])
     tick += 1
-  pooled.release_all([e.env for e in episodes])
   by_task: dict[str, list[Episode]] = {t: [] for t in task_ids}
   for episode in episodes:
     by_task[episode.task_id].append(episode)

@@ -44,6 +44,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.max_steps = 15  # episode horizon; verl-agent Sokoban max_steps (paper_notes §3 [F])
   c.history_length = 2  # (observation, action) pairs shown in the prompt
   c.tasks_per_chunk = 16  # tasks per resumable chunk (results are saved after each)
+  # Episodes alive at once (each holds an env: a ScienceWorld env is a JVM); the rest of the chunk's
+  # tasks x num_samples wait and start as others finish. 0 = the whole chunk at once (one big batch per tick).
+  c.max_live_episodes = 0
   c.max_cache_len = 4096  # KV-cache length of the in-process sampler
   # In-process sampler placement: (data, fsdp, tensor) device counts, one -1 = the rest; () = one device.
   # (1, 1, -1) splits a large model's heads and MLP over every device (tensor parallel decoding).
@@ -101,6 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
             sampling=sampling,
             history_length=cfg.history_length,
             seed=cfg.seed * 100_003 + chunk_index,
+            max_live=cfg.max_live_episodes,
         )
         for o in outcomes:
           row = {"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps), "errors": o.errors}
