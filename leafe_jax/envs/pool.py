@@ -242,7 +242,9 @@ class EnvPool:
       try:
         self._workers[index].conn.send((op, items, options))
       except (BrokenPipeError, OSError) as e:
-        failed[index] = f"worker {index} is gone ({type(e).__name__})"
+        # Dead before the request reached it: the same crash as an EOF on the reply (whichever the kill races).
+        failed[index] = (f"worker {index} crashed ({type(e).__name__} on send, exit code "
+                         f"{self._workers[index].process.exitcode})")
         continue
       deadlines[index] = start + self.step_timeout_s * max(1, sum(cost[p] for p in positions))
     pending = {self._workers[i].conn: i for i in deadlines}
