@@ -72,8 +72,10 @@ def _view_of(env, done: bool, with_attributes: bool) -> EnvView:
   return EnvView(env.instruction, env.admissible_actions(), done, attributes)
 
 
-def _replay(env, task_id: str, actions: Sequence[str], stop_on_done: bool) -> tuple[list[str], bool]:
-  """Reset + actions; with `stop_on_done` the replay ends after the first action that ends the episode."""
+def replay_prefix(env, task_id: str, actions: Sequence[str], stop_on_done: bool) -> tuple[list[str], bool]:
+  """Reset + actions -> (observations o_0.., whether the last action replayed ended the episode); with
+  `stop_on_done` the replay ends after the first action that ends the episode. Workers and in-process envs
+  (`pooled.replay_all`) replay through this one function."""
   observations, done = [env.reset(task_id)], False
   for action in actions:
     step = env.step(action)
@@ -121,7 +123,7 @@ def _worker_main(conn, env_name: str, env_config: dict[str, Any]) -> None:
           task_id, actions = payload
           env = envs.get(episode_id) or make_env_from_spec(env_name, env_config)
           envs[episode_id] = env
-          observations, done = _replay(env, task_id, actions, options.get("stop_on_done", False))
+          observations, done = replay_prefix(env, task_id, actions, options.get("stop_on_done", False))
           results.append((observations, _view_of(env, done, True)) if view else observations)
         elif op == "snapshot":
           results.append(envs[episode_id].snapshot())

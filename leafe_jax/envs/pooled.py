@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from leafe_jax.envs.base import Env, Step
-from leafe_jax.envs.pool import EnvPool, EnvView, EpisodeError
+from leafe_jax.envs.pool import EnvPool, EnvView, EpisodeError, replay_prefix
 
 _EPISODE_IDS = itertools.count()  # episode ids are unique per parent process, whichever pool they use
 
@@ -70,12 +70,6 @@ class PooledEnv:
   def step(self, action: str) -> Step:
     (reply,) = self.pool.step([self.episode_id], [action], view=True)
     return self._unwrap(reply)
-
-  def replay(self, task_id: str, actions: Sequence[str]) -> Replay:
-    """Reset + `actions` in one pool call, stopping after an action that ends the episode."""
-    reply = self.pool.replay(self.episode_id, task_id, actions, view=True, stop_on_done=True)
-    observations = self._unwrap(reply)
-    return Replay(observations, self._view.done)
 
   def tasks(self, split: str) -> list[str]:
     raise NotImplementedError("PooledEnv.tasks: list the tasks on an in-process env of the same config")
@@ -138,16 +132,6 @@ def step_all(envs: Sequence[Env], actions: Sequence[str]) -> list[Step | Episode
   return _each(envs, actions, "step")
 
 
-def _replay_local(env: Env, task_id: str, actions: Sequence[str]) -> Replay:
-  observations = [env.reset(task_id)]
-  for action in actions:
-    step = env.step(action)
-    observations.append(step.observation)
-    if step.done:
-      return Replay(observations, True)
-  return Replay(observations, False)
-
-
 def replay_all(envs: Sequence[Env], task_ids: Sequence[str],
                action_lists: Sequence[Sequence[str]]) -> list[Replay | EpisodeError]:
   """Reset + action prefix for each env (a rollback), stopping after an action that ends the episode.
@@ -161,15 +145,20 @@ def replay_all(envs: Sequence[Env], task_ids: Sequence[str],
                                [action_lists[p] for p in positions], view=True, stop_on_done=True)
     _fill(results, envs, positions, replies, lambda observations, view: Replay(observations, view.done))
   for pos in local:
-    results[pos] = _replay_local(envs[pos], task_ids[pos], action_lists[pos])
+    results[pos] = Replay(*replay_prefix(envs[pos], task_ids[pos], action_lists[pos], stop_on_done=True))
   return results
 
 
 def release_all(envs: Sequence[Env]) -> None:
-  """Drops the worker envs of finished PooledEnvs (one call per pool); in-process envs are left alone."""
-  pooled, _ = _by_pool(envs)
+  """Frees finished envs: PooledEnvs drop their worker envs (one call per pool); in-process envs that hold an
+  engine (a `release()` method: a ScienceWorld env's JVM) hand it back."""
+  pooled, local = _by_pool(envs)
   for pool, positions in pooled.items():
     pool.release([envs[p].episode_id for p in positions])
+  for pos in local:
+    release = getattr(envs[pos], "release", None)
+    if release is not None:
+      release()
 
 
 @contextlib.contextmanager

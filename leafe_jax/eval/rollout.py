@@ -82,14 +82,6 @@ def _start(slots: Sequence[tuple[str, int]], make_env: Callable[[], Env], episod
   return started
 
 
-def _release(envs: Sequence[Env]) -> None:
-  """Frees finished episodes' envs: pooled ones in their workers, in-process ones that hold an engine."""
-  pooled.release_all(envs)
-  for env in envs:
-    if not isinstance(env, pooled.PooledEnv) and hasattr(env, "release"):
-      env.release()
-
-
 def run_episodes(
     policy: Policy,
     make_env: Callable[[], Env],
@@ -117,7 +109,7 @@ def run_episodes(
     while waiting and (max_live <= 0 or len(live) < max_live):  # again if a whole batch was lost at reset
       room = len(waiting) if max_live <= 0 else min(max_live - len(live), len(waiting))
       started = _start([waiting.popleft() for _ in range(room)], make_env, episodes)
-      _release([e.env for e in started if e.done])
+      pooled.release_all([e.env for e in started if e.done])
       live += [e for e in started if not e.done]
     if on_tick is not None:
       on_tick(tick, len(live))
@@ -161,7 +153,7 @@ def run_episodes(
       episode.steps += 1
       episode.success = step.success
       episode.done = step.done or episode.steps >= max_steps
-    _release([e.env for e in live if e.done])
+    pooled.release_all([e.env for e in live if e.done])
     tick += 1
   by_task: dict[str, list[Episode]] = {t: [] for t in task_ids}
   for episode in episodes:
