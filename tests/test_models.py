@@ -122,13 +122,14 @@ def test_packed_segments_equal_separate_sequences(tiny):
   np.testing.assert_allclose(np.asarray(packed)[0, 3:7], np.asarray(separate)[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["dense", "rowwise"])
 @pytest.mark.parametrize("block", [4, 5, 16])
-def test_blocked_causal_attention_equals_one_block_with_gradients(tiny, block):
+def test_blocked_causal_attention_equals_one_dense_block_with_gradients(tiny, block, impl):
   config, _, params = tiny
   ids = jnp.asarray(np.random.RandomState(3).randint(1, 64, (2, 13)))
   segments = jnp.asarray([[1] * 6 + [2] * 5 + [0] * 2, [1] * 13])
-  whole = models.Decoder(dataclasses.replace(config, attention_block=0))
-  blocked = models.Decoder(dataclasses.replace(config, attention_block=block))
+  whole = models.Decoder(dataclasses.replace(config, attention_block=0, attention_impl="dense"))
+  blocked = models.Decoder(dataclasses.replace(config, attention_block=block, attention_impl=impl))
 
   real = segments != 0  # padding rows attend to nothing: their (finite) values are garbage either way
 
@@ -162,9 +163,9 @@ def test_scan_layers_equals_unrolled_with_and_without_a_cache(tiny):
   expected, _ = model.apply({"params": params}, ids)
   got, _ = scanned.apply({"params": stacked}, ids)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
-  got, cache = scanned.apply({"params": stacked}, ids, cache=models.init_cache(config, 2, 8))
+  got, cache = scanned.apply({"params": stacked}, ids, cache=models.init_cache(scanned.config, 2, 8))
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
-  assert cache.k.shape == (2, 2, 8, 2, 8)
+  assert cache.k.shape == (2, 2, 2, 8, 8)  # [layers, B, kv_heads, S, head_dim]
 
 
 def test_remat_policies_leave_loss_and_gradients_unchanged(tiny):
@@ -198,7 +199,7 @@ def test_compute_dtype_and_param_dtype_are_separate():
   logits, _ = jax.eval_shape(lambda p: model.apply({"params": p}, jnp.ones((1, 4), jnp.int32)), params)
   assert logits.dtype == jnp.float32  # logits always leave the model in float32 for the loss / sampling
   cache = models.init_cache(config, 1, 4)
-  assert cache.k.dtype == jnp.bfloat16
+  assert all(k.dtype == jnp.bfloat16 for k in cache.k)
 
 
 def test_bad_model_config_is_rejected_with_the_field_named(tiny):

@@ -6,9 +6,11 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_IMPLS = ("auto", "dense", "rowwise")
 # Supported rope_scaling types -> the keys each needs.
 ROPE_TYPES = {
     "default": (),
@@ -50,6 +52,10 @@ class ModelConfig:
   # each against the keys up to its own end: the blocks above the diagonal are never computed (about half the
   # score matrix for long rows) and each block's scores stay small. 0 = one block (the whole row).
   attention_block: int = 128
+  # How causal attention without a cache is computed (models/attention.py): "dense" (batched; accelerators),
+  # "rowwise" (a row at a time with a recomputing backward; cache-friendly on CPU), "auto" (rowwise on a CPU
+  # backend, dense otherwise). Same values either way; with a KV cache attention is always dense.
+  attention_impl: str = "auto"
 
   def __post_init__(self):
     if isinstance(self.rope_scaling, Mapping):
@@ -71,6 +77,8 @@ class ModelConfig:
         raise ValueError(f"ModelConfig: rope_scaling of type {rope_type!r} lacks {missing}")
     if self.attention_block < 0:
       raise ValueError(f"ModelConfig: attention_block must be >= 0, got {self.attention_block}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"ModelConfig: attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"ModelConfig: remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
 
@@ -81,6 +89,13 @@ class ModelConfig:
   @property
   def weights_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.param_dtype)
+
+  @property
+  def resolved_attention_impl(self) -> str:
+    """"dense" or "rowwise": what `attention_impl` means on the backend jax runs on now."""
+    if self.attention_impl != "auto":
+      return self.attention_impl
+    return "rowwise" if jax.default_backend() == "cpu" else "dense"
 
   @property
   def rope_scaling_dict(self) -> dict[str, Any] | None:

@@ -18,28 +18,39 @@ _REMAT = {
 
 @flax.struct.dataclass
 class KVCache:
-  """Static-size KV cache. Slots [0, index) hold tokens; `valid` marks real (non-padding) slots."""
+  """Static-size KV cache. Slots [0, index) hold tokens; `valid` marks real (non-padding) slots.
 
-  k: jax.Array  # [layers, B, S, kv_heads, head_dim]
-  v: jax.Array  # [layers, B, S, kv_heads, head_dim]
+  Keys and values are head-major, [B, kv_heads, S, head_dim], the layout attention reads. An unrolled model keeps
+  one buffer per layer (a tuple): the decode loop then updates each in place and attention reads it as it is.
+  Slicing a layer out of one stacked buffer costs XLA:CPU a copy of that layer's cache per token (measured: a
+  tenth of the decode step). A model under nn.scan needs the stacked form, [layers, B, kv_heads, S, head_dim].
+  """
+
+  k: jax.Array | tuple[jax.Array, ...]
+  v: jax.Array | tuple[jax.Array, ...]
   valid: jax.Array  # bool [B, S]
   index: jax.Array  # int32 [] next slot to write
 
   @property
   def max_len(self) -> int:
-    return self.k.shape[2]
+    return self.valid.shape[1]
+
+  def repeat_rows(self, n: int) -> KVCache:
+    """Each row repeated n times in place (rows i*n .. i*n+n-1 are copies of row i)."""
+    repeat = lambda x: jnp.repeat(x, n, axis=x.ndim - 4)  # the batch axis of [(layers,) B, K, S, H]
+    return self.replace(k=jax.tree.map(repeat, self.k), v=jax.tree.map(repeat, self.v),
+                        valid=jnp.repeat(self.valid, n, axis=0))
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
-  """An empty cache for `batch_size` rows of up to `max_len` tokens."""
+  """An empty cache for `batch_size` rows of up to `max_len` tokens (stacked when `config.scan_layers`)."""
   dtype = dtype or config.compute_dtype
-  shape = (config.num_layers, batch_size, max_len, config.num_kv_heads, config.head_dim)
-  return KVCache(
-      k=jnp.zeros(shape, dtype),
-      v=jnp.zeros(shape, dtype),
-      valid=jnp.zeros((batch_size, max_len), bool),
-      index=jnp.zeros((), jnp.int32),
-  )
+  layer_shape = (batch_size, config.num_kv_heads, max_len, config.head_dim)
+  if config.scan_layers:
+    k = v = jnp.zeros((config.num_layers, *layer_shape), dtype)
+  else:
+    k = v = tuple(jnp.zeros(layer_shape, dtype) for _ in range(config.num_layers))
+  return KVCache(k=k, v=v, valid=jnp.zeros((batch_size, max_len), bool), index=jnp.zeros((), jnp.int32))
 
 
 def _attention_mask(input_ids_BxT, attention_mask_BxT, segment_ids_BxT, cache):
@@ -93,12 +104,15 @@ class Decoder(nn.Module):
     attend only within equal ids, 0 = padding (training only). cache: KVCache; the T tokens are written at slots
     [index, index + T) and `valid` records `attention_mask` there. The caller sizes the cache: writing past
     `max_len` is not detected inside jit. logits_BxTxV are float32; without a cache the second output is None.
+    last_logits_only: return logits for the last position only, [B, 1, V] (a prefill needs no more; the LM head
+    over every prompt token was the largest matmul of a sampler call).
   """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, input_ids_BxT, positions=None, attention_mask=None, segment_ids=None, cache=None):
+  def __call__(self, input_ids_BxT, positions=None, attention_mask=None, segment_ids=None, cache=None,
+               last_logits_only: bool = False):
     cfg = self.config
     if segment_ids is not None and cache is not None:
       raise ValueError("Decoder: segment_ids (packed training rows) cannot be combined with a KV cache")
@@ -123,18 +137,26 @@ class Decoder(nn.Module):
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
       )(cfg, name="layers")
+      if cache is not None and isinstance(cache.k, tuple):
+        raise ValueError("Decoder: a model under nn.scan (scan_layers=True) takes a stacked KV cache; build it "
+                         "with init_cache(config, ...) of this model's config")
       kv = None if cache is None else (cache.k, cache.v)
       x_BxTxD, new_kv = stack(x_BxTxD, positions, mask_BxTxS, kv, write_index)
       new_k, new_v = (None, None) if cache is None else new_kv
     else:
-      # Each layer writes its new keys/values straight into the stacked cache (a small in-place update in the
-      # decode loop); slicing the layers out and stacking them back would copy the whole cache every token.
-      new_k, new_v = (None, None) if cache is None else (cache.k, cache.v)
+      if cache is not None and not isinstance(cache.k, tuple):
+        raise ValueError("Decoder: an unrolled model (scan_layers=False) takes a per-layer KV cache; build it "
+                         "with init_cache(config, ...) of this model's config")
+      new_k, new_v = [], []
       for i in range(cfg.num_layers):
-        kv = None if cache is None else (new_k, new_v, i)
+        kv = None if cache is None else (cache.k[i], cache.v[i])
         x_BxTxD, layer_kv = block(cfg, name=f"layers_{i}")(x_BxTxD, positions, mask_BxTxS, kv, write_index)
         if cache is not None:
-          new_k, new_v, _ = layer_kv
+          new_k.append(layer_kv[0])
+          new_v.append(layer_kv[1])
+      new_k, new_v = tuple(new_k), tuple(new_v)
+    if last_logits_only:
+      x_BxTxD = x_BxTxD[:, -1:]
     x_BxTxD = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name="norm")(x_BxTxD)
     b, t, d = x_BxTxD.shape
     x_LxD = x_BxTxD.reshape(b * t, d)  # [tokens, D], as in the blocks (layers.py, `flat_tokens`)

@@ -9,10 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leafe_jax.models import attention
 from leafe_jax.models.config import ModelConfig
-
-# Additive mask value: finite, so fully masked rows (left padding) give finite garbage instead of NaN.
-_MASKED = -1e30
 
 
 def _init(names: tuple[str | None, ...], stddev: float = 0.02):
@@ -62,15 +60,37 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
   return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
+def _rotate_half(x: jax.Array) -> jax.Array:
+  half = x.shape[-1] // 2
+  return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+@jax.custom_vjp
+def _rotate(x_BxTxNxH: jax.Array, cos_BxTx1xH: jax.Array, sin_BxTx1xH: jax.Array) -> jax.Array:
+  x = x_BxTxNxH.astype(jnp.float32)
+  return (x * cos_BxTx1xH + _rotate_half(x) * sin_BxTx1xH).astype(x_BxTxNxH.dtype)
+
+
+def _rotate_fwd(x, cos, sin):
+  return _rotate(x, cos, sin), (cos, sin)
+
+
+def _rotate_bwd(residuals, g):
+  # A rotation's transpose is the rotation by the opposite angle. Autodiff of the slices and concatenation
+  # instead builds pads and a transposed copy per q/k tensor, which cost XLA:CPU more than the attention dots.
+  cos, sin = residuals
+  return _rotate(g, cos, -sin), None, None
+
+
+_rotate.defvjp(_rotate_fwd, _rotate_bwd)
+
+
 def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq_F: np.ndarray) -> jax.Array:
   """Rotary embedding in the rotate-half convention of the HF checkpoints."""
   angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(inv_freq_F)
   angles_BxTxH = jnp.concatenate([angles_BxTxF, angles_BxTxF], axis=-1)
   cos, sin = jnp.cos(angles_BxTxH)[:, :, None, :], jnp.sin(angles_BxTxH)[:, :, None, :]
-  x = x_BxTxNxH.astype(jnp.float32)
-  half = x.shape[-1] // 2
-  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-  return (x * cos + rotated * sin).astype(x_BxTxNxH.dtype)
+  return _rotate(x_BxTxNxH, cos, sin)
 
 
 # `flat_tokens`: projections take activations as [tokens, features] (batch and time merged), not [B, T, D].
@@ -78,20 +98,11 @@ def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq_F: np.nd
 # XLA:CPU runs about twice as fast as a dot_general contracting (batch, time) (measured on the SFT step).
 
 
-def _attend(q_BxTxKxGxH, k_BxSxKxH, v_BxSxKxH, mask_BxTxS, dtype) -> jax.Array:
-  """Masked softmax attention of grouped queries over shared keys/values; scores and softmax in float32."""
-  scores_BxKxGxTxS = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
-                                preferred_element_type=jnp.float32) / math.sqrt(q_BxTxKxGxH.shape[-1])
-  scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, _MASKED)
-  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dtype)
-  return jnp.einsum("bkgts,bskh->btkgh", probs_BxKxGxTxS, v_BxSxKxH)
-
-
 class Attention(nn.Module):
   """Grouped-query attention with an optional KV cache `kv`, returned updated as the second output.
 
-  `kv` is None (no cache), this layer's cache (k, v, each [B, S, K, H]; under nn.scan), or the whole stacked
-  cache and this layer's index (k, v, each [layers, B, S, K, H], layer): the new tokens go in at `write_index`.
+  `kv` is None (no cache) or this layer's cache (k, v, each [B, K, S, H]): the new tokens go in at
+  `write_index` and the updated pair is returned.
   """
 
   config: ModelConfig
@@ -117,38 +128,23 @@ class Attention(nn.Module):
     inv_freq = rope_inv_freq(cfg)
     q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, inv_freq)
     k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, inv_freq)
-    if kv is not None and len(kv) == 3:
-      # The whole stacked cache [layers, B, S, K, H] and this layer's index: write only the new tokens into it
-      # (in place inside the decode loop) and read this layer's slice; see Decoder.
-      cache_k_LxBxSxKxH, cache_v_LxBxSxKxH, layer = kv
-      start = (layer, 0, write_index, 0, 0)
-      cache_k_LxBxSxKxH = jax.lax.dynamic_update_slice(
-          cache_k_LxBxSxKxH, k_BxTxKxH[None].astype(cache_k_LxBxSxKxH.dtype), start)
-      cache_v_LxBxSxKxH = jax.lax.dynamic_update_slice(
-          cache_v_LxBxSxKxH, v_BxTxKxH[None].astype(cache_v_LxBxSxKxH.dtype), start)
-      k_BxSxKxH, v_BxSxKxH = cache_k_LxBxSxKxH[layer], cache_v_LxBxSxKxH[layer]
-      new_kv = (cache_k_LxBxSxKxH, cache_v_LxBxSxKxH, layer)
-    elif kv is not None:
-      cache_k, cache_v = kv
-      k_BxSxKxH = jax.lax.dynamic_update_slice(cache_k, k_BxTxKxH.astype(cache_k.dtype), (0, write_index, 0, 0))
-      v_BxSxKxH = jax.lax.dynamic_update_slice(cache_v, v_BxTxKxH.astype(cache_v.dtype), (0, write_index, 0, 0))
-      new_kv = (k_BxSxKxH, v_BxSxKxH)
-    else:
-      k_BxSxKxH, v_BxSxKxH, new_kv = k_BxTxKxH, v_BxTxKxH, None
     n, h = q_BxTxNxH.shape[2:]
     q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, h)
-    k_BxSxKxH = k_BxSxKxH.astype(q_BxTxNxH.dtype)
-    v_BxSxKxH = v_BxSxKxH.astype(cfg.compute_dtype)
-    block = cfg.attention_block if kv is None and cfg.attention_block else t
-    # Without a cache, query i never sees a key after i: a block of queries needs the keys up to its end only.
-    # (With a cache the key slots do not line up with the queries, so the row is one block.)
-    outs = []
-    for start in range(0, t, block):
-      end = min(start + block, t)
-      keys = end if kv is None else k_BxSxKxH.shape[1]
-      outs.append(_attend(q_BxTxKxGxH[:, start:end], k_BxSxKxH[:, :keys], v_BxSxKxH[:, :keys],
-                          mask_BxTxS[:, start:end, :keys], cfg.compute_dtype))
-    out_BxTxKxGxH = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+    if kv is None:
+      out_BxTxKxGxH = attention.causal_attention(
+          cfg.resolved_attention_impl, q_BxTxKxGxH, k_BxTxKxH.astype(q_BxTxNxH.dtype),
+          v_BxTxKxH.astype(cfg.compute_dtype), mask_BxTxS, cfg.attention_block or t, cfg.compute_dtype)
+      new_kv = None
+    else:
+      # The cache is head-major, [.., B, K, S, H]: what the score and value dots read, with no transposed copy
+      # of the whole cache per decoded token.
+      k_BxKxTxH, v_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3)
+      cache_k, cache_v = kv  # this layer's cache, [B, K, S, H] each
+      k_BxKxSxH = jax.lax.dynamic_update_slice(cache_k, k_BxKxTxH.astype(cache_k.dtype), (0, 0, write_index, 0))
+      v_BxKxSxH = jax.lax.dynamic_update_slice(cache_v, v_BxKxTxH.astype(cache_v.dtype), (0, 0, write_index, 0))
+      new_kv = (k_BxKxSxH, v_BxKxSxH)
+      out_BxTxKxGxH = attention.dense_attention(q_BxTxKxGxH, k_BxKxSxH.astype(q_BxTxNxH.dtype), v_BxKxSxH,
+                                                mask_BxTxS, cfg.compute_dtype)
     out_LxNxH = out_BxTxKxGxH.reshape(b * t, n, h)
     out_LxD = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,

@@ -90,11 +90,11 @@ def _generate(params, tokens_BxP, mask_BxP, rng, temperature, top_p, max_new, *,
   choose = functools.partial(_choose, greedy=greedy, top_k=top_k, nucleus=nucleus)
   eos_E = jnp.asarray(eos_ids or (-1,), jnp.int32)
   cache = init_cache(model.config, tokens_BxP.shape[0], cache_len)
-  logits_BxPxV, cache = model.apply({"params": params}, tokens_BxP, attention_mask=mask_BxP, cache=cache)
-  logits_BxV = logits_BxPxV[:, -1]
+  logits_Bx1xV, cache = model.apply({"params": params}, tokens_BxP, attention_mask=mask_BxP, cache=cache,
+                                    last_logits_only=True)
+  logits_BxV = logits_Bx1xV[:, 0]
   if n > 1:  # sample rows of prompt i are rows i*n .. i*n+n-1
-    cache = cache.replace(k=jnp.repeat(cache.k, n, axis=1), v=jnp.repeat(cache.v, n, axis=1),
-                          valid=jnp.repeat(cache.valid, n, axis=0))
+    cache = cache.repeat_rows(n)
     logits_BxV = jnp.repeat(logits_BxV, n, axis=0)
   rows = logits_BxV.shape[0]
   ones_Rx1 = jnp.ones((rows, 1), jnp.int32)

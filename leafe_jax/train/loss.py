@@ -73,13 +73,21 @@ def denominator(batch: Batch, normalization: str) -> jax.Array:
 
 
 def token_nll(logits_BxTxV: jax.Array, input_ids_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Next-token NLL and argmax-correctness, both f32 [B, T-1]; computed in f32 whatever the logits dtype."""
-  logits_BxTm1xV = logits_BxTxV[:, :-1].astype(jnp.float32)
-  targets_BxTm1 = input_ids_BxT[:, 1:]
-  log_z_BxTm1 = jax.nn.logsumexp(logits_BxTm1xV, axis=-1)
-  target_logit_BxTm1 = jnp.take_along_axis(logits_BxTm1xV, targets_BxTm1[..., None], axis=-1)[..., 0]
-  correct_BxTm1 = (jnp.argmax(logits_BxTm1xV, axis=-1) == targets_BxTm1).astype(jnp.float32)
-  return log_z_BxTm1 - target_logit_BxTm1, correct_BxTm1
+  """Next-token NLL and correctness, both f32 [B, T-1]; computed in f32 whatever the logits dtype.
+
+  A target counts as correct when no logit beats it (ties with the maximum count too, where argmax would pick
+  the first). Comparing with the row maximum reuses the log-normaliser's max pass; a separate argmax was one
+  more pass over the [B, T, V] logits, about 5% of the SFT benchmark step.
+  """
+  # Every position is scored against the next token (the last against itself, then dropped): slicing the
+  # logits to [:, :-1] first would copy all of them.
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+  targets_BxT = jnp.concatenate([input_ids_BxT[:, 1:], input_ids_BxT[:, -1:]], axis=1)
+  max_BxT = jax.lax.stop_gradient(jnp.max(logits_BxTxV, axis=-1))
+  log_z_BxT = max_BxT + jnp.log(jnp.sum(jnp.exp(logits_BxTxV - max_BxT[..., None]), axis=-1))
+  target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  correct_BxT = (target_logit_BxT >= max_BxT).astype(jnp.float32)
+  return (log_z_BxT - target_logit_BxT)[:, :-1], correct_BxT[:, :-1]
 
 
 def kind_sums(

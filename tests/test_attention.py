@@ -1,0 +1,94 @@
+"""The two attention implementations against a numpy softmax attention, values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from leafe_jax.models import ModelConfig, attention
+
+B, T, K, G, H = 3, 11, 2, 3, 8
+
+
+def _inputs(seed=0):
+  rng = np.random.default_rng(seed)
+  q = rng.normal(size=(B, T, K, G, H)).astype(np.float32)
+  k = rng.normal(size=(B, T, K, H)).astype(np.float32)
+  v = rng.normal(size=(B, T, K, H)).astype(np.float32)
+  causal = np.tril(np.ones((T, T), bool))
+  # Row 0: two packed segments then padding; row 1: left padding (fully masked queries); row 2: plain causal.
+  seg0 = np.array([1] * 5 + [2] * 4 + [0] * 2)
+  row0 = causal & (seg0[:, None] == seg0[None, :]) & (seg0[None, :] != 0)
+  real1 = np.arange(T) >= 4
+  row1 = causal & real1[None, :]
+  mask = np.stack([row0, row1, causal])
+  return q, k, v, mask
+
+
+def _numpy_attention(q, k, v, mask):
+  """Direct loops over rows and heads, float64; fully masked queries average every key (uniform softmax)."""
+  out = np.zeros(q.shape, np.float64)
+  for b in range(B):
+    for kh in range(K):
+      for g in range(G):
+        scores = q[b, :, kh, g].astype(np.float64) @ k[b, :, kh].astype(np.float64).T / np.sqrt(H)
+        scores = np.where(mask[b], scores, -1e30)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        out[b, :, kh, g] = probs @ v[b, :, kh]
+  return out
+
+
+@pytest.mark.parametrize("impl", ["dense", "rowwise"])
+@pytest.mark.parametrize("block", [4, 11, 16])
+def test_causal_attention_matches_numpy(impl, block):
+  q, k, v, mask = _inputs()
+  got = attention.causal_attention(impl, q, k, v, mask, block, jnp.float32)
+  # A query that sees no key (padding) gets finite values that depend on the blocking: not compared.
+  sees = mask.any(-1)
+  np.testing.assert_allclose(np.asarray(got)[sees], _numpy_attention(q, k, v, mask)[sees], atol=1e-5)
+
+
+@pytest.mark.parametrize("block", [3, 11])
+def test_rowwise_gradients_equal_autodiff_of_dense(block):
+  q, k, v, mask = _inputs(1)
+  cotangent = np.random.default_rng(2).normal(size=q.shape).astype(np.float32)
+
+  def loss(impl):
+    return lambda q, k, v: jnp.sum(attention.causal_attention(impl, q, k, v, mask, block, jnp.float32) * cotangent)
+
+  want = jax.grad(loss("dense"), argnums=(0, 1, 2))(q, k, v)
+  got = jax.jit(jax.grad(loss("rowwise"), argnums=(0, 1, 2)))(q, k, v)
+  for name, g, w in zip("qkv", got, want):
+    assert g.shape == w.shape, name
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, err_msg=f"d{name}")
+
+
+def test_rowwise_in_bfloat16_stays_close_to_float32():
+  q, k, v, mask = _inputs(3)
+  bf = lambda x: jnp.asarray(x, jnp.bfloat16)
+  out = attention.causal_attention("rowwise", bf(q), bf(k), bf(v), mask, 4, jnp.bfloat16)
+  assert out.dtype == jnp.bfloat16
+  sees = mask.any(-1)
+  np.testing.assert_allclose(np.asarray(out, np.float32)[sees], _numpy_attention(q, k, v, mask)[sees], atol=5e-2)
+  grads = jax.grad(lambda q: jnp.sum(attention.causal_attention("rowwise", q, bf(k), bf(v), mask, 4,
+                                                                 jnp.bfloat16).astype(jnp.float32)))(bf(q))
+  assert grads.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(grads.astype(jnp.float32))))
+
+
+def test_dense_attention_over_a_cache_matches_numpy():
+  q, k, v, mask = _inputs(4)
+  # One query per row (decode) against all T slots of a head-major cache.
+  got = attention.dense_attention(q[:, -1:], k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask[:, -1:],
+                                  jnp.float32)
+  np.testing.assert_allclose(np.asarray(got[:, 0]), _numpy_attention(q, k, v, mask)[:, -1], atol=1e-5)
+
+
+def test_auto_is_rowwise_on_cpu_and_unknown_implementations_are_refused():
+  config = ModelConfig(vocab_size=8, d_model=8, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, d_ff=8)
+  assert jax.default_backend() == "cpu" and config.resolved_attention_impl == "rowwise"
+  with pytest.raises(ValueError, match="attention_impl 'flash'"):
+    ModelConfig(vocab_size=8, d_model=8, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4, d_ff=8,
+                attention_impl="flash")
+  with pytest.raises(ValueError, match="not one of"):
+    attention.causal_attention("flash", *_inputs(), 4, jnp.float32)
