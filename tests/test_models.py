@@ -105,6 +105,36 @@ def test_kv_cache_decode_after_left_padded_prefill_equals_the_full_forward_pass(
   assert np.abs(incremental - np.asarray(full))[mask.astype(bool)].max() <= 1e-5
 
 
+def test_prefill_with_last_logits_only_gives_the_last_row_and_the_same_cache(tiny):
+  config, model, params = tiny
+  ids = jnp.asarray(np.random.RandomState(5).randint(1, 64, (2, 6)))
+  full, full_cache = model.apply({"params": params}, ids, cache=models.init_cache(config, 2, 8))
+  last, last_cache = model.apply({"params": params}, ids, cache=models.init_cache(config, 2, 8),
+                                 last_logits_only=True)
+  assert last.shape == (2, 1, config.vocab_size)
+  np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, -1]), atol=1e-6)
+  for a, b in zip(jax.tree.leaves(last_cache), jax.tree.leaves(full_cache)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cache_repeat_rows_copies_each_row_n_times_in_place(tiny):
+  config, model, params = tiny
+  ids = jnp.asarray(np.random.RandomState(6).randint(1, 64, (2, 5)))
+  _, cache = model.apply({"params": params}, ids, cache=models.init_cache(config, 2, 8))
+  repeated = cache.repeat_rows(3)
+  for layer_k, rep_k in zip(cache.k, repeated.k):
+    assert rep_k.shape == (6, *layer_k.shape[1:])
+    np.testing.assert_array_equal(np.asarray(rep_k)[3:], np.repeat(np.asarray(layer_k)[1:], 3, axis=0))
+  np.testing.assert_array_equal(np.asarray(repeated.valid)[:3], np.repeat(np.asarray(cache.valid)[:1], 3, 0))
+
+
+def test_a_cache_of_the_other_layer_form_is_refused(tiny):
+  config, model, params = tiny
+  scanned_config = dataclasses.replace(config, scan_layers=True)
+  with pytest.raises(ValueError, match="unrolled model .* per-layer KV cache"):
+    model.apply({"params": params}, jnp.ones((1, 2), jnp.int32), cache=models.init_cache(scanned_config, 1, 4))
+
+
 def test_packed_segments_equal_separate_sequences(tiny):
   _, model, params = tiny
   ids = np.random.RandomState(2).randint(1, 64, (1, 9))

@@ -142,7 +142,9 @@ def test_empty_records_folder_is_a_clear_error(workdir):
     [({"loss_normalization": "sequence"}, "train.loss_normalization"),
      ({"micro_batches": 3}, "train.micro_batches"),
      ({"kinds": ("cf", "rl")}, "train.kinds"),
-     ({"init": "hf"}, "train.init_path")],
+     ({"init": "hf"}, "train.init_path"),
+     ({"attention_impl": "flash"}, "train.attention_impl"),
+     ({"remat_policy": "all"}, "train.remat_policy")],
 )
 def test_bad_values_fail_before_any_work(tmp_path, fields, message):
   with pytest.raises(ValueError, match=message):

@@ -57,6 +57,9 @@ def default_config() -> ml_collections.ConfigDict:
           "dtype": "bfloat16",  # compute dtype of the model (activations, matmuls)
           "param_dtype": "float32",  # master weights and optimizer state
           "remat_policy": "",  # "none" | "full" | "dots"; empty = the model config's own
+          # "auto" | "dense" | "rowwise" causal attention (models/attention.py); empty = the model config's own
+          # ("auto": rowwise on CPU, dense on accelerators)
+          "attention_impl": "",
           "checkpoint_every": 500,  # save an orbax checkpoint every N steps (and always at the end)
           "keep": 3,  # checkpoints kept
           "async_checkpoint": True,  # write checkpoints in the background while training continues
@@ -82,6 +85,7 @@ def resolve_mesh_shape(shape: tuple[int, ...], num_devices: int) -> tuple[int, i
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Value checks (types are checked by config_schema before any work): fail before loading anything."""
   from leafe_jax.data import records
+  from leafe_jax.models import config as model_config
   from leafe_jax.train import loss as loss_lib
   from leafe_jax.train import optimizer
 
@@ -113,6 +117,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field in ("dtype", "param_dtype"):
     if config[field] not in ("float32", "bfloat16", "float16"):
       fail(field, "must be float32, bfloat16 or float16")
+  if config.remat_policy and config.remat_policy not in model_config.REMAT_POLICIES:
+    fail("remat_policy", f"must be empty or one of {model_config.REMAT_POLICIES}")
+  if config.attention_impl and config.attention_impl not in model_config.ATTENTION_IMPLS:
+    fail("attention_impl", f"must be empty or one of {model_config.ATTENTION_IMPLS}")
 
 
 def _model_and_params(config, workdir, mesh, rng):
@@ -127,6 +135,8 @@ def _model_and_params(config, workdir, mesh, rng):
     overrides = {"dtype": config.dtype, "param_dtype": config.param_dtype}
     if config.remat_policy:
       overrides["remat_policy"] = config.remat_policy
+    if config.attention_impl:
+      overrides["attention_impl"] = config.attention_impl
     return dataclasses.replace(model_config, **overrides)
 
   if config.init == "hf":
