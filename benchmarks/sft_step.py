@@ -4,7 +4,13 @@ Both train the same Llama-architecture model (built with transformers, saved, lo
 AdamW on the same batch (batch × seq tokens, fp32, CPU). Each side runs in its own subprocess so that peak host
 memory (ru_maxrss) is its own. Tokens/s counts every token of the batch (context + target).
 
+By default every token is a target (the plain LM step). `--target_tokens N` makes each row a correction record
+instead: a context, then an N-token action, the only targets (PyTorch: labels -100 elsewhere, as an HF Trainer
+SFT run has them). Our step then computes logits at the target positions only (train/targets.py, with the train
+stage's default `logits_fractions`); transformers computes them everywhere.
+
   .venv/bin/python benchmarks/sft_step.py [--d_model 256 --layers 4 --vocab 8192 --batch 8 --seq 512 --steps 5]
+                                          [--target_tokens 64]
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ def _args(argv=None):
   parser.add_argument("--vocab", type=int, default=8192)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq", type=int, default=512)
+  parser.add_argument("--target_tokens", type=int, default=0,
+                      help="targets per row: the last N tokens (an action after its context); 0 = every token")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation, allocator warm-up)")
   parser.add_argument("--steps", type=int, default=5, help="timed steps")
   parser.add_argument("--repeats", type=int, default=2,
@@ -47,6 +55,13 @@ def _args(argv=None):
 def _batch(args):
   rng = np.random.default_rng(0)
   return rng.integers(0, args.vocab, (args.batch, args.seq)).astype(np.int64)
+
+
+def _loss_mask(args):
+  mask = np.ones((args.batch, args.seq), np.float32)
+  if args.target_tokens:
+    mask[:, : args.seq - args.target_tokens] = 0.0
+  return mask
 
 
 def _save_hf_model(args, path):
@@ -79,9 +94,10 @@ def _run_torch(args):
   model.train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
   ids = torch.from_numpy(_batch(args))
+  labels = torch.where(torch.from_numpy(_loss_mask(args)) > 0, ids, torch.full_like(ids, -100))
 
   def step():
-    loss = model(input_ids=ids, labels=ids).loss
+    loss = model(input_ids=ids, labels=labels).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -97,8 +113,11 @@ def _run_ours(args):
   from jax.sharding import Mesh
 
   from leafe_jax import models, parallel
+  from leafe_jax.train import loss as loss_lib
+  from leafe_jax.train import stage as train_stage
   from leafe_jax.train import state as state_lib
   from leafe_jax.train import step as step_lib
+  from leafe_jax.train import targets
 
   model, params = models.from_hf(args.hf_dir, dtype=jnp.float32)
   mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
@@ -115,12 +134,15 @@ def _run_ours(args):
   shape = ids.shape
   batch = {
       "input_ids_BxT": ids,
-      "loss_mask_BxT": np.ones(shape, np.float32),
+      "loss_mask_BxT": _loss_mask(args),
       "weight_BxT": np.ones(shape, np.float32),
       "segment_ids_BxT": np.ones(shape, np.int32),
       "positions_BxT": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy(),
       "kind_BxT": np.zeros(shape, np.int32),
   }
+  fractions = tuple(train_stage.default_config().logits_fractions)
+  width = targets.index_width(targets.max_targets_per_row(batch), args.seq, fractions)
+  batch[loss_lib.TARGET_INDEX] = targets.target_index(batch, width)
   batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
   jitted = step_lib.jit_train_step(train_step, state_sharding, dict.fromkeys(batch, batch_sharding), mesh)
   holder = [state]
@@ -140,7 +162,8 @@ def _side(args):
 
 def _spawn(side, args, hf_dir):
   argv = [sys.executable, os.path.abspath(__file__), "--side", side, "--hf_dir", hf_dir]
-  for name in ("d_model", "layers", "heads", "kv_heads", "d_ff", "vocab", "batch", "seq", "warmup", "steps"):
+  for name in ("d_model", "layers", "heads", "kv_heads", "d_ff", "vocab", "batch", "seq", "target_tokens",
+               "warmup", "steps"):
     argv += [f"--{name}", str(getattr(args, name))]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=args.xla_flags if side == "ours" else "",
              PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
@@ -166,13 +189,15 @@ def main():
   ratio = ours["tokens_per_s"] / ref["tokens_per_s"]
   print(f"SFT train step, Llama d_model={args.d_model} layers={args.layers} vocab={args.vocab}, "
         f"batch {args.batch} x {args.seq}, fp32 AdamW, CPU ({os.cpu_count()} cores), best of {args.repeats} "
-        f"alternating runs per side, {args.steps} timed steps each\n")
+        f"alternating runs per side, {args.steps} timed steps each; targets per row: "
+        f"{args.target_tokens or 'all'}\n")
   print("| | tokens/s | peak host memory (MiB) | first-step loss |")
   print("|---|---|---|---|")
   print(f"| leafe_jax (jit step) | {ours['tokens_per_s']:.0f} | {ours['peak_mib']:.0f} | {ours['first_loss']:.4f} |")
   print(f"| transformers PyTorch | {ref['tokens_per_s']:.0f} | {ref['peak_mib']:.0f} | {ref['first_loss']:.4f} |")
   print(f"| ratio | {ratio:.2f}x | {ours['peak_mib'] / ref['peak_mib']:.2f}x | |\n")
-  print(json.dumps({"name": "sft_step", "ours": round(ours["tokens_per_s"], 1),
+  name = f"sft_step_{args.target_tokens}_targets_per_row" if args.target_tokens else "sft_step"
+  print(json.dumps({"name": name, "ours": round(ours["tokens_per_s"], 1),
                     "reference": round(ref["tokens_per_s"], 1), "unit": "tokens/s", "ratio": round(ratio, 3)}))
 
 

@@ -105,15 +105,17 @@ def test_kv_cache_decode_after_left_padded_prefill_equals_the_full_forward_pass(
   assert np.abs(incremental - np.asarray(full))[mask.astype(bool)].max() <= 1e-5
 
 
-def test_prefill_with_last_logits_only_gives_the_last_row_and_the_same_cache(tiny):
+def test_logits_positions_give_those_rows_of_the_full_logits_and_the_same_cache(tiny):
   config, model, params = tiny
   ids = jnp.asarray(np.random.RandomState(5).randint(1, 64, (2, 6)))
   full, full_cache = model.apply({"params": params}, ids, cache=models.init_cache(config, 2, 8))
-  last, last_cache = model.apply({"params": params}, ids, cache=models.init_cache(config, 2, 8),
-                                 last_logits_only=True)
-  assert last.shape == (2, 1, config.vocab_size)
-  np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, -1]), atol=1e-6)
-  for a, b in zip(jax.tree.leaves(last_cache), jax.tree.leaves(full_cache)):
+  picked_BxN = jnp.asarray([[5, 0, 3], [2, 2, 5]], jnp.int32)
+  some, some_cache = model.apply({"params": params}, ids, cache=models.init_cache(config, 2, 8),
+                                 logits_positions=picked_BxN)
+  assert some.shape == (2, 3, config.vocab_size)
+  for b in range(2):
+    np.testing.assert_allclose(np.asarray(some[b]), np.asarray(full[b, np.asarray(picked_BxN[b])]), atol=1e-6)
+  for a, b in zip(jax.tree.leaves(some_cache), jax.tree.leaves(full_cache)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 

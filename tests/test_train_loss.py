@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from leafe_jax.train import loss as loss_lib
+from leafe_jax.train import targets
 
 VOCAB = 11
 NUM_KINDS = 5
@@ -65,6 +66,49 @@ def test_loss_matches_numpy_weighted_masked_nll(normalization):
   np.testing.assert_allclose(float(loss), want, rtol=1e-6)
   np.testing.assert_allclose(np.asarray(sums["nll_sum_K"]), kind_nll, rtol=1e-6, atol=1e-6)
   np.testing.assert_array_equal(np.asarray(sums["targets_K"]), kind_count)
+
+
+def _gathering_apply(params, ids, logits_positions=None, **_):
+  """A fake model whose 'params' are the logits; honours logits_positions like the Decoder does."""
+  if logits_positions is None:
+    return params
+  return jnp.take_along_axis(params, logits_positions[..., None], axis=1)
+
+
+@pytest.mark.parametrize("width", [5, 8])
+@pytest.mark.parametrize("normalization", ["token", "example"])
+def test_loss_on_gathered_target_positions_equals_numpy(normalization, width):
+  batch = _hand_batch()
+  # Row 1 has the most target positions: 4 (t = 3, 4, 6, 7 predicted from 2, 3, 5, 6).
+  assert targets.max_targets_per_row(batch) == 4
+  batch[loss_lib.TARGET_INDEX] = targets.target_index(batch, width)
+  logits = np.random.default_rng(0).normal(size=(3, 8, VOCAB)).astype(np.float32) * 3
+  loss_fn = loss_lib.make_loss_fn(_gathering_apply, normalization, NUM_KINDS)
+  jbatch = {k: jnp.asarray(v) for k, v in batch.items()}
+  loss, sums = loss_fn(jnp.asarray(logits), jbatch, loss_lib.denominator(jbatch, normalization))
+  want, kind_nll, kind_count = _numpy_loss(logits, batch, normalization)
+  np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(sums["nll_sum_K"]), kind_nll, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(sums["targets_K"]), kind_count)
+
+
+def test_target_index_lists_each_rows_target_positions_then_pads_with_the_last():
+  index = targets.target_index(_hand_batch(), 5)
+  np.testing.assert_array_equal(index, [[1, 2, 4, 5, 7],  # row 0: t=2,3 (seg 1) and 6,7 (seg 2); t=4 starts seg 2
+                                        [2, 3, 5, 6, 7],
+                                        [7, 7, 7, 7, 7]])  # all padding
+  np.testing.assert_array_equal(targets.target_index(_hand_batch(), 8), np.tile(np.arange(8), (3, 1)))
+  with pytest.raises(ValueError, match="4 target positions, more than width=3"):
+    targets.target_index(_hand_batch(), 3)
+
+
+def test_index_width_is_the_smallest_fraction_that_holds_the_targets():
+  assert targets.index_width(10, 1024, (0.125, 0.5)) == 128
+  assert targets.index_width(128, 1024, (0.5, 0.125)) == 128
+  assert targets.index_width(129, 1024, (0.125, 0.5)) == 512
+  assert targets.index_width(600, 1024, (0.125, 0.5)) == 1024  # more than the largest: every position
+  assert targets.index_width(3, 1024, ()) == 1024
+  assert targets.index_width(3, 1024, (1.0,)) == 1024
 
 
 def test_example_normalization_counts_examples_once_whatever_their_length():

@@ -11,6 +11,7 @@ from leafe_jax import models, parallel
 from leafe_jax.train import loss as loss_lib
 from leafe_jax.train import state as state_lib
 from leafe_jax.train import step as step_lib
+from leafe_jax.train import targets
 
 NUM_KINDS = 5
 CFG = dict(vocab_size=96, d_model=32, num_layers=2, num_heads=8, num_kv_heads=4, head_dim=8, d_ff=64,
@@ -86,6 +87,22 @@ def test_one_step_on_a_mesh_equals_the_single_device_step(model_and_params, sing
   np.testing.assert_allclose(got_metrics["loss"], want_metrics["loss"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_logits_at_target_positions_only_give_the_full_logits_step(model_and_params, single_device_step,
+                                                                    micro_batches):
+  model, params = model_and_params
+  batch = _batch()
+  width = targets.index_width(targets.max_targets_per_row(batch), 24, (0.5,))
+  assert width == 12  # fewer positions than the row: the gathered path is what runs
+  batch[loss_lib.TARGET_INDEX] = targets.target_index(batch, width)
+  want, want_metrics = single_device_step
+  got, got_metrics = _one_step(model, params, batch, parallel.make_mesh((2, 2, 2)), micro_batches=micro_batches)
+  _assert_trees_close(got, want)
+  np.testing.assert_allclose(got_metrics["loss"], want_metrics["loss"], rtol=1e-5)
+  for key in loss_lib.KIND_SUM_KEYS:
+    np.testing.assert_allclose(got_metrics[key], want_metrics[key], rtol=1e-5, err_msg=key)
+
+
 @pytest.mark.parametrize("normalization", ["token", "example"])
 def test_k_micro_batches_equal_one_batch(model_and_params, normalization):
   model, params = model_and_params
@@ -121,7 +138,8 @@ def _per_example_nll(model, params, batch):
   jb = {k: jnp.asarray(v) for k, v in batch.items()}
   logits = model.apply({"params": params}, jb["input_ids_BxT"], positions=jb["positions_BxT"],
                        segment_ids=jb["segment_ids_BxT"])[0]
-  nll, _ = loss_lib.token_nll(logits, jnp.asarray(batch["input_ids_BxT"]))
+  ids = jnp.asarray(batch["input_ids_BxT"])
+  nll, _ = loss_lib.token_nll(logits[:, :-1], ids[:, 1:])
   valid = np.asarray(loss_lib.target_mask({k: jnp.asarray(v) for k, v in batch.items()}))
   nll = np.asarray(nll)
   out = {}

@@ -104,15 +104,16 @@ class Decoder(nn.Module):
     attend only within equal ids, 0 = padding (training only). cache: KVCache; the T tokens are written at slots
     [index, index + T) and `valid` records `attention_mask` there. The caller sizes the cache: writing past
     `max_len` is not detected inside jit. logits_BxTxV are float32; without a cache the second output is None.
-    last_logits_only: return logits for the last position only, [B, 1, V] (a prefill needs no more; the LM head
-    over every prompt token was the largest matmul of a sampler call).
+    logits_positions: int32 [B, N]: compute logits only at these positions of each row, [B, N, V] (a prefill
+    needs the last one only; SFT needs those that predict a target). The LM head over every position is the
+    largest matmul of a prefill and, with a 150k vocabulary, the largest tensor of a training step.
   """
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, input_ids_BxT, positions=None, attention_mask=None, segment_ids=None, cache=None,
-               last_logits_only: bool = False):
+               logits_positions=None):
     cfg = self.config
     if segment_ids is not None and cache is not None:
       raise ValueError("Decoder: segment_ids (packed training rows) cannot be combined with a KV cache")
@@ -155,8 +156,8 @@ class Decoder(nn.Module):
           new_k.append(layer_kv[0])
           new_v.append(layer_kv[1])
       new_k, new_v = tuple(new_k), tuple(new_v)
-    if last_logits_only:
-      x_BxTxD = x_BxTxD[:, -1:]
+    if logits_positions is not None:
+      x_BxTxD = jnp.take_along_axis(x_BxTxD, logits_positions[..., None].astype(jnp.int32), axis=1)
     x_BxTxD = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name="norm")(x_BxTxD)
     b, t, d = x_BxTxD.shape
     x_LxD = x_BxTxD.reshape(b * t, d)  # [tokens, D], as in the blocks (layers.py, `flat_tokens`)

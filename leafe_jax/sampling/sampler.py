@@ -90,8 +90,9 @@ def _generate(params, tokens_BxP, mask_BxP, rng, temperature, top_p, max_new, *,
   choose = functools.partial(_choose, greedy=greedy, top_k=top_k, nucleus=nucleus)
   eos_E = jnp.asarray(eos_ids or (-1,), jnp.int32)
   cache = init_cache(model.config, tokens_BxP.shape[0], cache_len)
+  last_Bx1 = jnp.full((tokens_BxP.shape[0], 1), tokens_BxP.shape[1] - 1, jnp.int32)
   logits_Bx1xV, cache = model.apply({"params": params}, tokens_BxP, attention_mask=mask_BxP, cache=cache,
-                                    last_logits_only=True)
+                                    logits_positions=last_Bx1)
   logits_BxV = logits_Bx1xV[:, 0]
   if n > 1:  # sample rows of prompt i are rows i*n .. i*n+n-1
     cache = cache.repeat_rows(n)

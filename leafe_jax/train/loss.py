@@ -26,6 +26,8 @@ import jax.numpy as jnp
 NORMALIZATIONS = ("token", "example")
 # Per-kind metric sums returned by the loss (each f32 [num_kinds]).
 KIND_SUM_KEYS = ("nll_sum_K", "targets_K", "correct_K")
+# Optional batch key: int32 [B, N] positions at which to compute logits (train/targets.py).
+TARGET_INDEX = "target_index_BxN"
 
 Batch = Mapping[str, jax.Array]
 
@@ -72,35 +74,45 @@ def denominator(batch: Batch, normalization: str) -> jax.Array:
   raise ValueError(f"loss_normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
-def token_nll(logits_BxTxV: jax.Array, input_ids_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Next-token NLL and correctness, both f32 [B, T-1]; computed in f32 whatever the logits dtype.
+def token_nll(logits_BxNxV: jax.Array, targets_BxN: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """NLL of each target under its logits and its correctness, both f32 [B, N]; in f32 whatever the logits dtype.
 
   A target counts as correct when no logit beats it (ties with the maximum count too, where argmax would pick
   the first). Comparing with the row maximum reuses the log-normaliser's max pass; a separate argmax was one
-  more pass over the [B, T, V] logits, about 5% of the SFT benchmark step.
+  more pass over the logits, about 5% of the SFT benchmark step.
   """
-  # Every position is scored against the next token (the last against itself, then dropped): slicing the
-  # logits to [:, :-1] first would copy all of them.
-  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
-  targets_BxT = jnp.concatenate([input_ids_BxT[:, 1:], input_ids_BxT[:, -1:]], axis=1)
-  max_BxT = jax.lax.stop_gradient(jnp.max(logits_BxTxV, axis=-1))
-  log_z_BxT = max_BxT + jnp.log(jnp.sum(jnp.exp(logits_BxTxV - max_BxT[..., None]), axis=-1))
-  target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  correct_BxT = (target_logit_BxT >= max_BxT).astype(jnp.float32)
-  return (log_z_BxT - target_logit_BxT)[:, :-1], correct_BxT[:, :-1]
+  logits_BxNxV = logits_BxNxV.astype(jnp.float32)
+  max_BxN = jax.lax.stop_gradient(jnp.max(logits_BxNxV, axis=-1))
+  log_z_BxN = max_BxN + jnp.log(jnp.sum(jnp.exp(logits_BxNxV - max_BxN[..., None]), axis=-1))
+  target_logit_BxN = jnp.take_along_axis(logits_BxNxV, targets_BxN[..., None], axis=-1)[..., 0]
+  correct_BxN = (target_logit_BxN >= max_BxN).astype(jnp.float32)
+  return log_z_BxN - target_logit_BxN, correct_BxN
 
 
-def kind_sums(
-    nll_BxTm1: jax.Array, correct_BxTm1: jax.Array, batch: Batch, num_kinds: int
-) -> dict[str, jax.Array]:
-  """Per record kind (index in records.KINDS): unweighted NLL sum, target count, correct count; each f32 [K]."""
-  valid_BxTm1 = target_mask(batch)
-  kind_onehot_BxTm1xK = jax.nn.one_hot(batch["kind_BxT"][:, 1:], num_kinds, dtype=jnp.float32)
-  kind_onehot_BxTm1xK = kind_onehot_BxTm1xK * valid_BxTm1[..., None]
+def next_token_view(batch: Batch, normalization: str) -> dict[str, jax.Array]:
+  """Per position t of [B, T]: the token it predicts (t+1), whether that counts, its loss factor, its kind.
+
+  The last position predicts nothing (valid 0). Keeping the full length T (rather than slicing logits to
+  [:, :-1]) lets the full-logits path score every position without copying the logits.
+  """
+  pad = lambda x_BxTm1: jnp.concatenate([x_BxTm1, jnp.zeros_like(x_BxTm1[:, :1])], axis=1)
+  shift = lambda x_BxT: jnp.concatenate([x_BxT[:, 1:], x_BxT[:, -1:]], axis=1)
   return {
-      "nll_sum_K": jnp.einsum("bt,btk->k", jax.lax.stop_gradient(nll_BxTm1), kind_onehot_BxTm1xK),
-      "targets_K": jnp.sum(kind_onehot_BxTm1xK, axis=(0, 1)),
-      "correct_K": jnp.einsum("bt,btk->k", correct_BxTm1, kind_onehot_BxTm1xK),
+      "targets": shift(batch["input_ids_BxT"]),
+      "valid": pad(target_mask(batch)),
+      "scale": pad(token_scale(batch, normalization)),
+      "kind": shift(batch["kind_BxT"]),
+  }
+
+
+def kind_sums(nll_BxN: jax.Array, correct_BxN: jax.Array, valid_BxN: jax.Array, kind_BxN: jax.Array,
+              num_kinds: int) -> dict[str, jax.Array]:
+  """Per record kind (index in records.KINDS): unweighted NLL sum, target count, correct count; each f32 [K]."""
+  kind_onehot_BxNxK = jax.nn.one_hot(kind_BxN, num_kinds, dtype=jnp.float32) * valid_BxN[..., None]
+  return {
+      "nll_sum_K": jnp.einsum("bn,bnk->k", jax.lax.stop_gradient(nll_BxN), kind_onehot_BxNxK),
+      "targets_K": jnp.sum(kind_onehot_BxNxK, axis=(0, 1)),
+      "correct_K": jnp.einsum("bn,bnk->k", correct_BxN, kind_onehot_BxNxK),
   }
 
 
@@ -109,20 +121,26 @@ def make_loss_fn(
 ) -> Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
   """Returns loss_fn(params, batch, denom) -> (loss, metric sums), for `jax.value_and_grad(has_aux=True)`.
 
-  `apply_fn(params, input_ids, positions=..., segment_ids=...)` returns logits [B, T, V]. `denom` is
-  `denominator(global_batch, normalization)`; passing it in lets micro-batches share the global normaliser.
+  `apply_fn(params, input_ids, positions=..., segment_ids=..., logits_positions=...)` returns logits [B, N, V].
+  With `batch[TARGET_INDEX]` (int32 [B, N], train/targets.py) the logits are computed only at those positions
+  (the ones that predict a target, padded with positions that predict nothing); without it, at all T. `denom`
+  is `denominator(global_batch, normalization)`; passing it in lets micro-batches share the global normaliser.
   """
   if normalization not in NORMALIZATIONS:
     raise ValueError(f"loss_normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
   def loss_fn(params: Any, batch: Batch, denom: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    logits_BxTxV = apply_fn(
-        params, batch["input_ids_BxT"], positions=batch["positions_BxT"], segment_ids=batch["segment_ids_BxT"]
-    )
-    nll_BxTm1, correct_BxTm1 = token_nll(logits_BxTxV, batch["input_ids_BxT"])
-    numerator = jnp.sum(token_scale(batch, normalization) * nll_BxTm1)
+    view = next_token_view(batch, normalization)
+    index_BxN = batch.get(TARGET_INDEX)
+    extra = {} if index_BxN is None else {"logits_positions": index_BxN}
+    logits_BxNxV = apply_fn(params, batch["input_ids_BxT"], positions=batch["positions_BxT"],
+                            segment_ids=batch["segment_ids_BxT"], **extra)
+    if index_BxN is not None:
+      view = {key: jnp.take_along_axis(value, index_BxN, axis=1) for key, value in view.items()}
+    nll_BxN, correct_BxN = token_nll(logits_BxNxV, view["targets"])
+    numerator = jnp.sum(view["scale"] * nll_BxN)
     # A batch without targets (all padding) contributes 0, not NaN.
     loss = numerator / jnp.where(denom > 0, denom, 1.0)
-    return loss, kind_sums(nll_BxTm1, correct_BxTm1, batch, num_kinds)
+    return loss, kind_sums(nll_BxN, correct_BxN, view["valid"], view["kind"], num_kinds)
 
   return loss_fn

@@ -57,6 +57,10 @@ def default_config() -> ml_collections.ConfigDict:
           "dtype": "bfloat16",  # compute dtype of the model (activations, matmuls)
           "param_dtype": "float32",  # master weights and optimizer state
           "remat_policy": "",  # "none" | "full" | "dots"; empty = the model config's own
+          # LM head only at the positions that predict a target (train/targets.py): N = the smallest of these
+          # fractions of seq_len that holds every row's targets (one compiled program each); more targets than
+          # the largest -> every position. () = always every position.
+          "logits_fractions": (0.125, 0.5),
           # "auto" | "dense" | "rowwise" causal attention (models/attention.py); empty = the model config's own
           # ("auto": rowwise on CPU, dense on accelerators)
           "attention_impl": "",
@@ -117,6 +121,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field in ("dtype", "param_dtype"):
     if config[field] not in ("float32", "bfloat16", "float16"):
       fail(field, "must be float32, bfloat16 or float16")
+  if any(not 0 < f <= 1 for f in config.logits_fractions):
+    fail("logits_fractions", "must hold fractions in (0, 1]")
   if config.remat_policy and config.remat_policy not in model_config.REMAT_POLICIES:
     fail("remat_policy", f"must be empty or one of {model_config.REMAT_POLICIES}")
   if config.attention_impl and config.attention_impl not in model_config.ATTENTION_IMPLS:
@@ -167,6 +173,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax import parallel
   from leafe_jax.data import records
   from leafe_jax.train import checkpoint, feed, metrics, optimizer
+  from leafe_jax.train import loss as loss_lib
   from leafe_jax.train import state as state_lib
   from leafe_jax.train import step as step_lib
 
@@ -221,7 +228,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       mesh=mesh,
       schedule=schedule,
   )
-  jitted = step_lib.jit_train_step(train_step, state_sharding, dict.fromkeys(BATCH_KEYS, batch_sharding), mesh)
+  feed_keys = (*BATCH_KEYS, loss_lib.TARGET_INDEX)
+  jitted = step_lib.jit_train_step(train_step, state_sharding, dict.fromkeys(feed_keys, batch_sharding), mesh)
 
   writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"), enabled=process_index == 0)
   peak = metrics.peak_flops(jax.devices()[0].device_kind)
@@ -232,9 +240,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   pending, tokens, window_start = [], 0, time.perf_counter()
   trained = step < total_steps
   while step < total_steps:
-    local = data.next()
+    local = {k: v for k, v in data.next().items() if k in BATCH_KEYS}
+    local[loss_lib.TARGET_INDEX] = _target_index(local, cfg)
     tokens += int(np.count_nonzero(local["segment_ids_BxT"])) * process_count
-    state, step_metrics = jitted(state, distributed.global_batch({k: local[k] for k in BATCH_KEYS}, mesh))
+    state, step_metrics = jitted(state, distributed.global_batch(local, mesh))
     pending.append(step_metrics)
     step += 1
     if step % cfg.log_every == 0 or step == total_steps:
@@ -256,6 +265,19 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     # Re-export only if this invocation trained (a rerun of a finished stage keeps its export).
     if not os.path.exists(os.path.join(hf_dir, "config.json")) or trained:
       checkpoint.export_hf(model, state.params, tokenizer_dir, hf_dir)
+
+
+def _target_index(local: dict[str, np.ndarray], cfg: ml_collections.ConfigDict) -> np.ndarray:
+  """This process's rows' target positions, at a width every process agrees on (the global batch is one array)."""
+  import jax
+  from jax.experimental import multihost_utils
+
+  from leafe_jax.train import targets
+
+  most = targets.max_targets_per_row(local)
+  if jax.process_count() > 1:
+    most = int(np.max(multihost_utils.process_allgather(np.asarray(most))))
+  return targets.target_index(local, targets.index_width(most, cfg.seq_len, tuple(cfg.logits_fractions)))
 
 
 def _epoch_steps(data: Any) -> int:
