@@ -164,8 +164,12 @@ def explore_pooled(args, tasks: list[str]) -> dict:
 
 
 def _import_record_writers() -> None:
-  """Imports what the distill stage imports lazily (transformers, TensorFlow): import time is not record writing."""
-  import transformers  # noqa: F401
+  """Imports what the distill stage imports lazily (transformers, TensorFlow): import time is not record writing.
+
+  `import transformers` alone is lazy: the first `AutoTokenizer` access imports torch (about 2 s), which had
+  been timed as record writing.
+  """
+  from transformers import AutoTokenizer  # noqa: F401
 
   from leafe_jax.data import records  # noqa: F401
 

@@ -8,6 +8,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
+from leafe_jax.policy import chat
 from leafe_jax.policy.chat import encode_prompt, encode_turn
 from leafe_jax.policy.openai_policy import OpenAIPolicy, PolicyServerError
 
@@ -32,6 +33,23 @@ def test_encode_turn_masks_exactly_the_response_and_end_of_turn(tokenizer):
   assert ids[: len(prompt)] == prompt and mask[: len(prompt)] == [0] * len(prompt)
   target = tokenizer.decode([t for t, m in zip(ids, mask) if m])
   assert target == "<action>up</action><|im_end|>\n"
+
+
+def test_batched_encode_turns_equals_transformers_tokenize_true_per_turn(tokenizer, monkeypatch):
+  monkeypatch.setattr(chat, "BATCH_SIZE", 2)  # 5 turns: three batched tokenizer calls
+  turns = [([{"role": "user", "content": f"Grid:\n#_P{'_' * i}#\nAction?"}], f"<action>{a}</action>")
+           for i, a in enumerate(["up", "down", "left", "right", "up"])]
+  turns[3] = ([{"role": "system", "content": "Sokoban."}, *turns[3][0],
+               {"role": "assistant", "content": "<action>up</action>"}, {"role": "user", "content": "again"}],
+              turns[3][1])
+  for (messages, response), (ids, mask) in zip(turns, chat.encode_turns(tokenizer, turns), strict=True):
+    conversation = [*messages, {"role": "assistant", "content": response}]
+    want = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False)
+    want_prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                return_dict=False)
+    assert ids == list(want)
+    assert encode_prompt(tokenizer, messages) == list(want_prompt)
+    assert mask == [0] * len(want_prompt) + [1] * (len(want) - len(want_prompt))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

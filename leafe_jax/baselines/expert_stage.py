@@ -29,7 +29,7 @@ from leafe_jax.baselines.sokoban_expert import ExpertTrajectory, noisy_expert_tr
 from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
 from leafe_jax.envs.prompts import build_action_prompt
 from leafe_jax.explore import reflection
-from leafe_jax.policy.chat import encode_turn
+from leafe_jax.policy.chat import encode_turns
 
 CONFIG_SECTION = "expert_data"
 
@@ -141,9 +141,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   rng.shuffle(order)
   with records.RecordWriter(os.path.join(stage_dir, "records"), tokenizer_fingerprint=fingerprint,
                             config_json=json.dumps(cfg.to_dict()), shard_size=cfg.shard_size) as writer:
-    for i in order:
+    encoded = encode_turns(tokenizer, [(examples[i][1], examples[i][2]) for i in order])
+    for i, (input_ids, loss_mask) in zip(order, encoded, strict=True):
       task_id, messages, response, experience = examples[i]
-      input_ids, loss_mask = encode_turn(tokenizer, messages, response)
       writer.write(records.CorrectionRecord(
           input_ids=input_ids, loss_mask=loss_mask, kind="sft", env=cfg.env, task_id=task_id,
           experience=experience, messages_json=json.dumps(messages), tokenizer=fingerprint,

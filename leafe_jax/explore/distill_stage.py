@@ -42,7 +42,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from transformers import AutoTokenizer
 
   from leafe_jax.data import records
-  from leafe_jax.policy.chat import encode_turn
+  from leafe_jax.policy.chat import encode_turns
 
   cfg = config.distill
   final = os.path.join(stage_dir, "records")
@@ -64,8 +64,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   os.makedirs(stage_dir, exist_ok=True)
   with records.RecordWriter(partial, tokenizer_fingerprint=fingerprint, config_json=json.dumps(cfg.to_dict()),
                             shard_size=cfg.shard_size, writer_id="distill") as writer:
-    for ex in examples:
-      input_ids, loss_mask = encode_turn(tokenizer, ex.messages, ex.response)
+    encoded = encode_turns(tokenizer, [(ex.messages, ex.response) for ex in examples])
+    for ex, (input_ids, loss_mask) in zip(examples, encoded, strict=True):
       writer.write(records.CorrectionRecord(
           input_ids=input_ids, loss_mask=loss_mask, kind=ex.kind, weight=ex.weight, env=trees[0].env,
           task_id=ex.task_id, tree_id=ex.task_id, node_id=str(ex.node_id), step=ex.step, experience=ex.experience,

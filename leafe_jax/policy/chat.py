@@ -12,31 +12,53 @@ from collections.abc import Sequence
 from leafe_jax.policy.base import Message
 
 
+# Rendering (the template) and tokenizing are separate steps, as transformers' own `apply_chat_template(...,
+# tokenize=True)` does them (tokenizing with add_special_tokens=False: the template writes its own). Keeping them
+# apart lets distillation tokenize thousands of rendered turns in one batched call of the fast tokenizer, and
+# the policy and the records still share every line of it.
+BATCH_SIZE = 256  # rendered texts per batched tokenizer call in encode_turns
+
+
+def _render(tokenizer, messages: Sequence[Message], generation_prompt: bool) -> str:
+  return tokenizer.apply_chat_template(list(messages), add_generation_prompt=generation_prompt, tokenize=False)
+
+
+def _tokenize(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+  return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
 def encode_prompt(tokenizer, messages: Sequence[Message]) -> list[int]:
   """Token ids of `messages` rendered with the chat template, ending with the assistant generation prompt."""
-  return list(
-      tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True, return_dict=False)
-  )
+  return _tokenize(tokenizer, [_render(tokenizer, messages, True)])[0]
 
 
-def encode_turn(tokenizer, messages: Sequence[Message], response: str) -> tuple[list[int], list[int]]:
-  """(input_ids, loss_mask) of one agent turn: the prompt, then the response as the target (mask 1).
+def encode_turns(tokenizer, turns: Sequence[tuple[Sequence[Message], str]]) -> list[tuple[list[int], list[int]]]:
+  """(input_ids, loss_mask) of each agent turn (messages, response): the prompt, then the response (mask 1).
 
   The target is the suffix the template adds for the assistant message, end-of-turn token included, so a
   model trained on it learns to stop. Raises ValueError when the template is not prefix-stable (the rendered
   prompt is not a prefix of the rendered conversation), which would make the mask wrong.
   """
-  prompt_ids = encode_prompt(tokenizer, messages)
-  conversation = [*messages, {"role": "assistant", "content": response}]
-  full_ids = list(
-      tokenizer.apply_chat_template(conversation, add_generation_prompt=False, tokenize=True, return_dict=False)
-  )
-  if full_ids[: len(prompt_ids)] != prompt_ids:
-    raise ValueError(
-        "chat template is not prefix-stable: the prompt with the generation prompt is not a prefix of the "
-        f"conversation with the assistant turn (tokenizer {type(tokenizer).__name__}); cannot build a loss mask"
-    )
-  target = full_ids[len(prompt_ids) :]
-  if not target:
-    raise ValueError("the chat template rendered the assistant response as zero tokens")
-  return full_ids, [0] * len(prompt_ids) + [1] * len(target)
+  out = []
+  for start in range(0, len(turns), BATCH_SIZE):
+    chunk = turns[start:start + BATCH_SIZE]
+    texts = [_render(tokenizer, messages, True) for messages, _ in chunk]
+    texts += [_render(tokenizer, [*messages, {"role": "assistant", "content": response}], False)
+              for messages, response in chunk]
+    ids = _tokenize(tokenizer, texts)
+    for prompt_ids, full_ids in zip(ids[:len(chunk)], ids[len(chunk):]):
+      if full_ids[: len(prompt_ids)] != prompt_ids:
+        raise ValueError(
+            "chat template is not prefix-stable: the prompt with the generation prompt is not a prefix of the "
+            f"conversation with the assistant turn (tokenizer {type(tokenizer).__name__}); cannot build a loss "
+            "mask")
+      target = full_ids[len(prompt_ids):]
+      if not target:
+        raise ValueError("the chat template rendered the assistant response as zero tokens")
+      out.append((full_ids, [0] * len(prompt_ids) + [1] * len(target)))
+  return out
+
+
+def encode_turn(tokenizer, messages: Sequence[Message], response: str) -> tuple[list[int], list[int]]:
+  """`encode_turns` of one turn."""
+  return encode_turns(tokenizer, [(messages, response)])[0]
