@@ -30,6 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory every stage writes to
 STAGES: dict[str, str] = {
     "expert_data": "leafe_jax.baselines.expert_stage",
     "train": "leafe_jax.train.stage",
+    "grpo": "leafe_jax.train.grpo_stage",
     "explore": "leafe_jax.explore.stage",
     "distill": "leafe_jax.explore.distill_stage",
     "eval": "leafe_jax.eval.stage",

@@ -10,8 +10,9 @@ shared/reference/leafe_paper_notes.md):
 Inputs the user provides, as HF directories inside the workdir (symlinks are fine):
   <workdir>/models/base   the instruct model (the paper's "Base" row, notes §5);
   <workdir>/models/grpo   the GRPO-RLVR checkpoint of the same backbone on the same environment, which LEAFE
-                          explores with and fine-tunes from (notes §2.2, §5). GRPO training is not part of this
-                          codebase.
+                          explores with and fine-tunes from (notes §2.2, §5): a verl-agent checkpoint, or the
+                          export of this config's `grpo` stage (`--config.stages='("grpo",)'`, then link
+                          <workdir>/grpo/hf to <workdir>/models/grpo).
 Run from the repository root (the per-env files import this module as `configs.paper.common`).
 """
 
@@ -25,6 +26,7 @@ from leafe_jax.eval import report_stage
 from leafe_jax.eval import stage as eval_stage
 from leafe_jax.explore import distill_stage
 from leafe_jax.explore import stage as explore_stage
+from leafe_jax.train import grpo_stage
 from leafe_jax.train import stage as train_stage
 
 # The GRPO-RLVR checkpoint LEAFE starts from (paper §2.2): an HF dir, relative to the workdir. The explorer and
@@ -200,6 +202,43 @@ def eval_config(setup: EnvSetup, model: Backbone) -> ml_collections.ConfigDict:
   return c
 
 
+def grpo_config(setup: EnvSetup, model: Backbone) -> ml_collections.ConfigDict:
+  """GRPO-RLVR from the instruct model (notes §5): the baseline row and LEAFE's starting checkpoint."""
+  c = grpo_stage.default_config()
+  c.init = "hf"  # [T] GRPO trains the instruct model (notes §5)
+  c.init_path = BASE  # the Base row's model
+  c.tokenizer = ""  # its own tokenizer
+  c.mesh = (1, -1, 1)  # [ours] params and optimizer state sharded over every device, as the SFT stage
+  c.dtype = "bfloat16"  # [ours] compute dtype
+  c.param_dtype = "float32"  # [ours] master weights
+  c.remat_policy = "full"  # [ours] 7B+ rows of seq_len tokens
+  c.lr = 1e-6  # [F] verl-agent actor lr (notes §5)
+  c.env = setup.env  # registered environment
+  c.env_config = ml_collections.ConfigDict(setup.env_config)  # its keyword config
+  c.env_workers = setup.env_workers  # heavy engines step in worker processes
+  c.split = setup.explore_split  # the training tasks LEAFE explores
+  c.num_tasks = setup.explore_tasks  # the same pool
+  c.tasks_per_iteration = 32 if setup.env == "sokoban" else 16  # [F] verl-agent train_data_size (notes §5)
+  c.group_size = 8  # [F] verl-agent env.rollout.n (notes §5)
+  c.num_iterations = 150  # [F] verl-agent total_epochs (notes §5)
+  c.env_step_budget = 0  # [D] no budget; set it to LEAFE's ledger total for the equal-budget comparison
+  c.max_steps = setup.max_steps  # episode horizon, as explored and evaluated
+  c.history_length = setup.history_length  # as explored
+  c.temperature = 1.0  # [F] verl rollout temperature
+  c.top_p = 1.0  # [F]
+  c.max_new_tokens = setup.max_new_tokens  # response budget of one action
+  c.max_cache_len = min(setup.seq_len, model.context)  # rollout sampler: one action prompt + response
+  c.seq_len = setup.seq_len  # one turn per training row
+  c.minibatches = 4  # [F] verl-agent ppo_mini_batch_size 64-256 of 128-256 trajectories' turns: ~4 updates
+  c.clip_eps = 0.2  # [F] verl clip_ratio
+  c.kl_coef = 0.01  # [F] verl-agent kl_loss_coef, low_var_kl (notes §5)
+  c.invalid_action_penalty = 0.1  # [F] verl-agent invalid-action penalty coefficient (notes §5)
+  c.checkpoint_every = 5  # [ours] an orbax checkpoint every 5 iterations (fp32 params + Adam moments)
+  c.keep = 2  # [ours]
+  c.seed = 0
+  return c
+
+
 def report_config(title: str) -> ml_collections.ConfigDict:
   c = report_stage.default_config()
   c.eval_glob = "eval_*"  # every eval stage of this workdir
@@ -227,6 +266,7 @@ def pipeline(name: str, setup: EnvSetup, model: Backbone, title: str, *,
   rows = ["base", "grpo", "leafe"] + (["reh_only"] if reh_only else [])
   trains = ["leafe"] + (["reh_only"] if reh_only else [])
   config.stages = ("explore", "distill", *(f"train@{v}" for v in trains), *(f"eval@{v}" for v in rows), "report")
+  config.grpo = grpo_config(setup, model)  # not in `stages`: run it first when models/grpo is not supplied
   config.explore = explore_config(setup, model)
   config.distill = distill_config()
   config.train = train_config(setup)

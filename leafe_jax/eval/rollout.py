@@ -15,7 +15,7 @@ from absl import logging
 from leafe_jax.envs import Env, pooled
 from leafe_jax.envs.pool import EpisodeError
 from leafe_jax.envs.prompts import build_action_prompt, parse_action
-from leafe_jax.policy.base import Policy
+from leafe_jax.policy.base import Completion, Policy
 
 
 def _parse(env: Env, text: str) -> str | None:
@@ -47,6 +47,8 @@ class Episode:
   invalid_actions: int = 0
   generated_tokens: int = 0
   error: str | None = None  # why the env was lost (the episode then counts as unsuccessful)
+  # With keep_turns: each turn's prompt (messages) and the completion the policy returned for it.
+  turns: list[tuple[list, Completion]] = dataclasses.field(default_factory=list)
 
   def lose(self, error: EpisodeError) -> None:
     logging.warning("eval: task %s sample %d: env lost (%s); counted as unsuccessful", self.task_id,
@@ -82,7 +84,18 @@ def _start(slots: Sequence[tuple[str, int]], make_env: Callable[[], Env], episod
   return started
 
 
-def run_episodes(
+def run_episodes(policy: Policy, make_env: Callable[[], Env], task_ids: Sequence[str], **kwargs) -> list[TaskOutcome]:
+  """`play_episodes`, summarised per task (in `task_ids` order) for the Pass@k estimator."""
+  by_task: dict[str, list[Episode]] = {t: [] for t in task_ids}
+  for episode in play_episodes(policy, make_env, task_ids, **kwargs):
+    by_task[episode.task_id].append(episode)
+  return [
+      TaskOutcome(t, tuple(e.success for e in eps), tuple(e.steps for e in eps),
+                  sum(e.error is not None for e in eps)) for t, eps in by_task.items()
+  ]
+
+
+def play_episodes(
     policy: Policy,
     make_env: Callable[[], Env],
     task_ids: Sequence[str],
@@ -94,11 +107,13 @@ def run_episodes(
     seed: int,
     on_tick: Callable[[int, int], None] | None = None,
     max_live: int = 0,
-) -> list[TaskOutcome]:
-  """Plays `num_samples` independent episodes of each task to the end or `max_steps`; returns outcomes.
+    keep_turns: bool = False,
+) -> list[Episode]:
+  """Plays `num_samples` independent episodes of each task to the end or `max_steps`; returns them all.
 
   `max_live` > 0 bounds the episodes (and so the envs) alive at once: the rest wait and start as others finish,
   and a finished episode's env is released at once (a ScienceWorld env holds a JVM). 0 = all at once.
+  `keep_turns` records each turn's prompt and completion on its episode (what RL trains on).
   """
   waiting = collections.deque((t, i) for t in task_ids for i in range(num_samples))
   episodes: list[Episode] = []
@@ -138,8 +153,10 @@ def run_episodes(
         seed=seed * 1_000_003 + tick,
     )
     env_actions = []
-    for episode, (completion,) in zip(live, completions):
+    for episode, prompt, (completion,) in zip(live, prompts, completions):
       episode.generated_tokens += len(completion.token_ids)
+      if keep_turns:
+        episode.turns.append((list(prompt), completion))
       action = _parse(episode.env, completion.text)
       if action is None:
         episode.invalid_actions += 1
@@ -155,10 +172,4 @@ def run_episodes(
       episode.done = step.done or episode.steps >= max_steps
     pooled.release_all([e.env for e in live if e.done])
     tick += 1
-  by_task: dict[str, list[Episode]] = {t: [] for t in task_ids}
-  for episode in episodes:
-    by_task[episode.task_id].append(episode)
-  return [
-      TaskOutcome(t, tuple(e.success for e in eps), tuple(e.steps for e in eps),
-                  sum(e.error is not None for e in eps)) for t, eps in by_task.items()
-  ]
+  return episodes

@@ -20,6 +20,9 @@ class Completion:
   token_ids: tuple[int, ...] = ()
   logprobs: tuple[float, ...] = ()
   finish_reason: str = "stop"  # "stop" (eos or stop string) | "length"
+  # The end-of-sequence token that ended the completion (not in token_ids), where the client knows it; a model
+  # trained on the completion (RL) must also learn to emit it.
+  stop_token_id: int | None = None
 
 
 @runtime_checkable

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from leafe_jax.policy.base import Message
 
-
 # Rendering (the template) and tokenizing are separate steps, as transformers' own `apply_chat_template(...,
 # tokenize=True)` does them (tokenizing with add_special_tokens=False: the template writes its own). Keeping them
 # apart lets distillation tokenize thousands of rendered turns in one batched call of the fast tokenizer, and

@@ -35,7 +35,10 @@ class JaxPolicy:
   Tokenization and chat templating happen here, once; the sampler sees token ids only.
   """
 
-  def __init__(self, hf_dir: str, *, mesh=None, dtype=jnp.float32, max_cache_len: int = 4096):
+  def __init__(self, hf_dir: str, *, mesh=None, dtype=jnp.float32, max_cache_len: int = 4096, model=None,
+               params=None):
+    """Loads `hf_dir`; or, with `model` and `params` (already placed on `mesh`), serves those and reads only
+    the tokenizer and eos ids from `hf_dir` (an RL loop's current policy)."""
     # Imported here so that explorer hosts using a remote policy never import the model code.
     from transformers import AutoTokenizer
 
@@ -44,19 +47,26 @@ class JaxPolicy:
 
     self.hf_dir = hf_dir
     self.tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    model, params = from_hf(hf_dir, dtype=dtype, mesh=mesh)
-    pad_id = self.tokenizer.pad_token_id
-    if pad_id is None:
-      pad_id = self.tokenizer.eos_token_id or 0
+    if model is None:
+      model, params = from_hf(hf_dir, dtype=dtype, mesh=mesh)
     self.sampler = Sampler(
         model,
         params,
         tokenizer=self.tokenizer,
         mesh=mesh,
-        pad_id=pad_id,
+        pad_id=self.pad_id,
         eos_ids=_eos_ids(hf_dir, self.tokenizer),
         max_cache_len=max_cache_len,
     )
+
+  @property
+  def pad_id(self) -> int:
+    pad_id = self.tokenizer.pad_token_id
+    return pad_id if pad_id is not None else (self.tokenizer.eos_token_id or 0)
+
+  def update_params(self, params) -> None:
+    """Serve `params` from now on (same model, same placement): the RL loop's policy after an update."""
+    self.sampler.params = params
 
   def generate(
       self,
@@ -88,6 +98,7 @@ class JaxPolicy:
                 token_ids=tuple(s.token_ids),
                 logprobs=tuple(s.logprobs),
                 finish_reason=_FINISH_REASONS.get(s.finish_reason, s.finish_reason),
+                stop_token_id=s.eos_id,
             )
             for s in per_prompt
         ]

@@ -44,6 +44,7 @@ class Sample:
   logprobs: tuple[float, ...]  # model log-prob of each generated token (temperature 1)
   text: str  # decoded tokens (stop string and what follows removed); "" without a tokenizer
   finish_reason: str  # "eos" | "stop" | "length"
+  eos_id: int | None = None  # the eos token that ended the sample (not in token_ids), when finish_reason is "eos"
 
 
 def _bucket(value: int, buckets: Sequence[int], cap: int | None = None) -> int:
@@ -197,10 +198,10 @@ class Sampler:
 
   def _finish(self, tokens: np.ndarray, logprobs: np.ndarray, stop_strings: Sequence[str]) -> Sample:
     ids = [int(t) for t in tokens]
-    end, reason = len(ids), "length"
+    end, reason, eos_id = len(ids), "length", None
     for i, t in enumerate(ids):
       if t in self.eos_ids:
-        end, reason = i, "eos"
+        end, reason, eos_id = i, "eos", t
         break
     ids, lps = ids[:end], [float(x) for x in logprobs[:end]]
     text = self._decode(ids)
@@ -210,5 +211,5 @@ class Sampler:
         cut, _ = min(hits)
         # The shortest token prefix whose text reaches the stop string.
         k = next(k for k in range(1, len(ids) + 1) if any(s in self._decode(ids[:k]) for _, s in hits))
-        ids, lps, text, reason = ids[:k], lps[:k], text[:cut], "stop"
-    return Sample(tuple(ids), tuple(lps), text, reason)
+        ids, lps, text, reason, eos_id = ids[:k], lps[:k], text[:cut], "stop", None
+    return Sample(tuple(ids), tuple(lps), text, reason, eos_id)

@@ -1,0 +1,136 @@
+"""GRPO (the paper's RLVR baseline and LEAFE's initialisation): advantages, training rows, the clipped loss.
+
+One iteration (train/grpo_stage.py): play `group_size` episodes of each of a few tasks with the current policy;
+an episode's reward is its success minus a penalty per invalid action; each episode's advantage is its reward
+normalised within its task's group, Â = (r − mean) / (std + ε); every agent turn of the episode is a training
+row whose response tokens all carry Â. The loss is PPO's clipped surrogate against the log-probs of the policy
+that played (recomputed by the training forward before the first update), plus a KL penalty to the initial
+policy, token-mean over the minibatch (verl's `token-mean`):
+
+  L = Σ_t [ −min(ρ_t Â, clip(ρ_t, 1−ε, 1+ε) Â) + β · KL_t ] / Σ_t 1,   ρ_t = π(a_t) / π_old(a_t)
+
+with KL_t the low-variance estimator exp(ref − logp) − (ref − logp) − 1 (verl `low_var_kl`). With one minibatch
+per iteration ρ = 1 and the update is exactly the policy gradient −Â ∇log π.
+
+Token arrays live at the positions that predict a response token (train/targets.py): [B, N], not [B, T].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from leafe_jax.train import loss as loss_lib
+from leafe_jax.train import targets
+
+# Batch keys of a GRPO minibatch, besides the SFT row keys (input_ids, segment_ids, positions) and TARGET_INDEX.
+TOKEN_KEYS = ("valid_BxN", "advantage_BxN", "old_logprob_BxN", "ref_logprob_BxN")
+KL_CLAMP = 10.0  # the low-variance KL estimate is clamped to [-10, 10] per token, as verl does
+STD_EPS = 1e-6  # Â = (r - mean) / (std + STD_EPS), verl's epsilon
+
+
+def group_advantages(rewards: Sequence[float]) -> np.ndarray:
+  """Â of each episode of one task's group: (r − mean) / (std + ε), std with Bessel's correction (as verl).
+
+  A group of one has no baseline: Â = r (verl's convention). A group whose rewards are all equal gives 0.
+  """
+  r = np.asarray(rewards, np.float64)
+  if r.size == 1:
+    return r.astype(np.float32)
+  return ((r - r.mean()) / (r.std(ddof=1) + STD_EPS)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+  """One agent turn to train on: the prompt as the policy saw it, the sampled response ids, its advantage."""
+
+  prompt_ids: tuple[int, ...]
+  response_ids: tuple[int, ...]  # as sampled, plus the eos id when the sample ended with it
+  advantage: float
+
+
+def build_rows(turns: Sequence[Turn], seq_len: int, pad_id: int) -> tuple[dict[str, np.ndarray], int]:
+  """Rows [len(turns), seq_len], one turn each, prompt left-truncated to fit; returns (rows, truncated count).
+
+  Keys: the SFT row keys (input_ids, loss_mask = response tokens, weight, segment_ids, positions, kind) and
+  `advantage_BxT` (Â on each response token).
+  """
+  n = len(turns)
+  ids = np.full((n, seq_len), pad_id, np.int32)
+  loss_mask = np.zeros((n, seq_len), np.float32)
+  advantage = np.zeros((n, seq_len), np.float32)
+  segment = np.zeros((n, seq_len), np.int32)
+  positions = np.zeros((n, seq_len), np.int32)
+  truncated = 0
+  for row, turn in enumerate(turns):
+    if len(turn.response_ids) >= seq_len:
+      raise ValueError(f"grpo: a response of {len(turn.response_ids)} tokens does not fit seq_len={seq_len} "
+                       "with its prompt; raise grpo.seq_len or lower grpo.max_new_tokens")
+    prompt = turn.prompt_ids[-(seq_len - len(turn.response_ids)):]
+    truncated += len(prompt) < len(turn.prompt_ids)
+    tokens = (*prompt, *turn.response_ids)
+    ids[row, :len(tokens)] = tokens
+    loss_mask[row, len(prompt):len(tokens)] = 1.0
+    advantage[row, len(prompt):len(tokens)] = turn.advantage
+    segment[row, :len(tokens)] = 1
+    positions[row, :len(tokens)] = np.arange(len(tokens))
+  rows = {
+      "input_ids_BxT": ids, "loss_mask_BxT": loss_mask, "weight_BxT": (loss_mask > 0).astype(np.float32),
+      "segment_ids_BxT": segment, "positions_BxT": positions, "kind_BxT": np.zeros((n, seq_len), np.int32),
+      "advantage_BxT": advantage,
+  }
+  return rows, truncated
+
+
+def gather_targets(rows: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:
+  """The model inputs, TARGET_INDEX at `width`, and `valid_BxN` / `advantage_BxN` at those positions."""
+  index_BxN = targets.target_index(rows, width)
+  valid_BxT = targets.target_positions_mask(rows).astype(np.float32)
+  # Position t predicts token t+1: the advantage of the target is read one position on.
+  next_advantage_BxT = np.concatenate([rows["advantage_BxT"][:, 1:], np.zeros_like(rows["advantage_BxT"][:, :1])],
+                                      axis=1)
+  take = lambda x: np.take_along_axis(x, index_BxN, axis=1)
+  return {
+      "input_ids_BxT": rows["input_ids_BxT"], "segment_ids_BxT": rows["segment_ids_BxT"],
+      "positions_BxT": rows["positions_BxT"], loss_lib.TARGET_INDEX: index_BxN,
+      "valid_BxN": take(valid_BxT), "advantage_BxN": take(next_advantage_BxT) * take(valid_BxT),
+  }
+
+
+def token_logprobs(apply_fn: Callable[..., jax.Array], params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+  """f32 [B, N]: log π(next token) at each position of batch[TARGET_INDEX], temperature 1."""
+  index_BxN = batch[loss_lib.TARGET_INDEX]
+  logits_BxNxV = apply_fn(params, batch["input_ids_BxT"], positions=batch["positions_BxT"],
+                          segment_ids=batch["segment_ids_BxT"], logits_positions=index_BxN)
+  next_ids_BxT = jnp.concatenate([batch["input_ids_BxT"][:, 1:], batch["input_ids_BxT"][:, -1:]], axis=1)
+  targets_BxN = jnp.take_along_axis(next_ids_BxT, index_BxN, axis=1)
+  nll_BxN, _ = loss_lib.token_nll(logits_BxNxV, targets_BxN)
+  return -nll_BxN
+
+
+def make_policy_loss_fn(apply_fn: Callable[..., jax.Array], clip_eps: float, kl_coef: float):
+  """Returns loss_fn(params, batch) -> (loss, metrics) of the module docstring, for jax.value_and_grad."""
+
+  def loss_fn(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+    valid_BxN = batch["valid_BxN"]
+    count = jnp.maximum(jnp.sum(valid_BxN), 1.0)
+    logp_BxN = token_logprobs(apply_fn, params, batch)
+    ratio_BxN = jnp.exp(logp_BxN - batch["old_logprob_BxN"])
+    advantage_BxN = batch["advantage_BxN"]
+    surrogate_BxN = jnp.minimum(ratio_BxN * advantage_BxN,
+                                jnp.clip(ratio_BxN, 1.0 - clip_eps, 1.0 + clip_eps) * advantage_BxN)
+    log_ref_ratio_BxN = batch["ref_logprob_BxN"] - logp_BxN
+    kl_BxN = jnp.clip(jnp.exp(log_ref_ratio_BxN) - log_ref_ratio_BxN - 1.0, -KL_CLAMP, KL_CLAMP)
+    pg_loss = -jnp.sum(surrogate_BxN * valid_BxN) / count
+    kl = jnp.sum(kl_BxN * valid_BxN) / count
+    clipped = (jnp.abs(ratio_BxN - 1.0) > clip_eps).astype(jnp.float32)
+    metrics = {"pg_loss": pg_loss, "kl": kl, "clip_fraction": jnp.sum(clipped * valid_BxN) / count,
+               "tokens": jnp.sum(valid_BxN)}
+    return pg_loss + kl_coef * kl, metrics
+
+  return loss_fn

@@ -1,0 +1,277 @@
+"""Stage `grpo`: GRPO-RLVR on an environment (the paper's RL baseline, and the checkpoint LEAFE starts from).
+
+Each iteration plays `group_size` episodes of each of `tasks_per_iteration` training tasks with the current
+policy (the in-process sampler, on the training mesh), turns them into rows (train/grpo.py), recomputes the
+rows' log-probs under the current and the initial (reference) params, and applies `minibatches` optimizer
+updates of the clipped GRPO loss. The orbax checkpoint after each iteration holds the train state, the
+iteration and the interaction ledger, so a killed run resumes at the next iteration and replays nothing
+(rollouts are seeded by iteration). `env_step_budget` stops the run once it has taken that many env steps:
+the fixed interaction budget shared with LEAFE's exploration (its ledger counts the same steps).
+Single process only: multi-host rollouts are not implemented.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from leafe_jax.envs import pool as pool_lib
+from leafe_jax.train import stage as train_stage
+
+CONFIG_SECTION = "grpo"
+ROW_KEYS = ("input_ids_BxT", "segment_ids_BxT", "positions_BxT")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # Model and optimizer: the same fields as the train stage (init, init_path, tokenizer, model, mesh, dtype,
+  # param_dtype, remat_policy, attention_impl, lr, warmup_steps, schedule, weight_decay, clip_norm, adam_*).
+  base = train_stage.default_config()
+  for field in ("init", "init_path", "tokenizer", "model", "mesh", "dtype", "param_dtype", "remat_policy",
+                "attention_impl", "logits_fractions", "warmup_steps", "schedule", "weight_decay", "clip_norm",
+                "adam_b1", "adam_b2", "adam_eps", "keep", "async_checkpoint", "export_hf"):
+    c[field] = base[field]
+  c.lr = 1e-6  # verl-agent GRPO actor lr (paper_notes §5 [F]); the paper's value is not given
+  c.env = "sokoban"  # registered environment
+  c.env_config = ml_collections.ConfigDict()  # its keyword config
+  c.env_workers = 0  # env worker processes (EnvPool); 0 = in-process
+  c.env_step_timeout_s = pool_lib.DEFAULT_STEP_TIMEOUT_S  # a pooled env step slower than this kills its worker
+  c.split = "train"  # task pool the iterations draw from
+  c.num_tasks = 4096  # size of that pool (the first n task ids of the split)
+  c.tasks_per_iteration = 32  # distinct tasks per iteration (verl-agent train_data_size: 32 Sokoban, 16 others)
+  c.group_size = 8  # episodes per task, the GRPO group (verl-agent env.rollout.n = 8)
+  c.num_iterations = 150  # iterations (verl-agent total_epochs 150 with one batch each)
+  c.env_step_budget = 0  # > 0: stop once this many env steps were taken (equal interaction budget); 0 = off
+  c.max_steps = 15  # episode horizon (verl-agent Sokoban max_steps)
+  c.history_length = 2  # (observation, action) pairs in the action prompt, as explore/eval
+  c.temperature = 1.0  # rollout sampling temperature (verl rollout default)
+  c.top_p = 1.0  # rollout nucleus
+  c.max_new_tokens = 512  # response budget of one action (verl-agent max_response_length)
+  c.max_cache_len = 4096  # KV cache of the rollout sampler: one action prompt + response
+  c.seq_len = 4096  # training row length: one turn (prompt + response); longer prompts are left-truncated
+  c.minibatches = 1  # optimizer updates per iteration (1 = exactly on-policy; verl: ppo_mini_batch_size)
+  c.clip_eps = 0.2  # PPO clip range ε (verl default)
+  c.kl_coef = 0.01  # β of the low-variance KL to the initial policy (verl-agent kl_loss_coef); 0 = no KL
+  c.invalid_action_penalty = 0.1  # reward −= this per unparsable action (verl-agent penalty coefficient)
+  c.checkpoint_every = 1  # iterations between orbax checkpoints (and always the last)
+  c.seed = 0  # task draws, rollout sampling and init
+  return c
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  def fail(field: str, why: str) -> None:
+    raise ValueError(f"config field 'grpo.{field}' {why} (value {cfg[field]!r})")
+
+  for field in ("tasks_per_iteration", "group_size", "num_iterations", "max_steps", "minibatches", "seq_len",
+                "max_new_tokens", "checkpoint_every", "num_tasks"):
+    if cfg[field] < 1:
+      fail(field, "must be >= 1")
+  if cfg.tasks_per_iteration > cfg.num_tasks:
+    fail("tasks_per_iteration", f"must be <= grpo.num_tasks={cfg.num_tasks}")
+  if cfg.max_new_tokens >= cfg.seq_len:
+    fail("max_new_tokens", f"must be < grpo.seq_len={cfg.seq_len} (a row holds a prompt and the response)")
+  if not 0 < cfg.clip_eps < 1:
+    fail("clip_eps", "must be in (0, 1)")
+  if cfg.kl_coef < 0 or cfg.invalid_action_penalty < 0 or cfg.env_step_budget < 0 or cfg.env_workers < 0:
+    fail("kl_coef" if cfg.kl_coef < 0 else "invalid_action_penalty" if cfg.invalid_action_penalty < 0
+         else "env_step_budget" if cfg.env_step_budget < 0 else "env_workers", "must be >= 0")
+  if cfg.init not in ("random", "hf", "orbax"):
+    fail("init", "must be 'random', 'hf' or 'orbax'")
+  if cfg.init != "hf" and not cfg.tokenizer:
+    fail("tokenizer", "must name an HF tokenizer directory")
+
+
+def episode_turns(episodes, tokenizer, invalid_action_penalty: float):
+  """(training turns with their group-normalised advantage, per-iteration stats) from played episodes."""
+  from leafe_jax.policy.chat import encode_prompt
+  from leafe_jax.train import grpo
+
+  groups: dict[str, list] = {}
+  for episode in episodes:
+    groups.setdefault(episode.task_id, []).append(episode)
+  turns, rewards = [], []
+  for group in groups.values():
+    reward = [float(e.success) - invalid_action_penalty * e.invalid_actions for e in group]
+    rewards += reward
+    for episode, advantage in zip(group, grpo.group_advantages(reward), strict=True):
+      if advantage == 0.0:
+        continue  # no signal (the whole group scored the same): the row would only cost compute
+      for messages, completion in episode.turns:
+        response = tuple(completion.token_ids)
+        if completion.stop_token_id is not None:
+          response += (completion.stop_token_id,)
+        if response:
+          turns.append(grpo.Turn(tuple(encode_prompt(tokenizer, messages)), response, float(advantage)))
+  stats = {
+      "reward": float(np.mean(rewards)) if rewards else 0.0,
+      "success": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
+      "env_steps": sum(e.steps for e in episodes),
+      "episodes": len(episodes),
+      "invalid_actions": sum(e.invalid_actions for e in episodes),
+      "generated_tokens": sum(e.generated_tokens for e in episodes),
+      "turns": len(turns),
+  }
+  return turns, stats
+
+
+def _power_of_two_at_least(n: int, multiple: int) -> int:
+  size = multiple
+  while size < n:
+    size *= 2
+  return size
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
+  """Runs GRPO iterations per `config.grpo`, resuming from `<stage_dir>/checkpoints`; exports `<stage_dir>/hf`."""
+  cfg = config[CONFIG_SECTION]
+  check_config(cfg)
+  import jax
+  import optax
+  import transformers
+
+  from leafe_jax import envs, parallel
+  from leafe_jax.envs import pooled
+  from leafe_jax.eval.rollout import SamplingParams, play_episodes
+  from leafe_jax.policy.jax_policy import JaxPolicy
+  from leafe_jax.train import checkpoint, grpo, metrics, optimizer, targets
+  from leafe_jax.train import loss as loss_lib
+  from leafe_jax.train import state as state_lib
+
+  if jax.process_count() > 1:
+    raise NotImplementedError("grpo: multi-host rollouts are not implemented; run the grpo stage on one host")
+  tokenizer_dir = train_stage._abs(workdir, cfg.tokenizer or cfg.init_path)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+  env_config = cfg.env_config.to_dict()
+  task_pool = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
+  if len(task_pool) < cfg.tasks_per_iteration:
+    raise ValueError(f"grpo: {cfg.env!r} split {cfg.split!r} has {len(task_pool)} tasks, fewer than "
+                     f"grpo.tasks_per_iteration={cfg.tasks_per_iteration}")
+
+  mesh = parallel.make_mesh(parallel.resolve_mesh_shape(tuple(cfg.mesh), jax.device_count(), field="grpo.mesh"))
+  total_steps = cfg.num_iterations * cfg.minibatches
+  tx = optimizer.make_optimizer(cfg, total_steps)
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
+  model, init_params, params_sharding = train_stage._model_and_params(cfg, workdir, mesh, init_rng)
+  state_sharding = state_lib.shardings(tx, init_params, params_sharding, mesh)
+  ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=cfg.keep,
+                                 async_save=cfg.async_checkpoint)
+  latest = ckpt.latest_step()
+  progress = {"iteration": 0, "ledger": {}}
+  if latest is None:
+    state = jax.jit(lambda p, r: state_lib.create(p, tx, r), out_shardings=state_sharding)(init_params, state_rng)
+  else:
+    abstract = checkpoint.abstract_like(
+        jax.eval_shape(lambda p, r: state_lib.create(p, tx, r), init_params, state_rng), state_sharding)
+    state, progress = ckpt.restore(abstract, latest)
+  # The KL reference is the initial policy; without a KL term its params are not kept.
+  ref_params = init_params if cfg.kl_coef > 0 else None
+  del init_params
+
+  apply_fn = lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0]
+  batch_sharding = parallel.batch_sharding(mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  logprob_fn = jax.jit(lambda p, b: grpo.token_logprobs(apply_fn, p, b), out_shardings=batch_sharding)
+  loss_fn = grpo.make_policy_loss_fn(apply_fn, cfg.clip_eps, cfg.kl_coef)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def update(state, batch):
+    (loss, aux), grads = grad_fn(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    aux = {**aux, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
+
+  batch_keys = (*ROW_KEYS, loss_lib.TARGET_INDEX, *grpo.TOKEN_KEYS)
+  jitted_update = jax.jit(update, in_shardings=(state_sharding, dict.fromkeys(batch_keys, batch_sharding)),
+                          out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  policy = JaxPolicy(tokenizer_dir, mesh=mesh, max_cache_len=cfg.max_cache_len, model=model, params=state.params)
+  sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+  shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+  writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"))
+  ledger = dict(progress["ledger"])
+  iteration = int(progress["iteration"])
+  logging.info("grpo: iteration %d of %d, %d tasks x %d episodes per iteration, mesh %s", iteration,
+               cfg.num_iterations, cfg.tasks_per_iteration, cfg.group_size, dict(mesh.shape))
+  with pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env:
+    while iteration < cfg.num_iterations:
+      if cfg.env_step_budget and ledger.get("env_steps", 0) >= cfg.env_step_budget:
+        logging.info("grpo: env step budget %d reached after %d iterations", cfg.env_step_budget, iteration)
+        break
+      start = time.perf_counter()
+      rng = np.random.default_rng([cfg.seed, iteration])
+      tasks = [task_pool[i] for i in rng.choice(len(task_pool), cfg.tasks_per_iteration, replace=False)]
+      policy.update_params(state.params)
+      episodes = play_episodes(policy, make_env, tasks, num_samples=cfg.group_size, max_steps=cfg.max_steps,
+                               sampling=sampling, history_length=cfg.history_length,
+                               seed=cfg.seed * 1_000_003 + iteration, keep_turns=True)
+      turns, stats = episode_turns(episodes, tokenizer, cfg.invalid_action_penalty)
+      scalars = {key: float(value) for key, value in stats.items()}
+      if turns:
+        # Rows padded to a power of two (times the shard count and minibatches): few distinct compiled shapes.
+        rows_needed = _power_of_two_at_least(len(turns), shards * cfg.minibatches)
+        padded = [*turns, *[grpo.Turn((0,), (0,), 0.0)] * (rows_needed - len(turns))]
+        rows, truncated = grpo.build_rows(padded, cfg.seq_len, policy.pad_id)
+        for row in range(len(turns), rows_needed):  # padding rows have no targets
+          rows["loss_mask_BxT"][row] = 0.0
+        width = targets.index_width(max(len(t.response_ids) for t in turns), cfg.seq_len,
+                                    tuple(cfg.logits_fractions))
+        batch = grpo.gather_targets(rows, width)
+        device_batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+        old = logprob_fn(state.params, device_batch)
+        device_batch["old_logprob_BxN"] = old
+        device_batch["ref_logprob_BxN"] = old if ref_params is None else logprob_fn(ref_params, device_batch)
+        host = {k: np.asarray(v) for k, v in device_batch.items()}
+        order = rng.permutation(rows_needed)
+        per = rows_needed // cfg.minibatches
+        step_metrics = []
+        for m in range(cfg.minibatches):
+          pick = order[m * per:(m + 1) * per]
+          minibatch = {k: jax.device_put(v[pick], batch_sharding) for k, v in host.items()}
+          state, aux = jitted_update(state, minibatch)
+          step_metrics.append(jax.device_get(aux))
+        for key in step_metrics[0]:
+          scalars[key] = float(np.mean([m[key] for m in step_metrics]))
+        scalars["truncated_prompts"] = float(truncated)
+      for key in ("env_steps", "episodes", "invalid_actions", "generated_tokens", "turns"):
+        ledger[key] = ledger.get(key, 0) + stats[key]
+      ledger["successes"] = ledger.get("successes", 0) + round(stats["success"] * stats["episodes"])
+      iteration += 1
+      scalars["iteration_s"] = time.perf_counter() - start
+      writer.write(iteration, scalars)
+      _append_iteration(stage_dir, iteration, scalars)
+      logging.info("grpo: iteration %d/%d %s", iteration, cfg.num_iterations,
+                   " ".join(f"{key} {value:.4g}" for key, value in scalars.items()))
+      if iteration % cfg.checkpoint_every == 0 or iteration == cfg.num_iterations:
+        ckpt.save(iteration, state, {"iteration": iteration, "ledger": ledger})  # checkpoints keyed by iteration
+        _write_ledger(stage_dir, iteration, ledger)
+  ckpt.close()
+  writer.close()
+  _write_ledger(stage_dir, iteration, ledger)
+  if cfg.export_hf:
+    checkpoint.export_hf(model, state.params, tokenizer_dir, os.path.join(stage_dir, "hf"))
+
+
+def _append_iteration(stage_dir: str, iteration: int, scalars: dict) -> None:
+  """One JSON line per iteration in `<stage_dir>/iterations.jsonl`; a resumed run rewrites the lines it redoes."""
+  path = os.path.join(stage_dir, "iterations.jsonl")
+  rows = []
+  if os.path.exists(path):
+    with open(path) as f:
+      rows = [line for line in f if line.strip() and json.loads(line)["iteration"] < iteration]
+  rows.append(json.dumps({"iteration": iteration, **scalars}) + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(rows)
+  os.replace(tmp, path)
+
+
+def _write_ledger(stage_dir: str, iteration: int, ledger: dict) -> None:
+  tmp = os.path.join(stage_dir, "ledger.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump({"iterations": iteration, "total": ledger}, f, indent=1)
+  os.replace(tmp, os.path.join(stage_dir, "ledger.json"))
