@@ -8,8 +8,10 @@ Pipeline (each stage writes under --workdir and resumes from it):
   4. distill          D_cf (h_tau without e -> a'_tau) and D_reh (20% of successful rollouts) as records;
   5. train@leafe      stage 2: SFT of the base policy on L_cf + beta * L_reh;
   6. train@reh_only   the L_reh-only ablation of the paper's Table 4, same budget;
-  7. eval@*           Pass@1 and Pass@k (k <= 16) on held-out test seeds, no reflection at test time;
-  8. report           markdown table, Pass@k plot, ledger totals and one rendered tree.
+  7. grpo             the RLVR baseline: GRPO from the same base policy on the same training rooms, with the
+                      env-step budget the explorer used (read from its ledger);
+  8. eval@*           Pass@1 and Pass@k (k <= 16) on held-out test seeds, no reflection at test time;
+  9. report           markdown table, Pass@k plot, ledger totals and one rendered tree.
 
 How it relates to the paper: the paper starts stage 1 from a GRPO-trained 7B-72B instruct model with
 verl-agent prompts; here the starting policy is a ~1M-parameter model warmed up on solver data with injected
@@ -24,6 +26,7 @@ from leafe_jax.eval import report_stage
 from leafe_jax.eval import stage as eval_stage
 from leafe_jax.explore import distill_stage
 from leafe_jax.explore import stage as explore_stage
+from leafe_jax.train import grpo_stage
 from leafe_jax.train import stage as train_stage
 
 # Harder than verl-agent's 6x6/1-box default (whose rooms are solved in ~3 moves): two boxes, 20 steps.
@@ -42,7 +45,9 @@ def get_config() -> ml_collections.ConfigDict:
       "distill",
       "train@leafe",
       "train@reh_only",
+      "grpo",
       "eval@base",
+      "eval@grpo",
       "eval@leafe",
       "eval@reh_only",
       "report",
@@ -104,6 +109,29 @@ def get_config() -> ml_collections.ConfigDict:
   distill.tokenizer = "train_warmup/hf"  # the policy's tokenizer: records must match what it saw
   config.distill = distill
 
+  grpo = grpo_stage.default_config()
+  grpo.init = "hf"  # from the same warm policy LEAFE explores with
+  grpo.init_path = "train_warmup/hf"
+  grpo.mesh = (-1, 1, 1)  # data parallel over every (CPU) device
+  grpo.dtype = "float32"  # CPU
+  grpo.env_config = ml_collections.ConfigDict(SOKOBAN)
+  grpo.split = "train"
+  grpo.num_tasks = explore.num_tasks  # the rooms LEAFE explores
+  grpo.tasks_per_iteration = 32  # verl-agent's Sokoban train_data_size
+  grpo.group_size = 8  # verl-agent's group
+  grpo.num_iterations = 60  # an upper bound: the budget ends the run first
+  grpo.budget_from_ledger = "explore/ledger.json"  # equal interaction budget: the explorer's env + replayed steps
+  grpo.max_steps = SOKOBAN["max_steps"]
+  grpo.history_length = HISTORY_LENGTH
+  grpo.max_new_tokens = 16  # as explore
+  grpo.max_cache_len = 256  # one compact action prompt + response
+  grpo.seq_len = 256  # one turn per row
+  grpo.minibatches = 2  # two updates per iteration
+  grpo.lr = 3e-4  # a tiny model; the paper's 1e-6 is for 7B+
+  grpo.kl_coef = 0.01  # verl-agent
+  grpo.checkpoint_every = 5  # iterations
+  config.grpo = grpo
+
   evaluation = eval_stage.default_config()
   evaluation.model_label = "tiny-llama (demo)"
   evaluation.env = "sokoban"
@@ -133,6 +161,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.variants = ml_collections.ConfigDict({
       "warmup": {},
       "base": {"eval": {"method": "Base (warm-up SFT)", "policy": "train_warmup/hf"}},
+      "grpo": {"eval": {"method": "GRPO (same env steps)", "policy": "grpo/hf"}},
       "leafe": {
           "train": {**finetune, "kinds": ("cf", "reh")},
           "eval": {"method": "LEAFE (L_cf + beta L_reh)", "policy": "train_leafe/hf"},

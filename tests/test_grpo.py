@@ -28,7 +28,7 @@ def test_group_advantages_normalise_within_the_group_with_bessels_std():
 
 def test_rows_put_the_advantage_on_response_tokens_and_left_truncate_long_prompts():
   turns = [grpo.Turn((5, 6, 7), (8, 9), 0.5), grpo.Turn(tuple(range(1, 11)), (11,), -1.0)]
-  rows, truncated = grpo.build_rows(turns, seq_len=6, pad_id=0)
+  rows, truncated = grpo.build_rows(turns, seq_len=6, pad_id=0, pack=False)
   assert truncated == 1
   np.testing.assert_array_equal(rows["input_ids_BxT"], [[5, 6, 7, 8, 9, 0], [6, 7, 8, 9, 10, 11]])
   np.testing.assert_array_equal(rows["loss_mask_BxT"], [[0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]])
@@ -40,6 +40,37 @@ def test_rows_put_the_advantage_on_response_tokens_and_left_truncate_long_prompt
   np.testing.assert_array_equal(batch["advantage_BxN"], [[0.5, 0.5], [-1, 0]])
   with pytest.raises(ValueError, match="does not fit seq_len=6"):
     grpo.build_rows([grpo.Turn((1,), tuple(range(6)), 1.0)], seq_len=6, pad_id=0)
+
+
+def test_packed_rows_give_each_turn_the_log_probs_it_has_alone():
+  cfg = models.ModelConfig(vocab_size=16, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                           d_ff=32)
+  model = models.Decoder(cfg)
+  params = models.init_params(cfg, jax.random.PRNGKey(1))
+  apply_fn = lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0]
+  turns = [grpo.Turn((1, 2, 3), (4, 5), 1.0), grpo.Turn((6, 7), (8,), -1.0), grpo.Turn((9, 3, 2, 1), (10, 11), 2.0)]
+  packed, _ = grpo.build_rows(turns, seq_len=12, pad_id=0)
+  alone, _ = grpo.build_rows(turns, seq_len=12, pad_id=0, pack=False)
+  assert len(packed["input_ids_BxT"]) == 2 and len(alone["input_ids_BxT"]) == 3
+  np.testing.assert_array_equal(packed["segment_ids_BxT"][0], [1] * 5 + [2] * 3 + [0] * 4)
+
+  def per_token(rows):
+    batch = {k: jnp.asarray(v) for k, v in grpo.gather_targets(rows, width=12).items()}
+    logp = np.asarray(grpo.token_logprobs(apply_fn, params, batch))
+    valid = np.asarray(batch["valid_BxN"]) > 0
+    return logp[valid], np.asarray(batch["advantage_BxN"])[valid]
+
+  (lp_packed, adv_packed), (lp_alone, adv_alone) = per_token(packed), per_token(alone)
+  np.testing.assert_allclose(lp_packed, lp_alone, atol=1e-5)
+  np.testing.assert_array_equal(adv_packed, adv_alone)
+  np.testing.assert_array_equal(adv_alone, [1, 1, -1, 2, 2])
+
+
+def test_row_buckets_pad_at_most_a_quarter_and_keep_the_multiple():
+  assert [grpo.bucket_rows(n, 2) for n in (1, 3, 5, 9, 820, 1024)] == [2, 4, 6, 10, 896, 1024]
+  assert grpo.bucket_rows(13, 8) == 16 and grpo.bucket_rows(17, 8) == 24
+  assert all(grpo.bucket_rows(n, 4) % 4 == 0 and n <= grpo.bucket_rows(n, 4) <= max(n + 4, 1.34 * n)
+             for n in range(1, 300))
 
 
 def _numpy_grpo_loss(logits, batch, clip_eps, kl_coef):

@@ -54,37 +54,70 @@ class Turn:
   advantage: float
 
 
-def build_rows(turns: Sequence[Turn], seq_len: int, pad_id: int) -> tuple[dict[str, np.ndarray], int]:
-  """Rows [len(turns), seq_len], one turn each, prompt left-truncated to fit; returns (rows, truncated count).
+def build_rows(turns: Sequence[Turn], seq_len: int, pad_id: int, pack: bool = True
+               ) -> tuple[dict[str, np.ndarray], int]:
+  """Rows [R, seq_len] holding the turns, prompts left-truncated to fit; returns (rows, truncated count).
 
-  Keys: the SFT row keys (input_ids, loss_mask = response tokens, weight, segment_ids, positions, kind) and
-  `advantage_BxT` (Â on each response token).
+  With `pack`, consecutive turns share a row as separate segments (segment ids keep attention and positions
+  per turn) while they fit: agent prompts are short next to a row, and the loss is a mean over tokens, so
+  packing changes the cost, not the loss. Keys: the SFT row keys (input_ids, loss_mask = response tokens,
+  weight, segment_ids, positions, kind) and `advantage_BxT` (Â on each response token).
   """
-  n = len(turns)
-  ids = np.full((n, seq_len), pad_id, np.int32)
-  loss_mask = np.zeros((n, seq_len), np.float32)
-  advantage = np.zeros((n, seq_len), np.float32)
-  segment = np.zeros((n, seq_len), np.int32)
-  positions = np.zeros((n, seq_len), np.int32)
-  truncated = 0
-  for row, turn in enumerate(turns):
+  pieces, truncated = [], 0
+  for turn in turns:
     if len(turn.response_ids) >= seq_len:
       raise ValueError(f"grpo: a response of {len(turn.response_ids)} tokens does not fit seq_len={seq_len} "
                        "with its prompt; raise grpo.seq_len or lower grpo.max_new_tokens")
     prompt = turn.prompt_ids[-(seq_len - len(turn.response_ids)):]
     truncated += len(prompt) < len(turn.prompt_ids)
-    tokens = (*prompt, *turn.response_ids)
-    ids[row, :len(tokens)] = tokens
-    loss_mask[row, len(prompt):len(tokens)] = 1.0
-    advantage[row, len(prompt):len(tokens)] = turn.advantage
-    segment[row, :len(tokens)] = 1
-    positions[row, :len(tokens)] = np.arange(len(tokens))
+    pieces.append((prompt, turn.response_ids, turn.advantage))
+  layout: list[list[int]] = []  # turn indices per row
+  used = seq_len
+  for i, (prompt, response, _) in enumerate(pieces):
+    size = len(prompt) + len(response)
+    if not pack or used + size > seq_len:
+      layout.append([])
+      used = 0
+    layout[-1].append(i)
+    used += size
+  n = len(layout)
+  ids = np.full((n, seq_len), pad_id, np.int32)
+  loss_mask = np.zeros((n, seq_len), np.float32)
+  advantage = np.zeros((n, seq_len), np.float32)
+  segment = np.zeros((n, seq_len), np.int32)
+  positions = np.zeros((n, seq_len), np.int32)
+  for row, members in enumerate(layout):
+    at = 0
+    for seg, i in enumerate(members, start=1):
+      prompt, response, adv = pieces[i]
+      end = at + len(prompt) + len(response)
+      ids[row, at:end] = (*prompt, *response)
+      loss_mask[row, at + len(prompt):end] = 1.0
+      advantage[row, at + len(prompt):end] = adv
+      segment[row, at:end] = seg
+      positions[row, at:end] = np.arange(end - at)
+      at = end
   rows = {
       "input_ids_BxT": ids, "loss_mask_BxT": loss_mask, "weight_BxT": (loss_mask > 0).astype(np.float32),
       "segment_ids_BxT": segment, "positions_BxT": positions, "kind_BxT": np.zeros((n, seq_len), np.int32),
       "advantage_BxT": advantage,
   }
   return rows, truncated
+
+
+def pad_rows(rows: dict[str, np.ndarray], num_rows: int) -> dict[str, np.ndarray]:
+  """`rows` followed by empty rows (no tokens, no targets) up to `num_rows`."""
+  extra = num_rows - len(rows["input_ids_BxT"])
+  return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in rows.items()}
+
+
+def bucket_rows(n: int, multiple: int) -> int:
+  """The smallest m·2^k ≥ n, m in 4..7, that `multiple` divides: at most ~25% padding, few compiled shapes."""
+  size = multiple
+  while size < n:
+    size *= 2
+  candidates = [size * m // 8 for m in (4, 5, 6, 7)] + [size]
+  return min(c for c in candidates if c >= n and c % multiple == 0)
 
 
 def gather_targets(rows: dict[str, np.ndarray], width: int) -> dict[str, np.ndarray]:

@@ -47,13 +47,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.group_size = 8  # episodes per task, the GRPO group (verl-agent env.rollout.n = 8)
   c.num_iterations = 150  # iterations (verl-agent total_epochs 150 with one batch each)
   c.env_step_budget = 0  # > 0: stop once this many env steps were taken (equal interaction budget); 0 = off
+  # An explore stage's ledger.json (relative to workdir): its env steps + replayed steps become the budget
+  # (overrides env_step_budget), so GRPO and LEAFE spend the same interaction. "" = not used.
+  c.budget_from_ledger = ""
   c.max_steps = 15  # episode horizon (verl-agent Sokoban max_steps)
   c.history_length = 2  # (observation, action) pairs in the action prompt, as explore/eval
   c.temperature = 1.0  # rollout sampling temperature (verl rollout default)
   c.top_p = 1.0  # rollout nucleus
   c.max_new_tokens = 512  # response budget of one action (verl-agent max_response_length)
   c.max_cache_len = 4096  # KV cache of the rollout sampler: one action prompt + response
-  c.seq_len = 4096  # training row length: one turn (prompt + response); longer prompts are left-truncated
+  c.seq_len = 4096  # training row length: a turn (prompt + response) must fit; longer prompts are left-truncated
+  c.pack = True  # several turns per row (segments) while they fit; the loss is unchanged
   c.minibatches = 1  # optimizer updates per iteration (1 = exactly on-policy; verl: ppo_mini_batch_size)
   c.clip_eps = 0.2  # PPO clip range ε (verl default)
   c.kl_coef = 0.01  # β of the low-variance KL to the initial policy (verl-agent kl_loss_coef); 0 = no KL
@@ -119,13 +123,6 @@ def episode_turns(episodes, tokenizer, invalid_action_penalty: float):
   return turns, stats
 
 
-def _power_of_two_at_least(n: int, multiple: int) -> int:
-  size = multiple
-  while size < n:
-    size *= 2
-  return size
-
-
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   """Runs GRPO iterations per `config.grpo`, resuming from `<stage_dir>/checkpoints`; exports `<stage_dir>/hf`."""
   cfg = config[CONFIG_SECTION]
@@ -144,6 +141,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
 
   if jax.process_count() > 1:
     raise NotImplementedError("grpo: multi-host rollouts are not implemented; run the grpo stage on one host")
+  budget = cfg.env_step_budget
+  if cfg.budget_from_ledger:
+    budget = ledger_budget(train_stage._abs(workdir, cfg.budget_from_ledger))
   tokenizer_dir = train_stage._abs(workdir, cfg.tokenizer or cfg.init_path)
   tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
   env_config = cfg.env_config.to_dict()
@@ -199,8 +199,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                cfg.num_iterations, cfg.tasks_per_iteration, cfg.group_size, dict(mesh.shape))
   with pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env:
     while iteration < cfg.num_iterations:
-      if cfg.env_step_budget and ledger.get("env_steps", 0) >= cfg.env_step_budget:
-        logging.info("grpo: env step budget %d reached after %d iterations", cfg.env_step_budget, iteration)
+      if budget and ledger.get("env_steps", 0) >= budget:
+        logging.info("grpo: env step budget %d reached after %d iterations", budget, iteration)
         break
       start = time.perf_counter()
       rng = np.random.default_rng([cfg.seed, iteration])
@@ -211,15 +211,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                                seed=cfg.seed * 1_000_003 + iteration, keep_turns=True)
       turns, stats = episode_turns(episodes, tokenizer, cfg.invalid_action_penalty)
       scalars = {key: float(value) for key, value in stats.items()}
+      rollout_s = time.perf_counter() - start
       if turns:
-        # Rows padded to a power of two (times the shard count and minibatches): few distinct compiled shapes.
-        rows_needed = _power_of_two_at_least(len(turns), shards * cfg.minibatches)
-        padded = [*turns, *[grpo.Turn((0,), (0,), 0.0)] * (rows_needed - len(turns))]
-        rows, truncated = grpo.build_rows(padded, cfg.seq_len, policy.pad_id)
-        for row in range(len(turns), rows_needed):  # padding rows have no targets
-          rows["loss_mask_BxT"][row] = 0.0
-        width = targets.index_width(max(len(t.response_ids) for t in turns), cfg.seq_len,
-                                    tuple(cfg.logits_fractions))
+        rows, truncated = grpo.build_rows(turns, cfg.seq_len, policy.pad_id, pack=cfg.pack)
+        # Padded with empty rows to a bucketed count (a multiple of shards x minibatches): few compiled shapes.
+        rows_needed = grpo.bucket_rows(len(rows["input_ids_BxT"]), shards * cfg.minibatches)
+        rows = grpo.pad_rows(rows, rows_needed)
+        width = targets.index_width(targets.max_targets_per_row(rows), cfg.seq_len, tuple(cfg.logits_fractions))
         batch = grpo.gather_targets(rows, width)
         device_batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
         old = logprob_fn(state.params, device_batch)
@@ -237,6 +235,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         for key in step_metrics[0]:
           scalars[key] = float(np.mean([m[key] for m in step_metrics]))
         scalars["truncated_prompts"] = float(truncated)
+        scalars["rows"] = float(rows_needed)
+      scalars["rollout_s"] = rollout_s
       for key in ("env_steps", "episodes", "invalid_actions", "generated_tokens", "turns"):
         ledger[key] = ledger.get(key, 0) + stats[key]
       ledger["successes"] = ledger.get("successes", 0) + round(stats["success"] * stats["episodes"])
@@ -254,6 +254,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   _write_ledger(stage_dir, iteration, ledger)
   if cfg.export_hf:
     checkpoint.export_hf(model, state.params, tokenizer_dir, os.path.join(stage_dir, "hf"))
+
+
+def ledger_budget(path: str) -> int:
+  """The interaction an explore stage spent: env steps + replayed steps of its ledger.json totals."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"grpo.budget_from_ledger: {path} does not exist (run the explore stage first)")
+  with open(path) as f:
+    total = json.load(f)["total"]
+  return int(total.get("env_steps", 0)) + int(total.get("replayed_steps", 0))
 
 
 def _append_iteration(stage_dir: str, iteration: int, scalars: dict) -> None:
