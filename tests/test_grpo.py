@@ -42,12 +42,17 @@ def test_rows_put_the_advantage_on_response_tokens_and_left_truncate_long_prompt
     grpo.build_rows([grpo.Turn((1,), tuple(range(6)), 1.0)], seq_len=6, pad_id=0)
 
 
-def test_packed_rows_give_each_turn_the_log_probs_it_has_alone():
+def _tiny_model(seed):
+  """(apply_fn, params) of a random 1-layer decoder over a 16-token vocabulary."""
   cfg = models.ModelConfig(vocab_size=16, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                            d_ff=32)
   model = models.Decoder(cfg)
-  params = models.init_params(cfg, jax.random.PRNGKey(1))
   apply_fn = lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0]
+  return apply_fn, models.init_params(cfg, jax.random.PRNGKey(seed))
+
+
+def test_packed_rows_give_each_turn_the_log_probs_it_has_alone():
+  apply_fn, params = _tiny_model(1)
   turns = [grpo.Turn((1, 2, 3), (4, 5), 1.0), grpo.Turn((6, 7), (8,), -1.0), grpo.Turn((9, 3, 2, 1), (10, 11), 2.0)]
   packed, _ = grpo.build_rows(turns, seq_len=12, pad_id=0)
   alone, _ = grpo.build_rows(turns, seq_len=12, pad_id=0, pack=False)
@@ -108,11 +113,7 @@ def test_clipped_loss_with_kl_equals_numpy():
 
 
 def test_one_update_raises_the_rewarded_response_and_lowers_the_other():
-  cfg = models.ModelConfig(vocab_size=16, d_model=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                           d_ff=32)
-  model = models.Decoder(cfg)
-  params = models.init_params(cfg, jax.random.PRNGKey(0))
-  apply_fn = lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0]
+  apply_fn, params = _tiny_model(0)
   rows, _ = grpo.build_rows([grpo.Turn((1, 2, 3), (4, 5), 1.0), grpo.Turn((1, 2, 3), (6, 7), -1.0)], 8, 0)
   batch = {k: jnp.asarray(v) for k, v in grpo.gather_targets(rows, width=2).items()}
   before = grpo.token_logprobs(apply_fn, params, batch)
