@@ -219,7 +219,9 @@ def test_stage_runs_resumes_to_the_same_params_and_counts_the_budget(tmp_path, b
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
   budget = tmp_path / "budget"
   grpo_stage.run(_grpo_config(tmp_path, num_iterations=5, env_step_budget=20), str(tmp_path), str(budget))
-  assert _json(budget / "ledger.json")["iterations"] == 2  # 16 steps < 20 <= 32
+  # 16 steps in iteration 1; the 4 left are one task's group (4 episodes of one step): iteration 2 plays one task.
+  spent = _json(budget / "ledger.json")
+  assert spent["iterations"] == 2 and spent["total"]["env_steps"] == 20
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
@@ -236,3 +238,11 @@ def test_bad_values_are_refused_before_any_work(tmp_path, field, value, message)
 
 def test_index_width_for_responses_is_a_configured_fraction():
   assert targets.index_width(8, 256, (0.125, 0.5)) == 32
+
+
+def test_the_last_iteration_plays_only_the_tasks_the_remaining_budget_allows():
+  ledger = {"episodes": 64, "env_steps": 1600}  # 8 tasks x 8 episodes so far: 200 steps per task
+  assert grpo_stage.tasks_within_budget(0, ledger, 8, 32) == 32  # no budget
+  assert grpo_stage.tasks_within_budget(5000, {}, 8, 32) == 32  # nothing played yet: no estimate
+  assert grpo_stage.tasks_within_budget(5000, ledger, 8, 32) == 17  # (5000 - 1600) / 200
+  assert grpo_stage.tasks_within_budget(1650, ledger, 8, 32) == 1  # at least one

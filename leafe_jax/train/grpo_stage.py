@@ -5,8 +5,9 @@ policy (the in-process sampler, on the training mesh), turns them into rows (tra
 rows' log-probs under the current and the initial (reference) params, and applies `minibatches` optimizer
 updates of the clipped GRPO loss. The orbax checkpoint after each iteration holds the train state, the
 iteration and the interaction ledger, so a killed run resumes at the next iteration and replays nothing
-(rollouts are seeded by iteration). `env_step_budget` stops the run once it has taken that many env steps:
-the fixed interaction budget shared with LEAFE's exploration (its ledger counts the same steps).
+(rollouts are seeded by iteration). `env_step_budget` stops the run once it has taken that many env steps
+(the last iteration plays only as many tasks as the remaining budget is estimated to allow): the fixed
+interaction budget shared with LEAFE's exploration (its ledger counts the same steps).
 Single process only: multi-host rollouts are not implemented.
 """
 
@@ -205,6 +206,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       start = time.perf_counter()
       rng = np.random.default_rng([cfg.seed, iteration])
       tasks = [task_pool[i] for i in rng.choice(len(task_pool), cfg.tasks_per_iteration, replace=False)]
+      tasks = tasks[:tasks_within_budget(budget, ledger, cfg.group_size, len(tasks))]
       policy.update_params(state.params)
       episodes = play_episodes(policy, make_env, tasks, num_samples=cfg.group_size, max_steps=cfg.max_steps,
                                sampling=sampling, history_length=cfg.history_length,
@@ -254,6 +256,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   _write_ledger(stage_dir, iteration, ledger)
   if cfg.export_hf:
     checkpoint.export_hf(model, state.params, tokenizer_dir, os.path.join(stage_dir, "hf"))
+
+
+def tasks_within_budget(budget: int, ledger: dict, group_size: int, tasks: int) -> int:
+  """How many of this iteration's tasks to play so that the budget is about used up, not overshot.
+
+  A group's env steps are estimated from the run so far (the ledger); the first iteration plays them all.
+  """
+  played = ledger.get("episodes", 0) // group_size
+  if not budget or not played:
+    return tasks
+  steps_per_task = ledger["env_steps"] / played
+  return max(1, min(tasks, round((budget - ledger["env_steps"]) / steps_per_task)))
 
 
 def ledger_budget(path: str) -> int:
