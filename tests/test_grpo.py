@@ -218,7 +218,9 @@ def test_stage_runs_resumes_to_the_same_params_and_counts_the_budget(tmp_path, b
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
   budget = tmp_path / "budget"
-  grpo_stage.run(_grpo_config(tmp_path, num_iterations=5, env_step_budget=20), str(tmp_path), str(budget))
+  grpo_stage.run(_grpo_config(tmp_path, num_iterations=5, env_step_budget=20, checkpoint_every=5), str(tmp_path),
+                 str(budget))
+  assert sorted(os.listdir(budget / "checkpoints")) == ["2"]  # saved when the budget ended the run
   # 16 steps in iteration 1; the 4 left are one task's group (4 episodes of one step): iteration 2 plays one task.
   spent = _json(budget / "ledger.json")
   assert spent["iterations"] == 2 and spent["total"]["env_steps"] == 20

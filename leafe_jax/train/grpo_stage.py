@@ -248,7 +248,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       _append_iteration(stage_dir, iteration, scalars)
       logging.info("grpo: iteration %d/%d %s", iteration, cfg.num_iterations,
                    " ".join(f"{key} {value:.4g}" for key, value in scalars.items()))
-      if iteration % cfg.checkpoint_every == 0 or iteration == cfg.num_iterations:
+      spent = bool(budget) and ledger["env_steps"] >= budget  # the next pass of the loop stops
+      if iteration % cfg.checkpoint_every == 0 or iteration == cfg.num_iterations or spent:
         ckpt.save(iteration, state, {"iteration": iteration, "ledger": ledger})  # checkpoints keyed by iteration
         _write_ledger(stage_dir, iteration, ledger)
   ckpt.close()
