@@ -120,10 +120,9 @@ def _row_backward(q_KxUxH, k_KxTxH, v_KxTxH, mask_TxT, out_KxUxH, normaliser, do
   return jnp.concatenate(dqs, axis=1), dk_KxTxH, dv_KxTxH
 
 
-def _to_rows(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH):
-  b, t, k, g, h = q_BxTxKxGxH.shape
-  q_BxKxUxH = q_BxTxKxGxH.transpose(0, 2, 1, 3, 4).reshape(b, k, t * g, h)
-  return q_BxKxUxH, k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3)
+def _queries_to_rows(x_BxTxKxGxH):
+  b, t, k, g, h = x_BxTxKxGxH.shape
+  return x_BxTxKxGxH.transpose(0, 2, 1, 3, 4).reshape(b, k, t * g, h)
 
 
 def _from_rows(x_BxKxUxH, g: int):
@@ -140,7 +139,7 @@ def rowwise_causal_attention(q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxT
 
 def _rowwise_forward(q, k, v, mask, block, dtype):
   row = functools.partial(_row_forward, block=block, dtype=dtype)
-  rows = _to_rows(q, k, v)
+  rows = (_queries_to_rows(q), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
   out_BxKxUxH, normaliser = jax.lax.map(lambda args: row(*args), (*rows, mask))
   return _from_rows(out_BxKxUxH, q.shape[3]), (*rows, mask, out_BxKxUxH, normaliser)
 
@@ -148,7 +147,7 @@ def _rowwise_forward(q, k, v, mask, block, dtype):
 def _rowwise_backward(block, dtype, residuals, dout_BxTxKxGxH):
   q_rows, k_rows, v_rows, mask, out, normaliser = residuals
   g = dout_BxTxKxGxH.shape[3]
-  dout_rows = _to_rows(dout_BxTxKxGxH, k_rows.transpose(0, 2, 1, 3), v_rows.transpose(0, 2, 1, 3))[0]
+  dout_rows = _queries_to_rows(dout_BxTxKxGxH)
   row = functools.partial(_row_backward, block=block, dtype=dtype)
   dq, dk, dv = jax.lax.map(lambda args: row(*args), (q_rows, k_rows, v_rows, mask, out, normaliser, dout_rows))
   return (_from_rows(dq, g).astype(q_rows.dtype), dk.transpose(0, 2, 1, 3).astype(k_rows.dtype),

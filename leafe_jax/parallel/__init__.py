@@ -2,6 +2,7 @@
 
 from leafe_jax.parallel.mesh import (
     batch_sharding,
+    batch_shards,
     logical_sharding,
     logical_to_spec,
     make_mesh,
@@ -11,6 +12,6 @@ from leafe_jax.parallel.mesh import (
 from leafe_jax.parallel.rules import LOGICAL_RULES, MESH_AXES
 
 __all__ = [
-    "LOGICAL_RULES", "MESH_AXES", "batch_sharding", "logical_sharding", "logical_to_spec", "make_mesh",
+    "LOGICAL_RULES", "MESH_AXES", "batch_shards", "batch_sharding", "logical_sharding", "logical_to_spec", "make_mesh",
     "param_shardings", "resolve_mesh_shape",
 ]

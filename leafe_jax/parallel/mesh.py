@@ -90,6 +90,11 @@ def param_shardings(model, mesh: Mesh):
   return logical_sharding(nn.get_partition_spec(params), mesh, nn.meta.unbox(params))
 
 
+def batch_shards(mesh: Mesh) -> int:
+  """How many pieces `batch_sharding` cuts the rows into: a batch's row count must be a multiple of it."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Rows of a batch split over ("data", "fsdp"); the sequence axis replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))

@@ -181,7 +181,7 @@ class Sampler:
       from leafe_jax import parallel
 
       sharding = parallel.batch_sharding(self.mesh)
-      if batch % np.prod([self.mesh.shape[a] for a in ("data", "fsdp")]) == 0:
+      if batch % parallel.batch_shards(self.mesh) == 0:
         tokens_in, mask_in = jax.device_put(tokens_in, sharding), jax.device_put(mask_in, sharding)
     greedy = temperature <= 0.0
     out, logp = _generate(self.params, tokens_in, mask_in, jax.random.PRNGKey(seed), jnp.float32(temperature),

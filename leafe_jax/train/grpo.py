@@ -140,8 +140,7 @@ def token_logprobs(apply_fn: Callable[..., jax.Array], params: Any, batch: dict[
   index_BxN = batch[loss_lib.TARGET_INDEX]
   logits_BxNxV = apply_fn(params, batch["input_ids_BxT"], positions=batch["positions_BxT"],
                           segment_ids=batch["segment_ids_BxT"], logits_positions=index_BxN)
-  next_ids_BxT = jnp.concatenate([batch["input_ids_BxT"][:, 1:], batch["input_ids_BxT"][:, -1:]], axis=1)
-  targets_BxN = jnp.take_along_axis(next_ids_BxT, index_BxN, axis=1)
+  targets_BxN = jnp.take_along_axis(loss_lib.next_tokens(batch["input_ids_BxT"]), index_BxN, axis=1)
   nll_BxN, _ = loss_lib.token_nll(logits_BxNxV, targets_BxN)
   return -nll_BxN
 

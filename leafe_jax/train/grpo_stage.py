@@ -82,13 +82,10 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     fail("max_new_tokens", f"must be < grpo.seq_len={cfg.seq_len} (a row holds a prompt and the response)")
   if not 0 < cfg.clip_eps < 1:
     fail("clip_eps", "must be in (0, 1)")
-  if cfg.kl_coef < 0 or cfg.invalid_action_penalty < 0 or cfg.env_step_budget < 0 or cfg.env_workers < 0:
-    fail("kl_coef" if cfg.kl_coef < 0 else "invalid_action_penalty" if cfg.invalid_action_penalty < 0
-         else "env_step_budget" if cfg.env_step_budget < 0 else "env_workers", "must be >= 0")
-  if cfg.init not in ("random", "hf", "orbax"):
-    fail("init", "must be 'random', 'hf' or 'orbax'")
-  if cfg.init != "hf" and not cfg.tokenizer:
-    fail("tokenizer", "must name an HF tokenizer directory")
+  for field in ("kl_coef", "invalid_action_penalty", "env_step_budget", "env_workers"):
+    if cfg[field] < 0:
+      fail(field, "must be >= 0")
+  train_stage.check_model_fields(cfg, fail)
 
 
 def episode_turns(episodes, tokenizer, invalid_action_penalty: float):
@@ -115,6 +112,7 @@ def episode_turns(episodes, tokenizer, invalid_action_penalty: float):
   stats = {
       "reward": float(np.mean(rewards)) if rewards else 0.0,
       "success": float(np.mean([e.success for e in episodes])) if episodes else 0.0,
+      "successes": sum(e.success for e in episodes),
       "env_steps": sum(e.steps for e in episodes),
       "episodes": len(episodes),
       "invalid_actions": sum(e.invalid_actions for e in episodes),
@@ -135,6 +133,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax import envs, parallel
   from leafe_jax.envs import pooled
   from leafe_jax.eval.rollout import SamplingParams, play_episodes
+  from leafe_jax.policy.factory import resolve_path
   from leafe_jax.policy.jax_policy import JaxPolicy
   from leafe_jax.train import checkpoint, grpo, metrics, optimizer, targets
   from leafe_jax.train import loss as loss_lib
@@ -144,8 +143,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     raise NotImplementedError("grpo: multi-host rollouts are not implemented; run the grpo stage on one host")
   budget = cfg.env_step_budget
   if cfg.budget_from_ledger:
-    budget = ledger_budget(train_stage._abs(workdir, cfg.budget_from_ledger))
-  tokenizer_dir = train_stage._abs(workdir, cfg.tokenizer or cfg.init_path)
+    budget = ledger_budget(resolve_path(cfg.budget_from_ledger, workdir))
+  tokenizer_dir = resolve_path(cfg.tokenizer or cfg.init_path, workdir)
   tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
   env_config = cfg.env_config.to_dict()
   task_pool = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
@@ -157,7 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   total_steps = cfg.num_iterations * cfg.minibatches
   tx = optimizer.make_optimizer(cfg, total_steps)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-  model, init_params, params_sharding = train_stage._model_and_params(cfg, workdir, mesh, init_rng)
+  model, init_params, params_sharding = train_stage.model_and_params(cfg, workdir, mesh, init_rng)
   state_sharding = state_lib.shardings(tx, init_params, params_sharding, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=cfg.keep,
                                  async_save=cfg.async_checkpoint)
@@ -192,7 +191,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                           out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   policy = JaxPolicy(tokenizer_dir, mesh=mesh, max_cache_len=cfg.max_cache_len, model=model, params=state.params)
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-  shards = int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
+  shards = parallel.batch_shards(mesh)
   writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"))
   ledger = dict(progress["ledger"])
   iteration = int(progress["iteration"])
@@ -220,12 +219,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         rows_needed = grpo.bucket_rows(len(rows["input_ids_BxT"]), shards * cfg.minibatches)
         rows = grpo.pad_rows(rows, rows_needed)
         width = targets.index_width(targets.max_targets_per_row(rows), cfg.seq_len, tuple(cfg.logits_fractions))
-        batch = grpo.gather_targets(rows, width)
-        device_batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
-        old = logprob_fn(state.params, device_batch)
-        device_batch["old_logprob_BxN"] = old
-        device_batch["ref_logprob_BxN"] = old if ref_params is None else logprob_fn(ref_params, device_batch)
-        host = {k: np.asarray(v) for k, v in device_batch.items()}
+        host = grpo.gather_targets(rows, width)
+        device_batch = {k: jax.device_put(v, batch_sharding) for k, v in host.items()}
+        # Only the log-probs come back to the host, where the minibatches are cut.
+        host["old_logprob_BxN"] = np.asarray(logprob_fn(state.params, device_batch))
+        host["ref_logprob_BxN"] = (host["old_logprob_BxN"] if ref_params is None
+                                   else np.asarray(logprob_fn(ref_params, device_batch)))
         order = rng.permutation(rows_needed)
         per = rows_needed // cfg.minibatches
         step_metrics = []
@@ -239,9 +238,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         scalars["truncated_prompts"] = float(truncated)
         scalars["rows"] = float(rows_needed)
       scalars["rollout_s"] = rollout_s
-      for key in ("env_steps", "episodes", "invalid_actions", "generated_tokens", "turns"):
+      for key in ("env_steps", "episodes", "successes", "invalid_actions", "generated_tokens", "turns"):
         ledger[key] = ledger.get(key, 0) + stats[key]
-      ledger["successes"] = ledger.get("successes", 0) + round(stats["success"] * stats["episodes"])
       iteration += 1
       scalars["iteration_s"] = time.perf_counter() - start
       writer.write(iteration, scalars)

@@ -89,6 +89,11 @@ def token_nll(logits_BxNxV: jax.Array, targets_BxN: jax.Array) -> tuple[jax.Arra
   return log_z_BxN - target_logit_BxN, correct_BxN
 
 
+def next_tokens(x_BxT: jax.Array) -> jax.Array:
+  """[B, T]: at position t the value of position t+1 (the last position repeats itself; it predicts nothing)."""
+  return jnp.concatenate([x_BxT[:, 1:], x_BxT[:, -1:]], axis=1)
+
+
 def next_token_view(batch: Batch, normalization: str) -> dict[str, jax.Array]:
   """Per position t of [B, T]: the token it predicts (t+1), whether that counts, its loss factor, its kind.
 
@@ -96,12 +101,11 @@ def next_token_view(batch: Batch, normalization: str) -> dict[str, jax.Array]:
   [:, :-1]) lets the full-logits path score every position without copying the logits.
   """
   pad = lambda x_BxTm1: jnp.concatenate([x_BxTm1, jnp.zeros_like(x_BxTm1[:, :1])], axis=1)
-  shift = lambda x_BxT: jnp.concatenate([x_BxT[:, 1:], x_BxT[:, -1:]], axis=1)
   return {
-      "targets": shift(batch["input_ids_BxT"]),
+      "targets": next_tokens(batch["input_ids_BxT"]),
       "valid": pad(target_mask(batch)),
       "scale": pad(token_scale(batch, normalization)),
-      "kind": shift(batch["kind_BxT"]),
+      "kind": next_tokens(batch["kind_BxT"]),
   }
 
 

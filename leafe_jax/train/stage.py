@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -86,15 +87,10 @@ def resolve_mesh_shape(shape: tuple[int, ...], num_devices: int) -> tuple[int, i
   return parallel.resolve_mesh_shape(shape, num_devices, field="train.mesh")
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
-  """Value checks (types are checked by config_schema before any work): fail before loading anything."""
-  from leafe_jax.data import records
+def check_model_fields(config: ml_collections.ConfigDict, fail: Callable[[str, str], None]) -> None:
+  """Checks of the model and init fields a training stage shares with this one (`model_and_params` reads them);
+  `fail(field, why)` raises with the stage's section named."""
   from leafe_jax.models import config as model_config
-  from leafe_jax.train import loss as loss_lib
-  from leafe_jax.train import optimizer
-
-  def fail(field: str, why: str) -> None:
-    raise ValueError(f"config field 'train.{field}' {why} (value {config[field]!r})")
 
   if config.init not in ("random", "hf", "orbax"):
     fail("init", "must be 'random', 'hf' or 'orbax'")
@@ -102,6 +98,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     fail("init_path", f"must name a directory for init {config.init!r}")
   if not config.tokenizer and config.init != "hf":
     fail("tokenizer", "must name an HF tokenizer directory")
+  for field in ("dtype", "param_dtype"):
+    if config[field] not in ("float32", "bfloat16", "float16"):
+      fail(field, "must be float32, bfloat16 or float16")
+  if any(not 0 < f <= 1 for f in config.logits_fractions):
+    fail("logits_fractions", "must hold fractions in (0, 1]")
+  if config.remat_policy and config.remat_policy not in model_config.REMAT_POLICIES:
+    fail("remat_policy", f"must be empty or one of {model_config.REMAT_POLICIES}")
+  if config.attention_impl and config.attention_impl not in model_config.ATTENTION_IMPLS:
+    fail("attention_impl", f"must be empty or one of {model_config.ATTENTION_IMPLS}")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Value checks (types are checked by config_schema before any work): fail before loading anything."""
+  from leafe_jax.data import records
+  from leafe_jax.train import loss as loss_lib
+  from leafe_jax.train import optimizer
+
+  def fail(field: str, why: str) -> None:
+    raise ValueError(f"config field 'train.{field}' {why} (value {config[field]!r})")
+
+  check_model_fields(config, fail)
   if not config.records:
     fail("records", "must name at least one records folder")
   unknown = [k for k in config.kinds if k not in records.KINDS]
@@ -118,19 +135,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     fail("micro_batches", f"must divide batch_size={config.batch_size}")
   if config.num_steps <= 0 and config.num_epochs <= 0:
     fail("num_epochs", "must be > 0 when num_steps is 0")
-  for field in ("dtype", "param_dtype"):
-    if config[field] not in ("float32", "bfloat16", "float16"):
-      fail(field, "must be float32, bfloat16 or float16")
-  if any(not 0 < f <= 1 for f in config.logits_fractions):
-    fail("logits_fractions", "must hold fractions in (0, 1]")
-  if config.remat_policy and config.remat_policy not in model_config.REMAT_POLICIES:
-    fail("remat_policy", f"must be empty or one of {model_config.REMAT_POLICIES}")
-  if config.attention_impl and config.attention_impl not in model_config.ATTENTION_IMPLS:
-    fail("attention_impl", f"must be empty or one of {model_config.ATTENTION_IMPLS}")
 
 
-def _model_and_params(config, workdir, mesh, rng):
-  """(model, params sharded on mesh, params sharding) for the configured init."""
+def model_and_params(config, workdir, mesh, rng):
+  """(model, params sharded on mesh, params sharding) for the configured init (init, init_path, model, dtype,
+  param_dtype, remat_policy, attention_impl of a train or grpo section)."""
   import jax
   import jax.numpy as jnp
 
@@ -205,7 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       os.path.join(stage_dir, "checkpoints"), keep=cfg.keep, async_save=cfg.async_checkpoint
   )
   latest = ckpt.latest_step()
-  model, params, params_sharding = _model_and_params(cfg, workdir, mesh, init_rng)
+  model, params, params_sharding = model_and_params(cfg, workdir, mesh, init_rng)
   state_sharding = state_lib.shardings(tx, params, params_sharding, mesh)
   if latest is None:
     state = jax.jit(lambda p, r: state_lib.create(p, tx, r), out_shardings=state_sharding)(params, state_rng)
