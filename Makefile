@@ -50,6 +50,7 @@ test-all: lint
 bench: $(STAMP_TEST)
 	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 	echo "== benchmarks/sft_step.py --target_tokens 64"; $(BIN)/python benchmarks/sft_step.py --target_tokens 64
+	echo "== benchmarks/sampler.py --dtype bfloat16"; $(BIN)/python benchmarks/sampler.py --dtype bfloat16
 
 clean:
 	rm -rf $(VENV) workdir

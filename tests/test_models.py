@@ -243,3 +243,31 @@ def test_bad_model_config_is_rejected_with_the_field_named(tiny):
   with pytest.raises(ValueError, match="segment_ids"):
     model.apply({"params": params}, jnp.ones((1, 2), jnp.int32), segment_ids=jnp.ones((1, 2), jnp.int32),
                 cache=models.init_cache(model.config, 1, 4))
+
+
+def test_bf16_dots_round_once_after_a_float32_sum():
+  # 4096 products of 1 and 2**-9: a bf16 running sum stalls at 0.5 + ... (8 mantissa bits); float32 gets 8.
+  lhs = jnp.ones((1, 4096), jnp.bfloat16)
+  rhs = jnp.full((4096, 1), 2.0**-9, jnp.bfloat16)
+  dims = (((1,), (0,)), ((), ()))
+  assert float(layers.dot_general_f32(lhs, rhs, dims)[0, 0]) == 8.0
+  out = layers.dot_general_f32_accumulate(lhs, rhs, dims)
+  assert out.dtype == jnp.bfloat16 and float(out[0, 0]) == 8.0
+
+
+def test_bf16_cache_writes_and_embedding_rows_move_the_exact_bits():
+  rng = np.random.RandomState(0)
+  buffer = jnp.asarray(rng.randn(2, 3, 8, 4), jnp.bfloat16)
+  update = jnp.asarray(rng.randn(2, 3, 1, 4), jnp.float32)  # written in the buffer's dtype
+  got = layers.update_slice(buffer, update, (0, 0, 5, 0))
+  expected = np.asarray(buffer, np.float32)
+  expected[:, :, 5:6] = np.asarray(update.astype(jnp.bfloat16), np.float32)
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(got, np.float32), expected)
+  table = jnp.asarray(rng.randn(10, 4), jnp.bfloat16)
+  ids = jnp.asarray([[3, 0, 9]])
+  expected_rows = np.asarray(table, np.float32)[np.asarray(ids)]
+  rows = layers.take_rows(table, ids)
+  assert rows.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(rows, np.float32), expected_rows)
+  np.testing.assert_array_equal(layers.take_rows(table.astype(jnp.float32), ids), expected_rows)

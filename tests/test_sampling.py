@@ -116,3 +116,9 @@ def test_buckets_round_up_and_fall_back_to_the_cap():
   with pytest.raises(ValueError, match="9 exceeds the largest bucket 8"):
     sampler_lib._bucket(9, (1, 2, 4, 8))
   assert [sampler_lib._power_of_two(v) for v in (1, 2, 3, 64, 65)] == [1, 2, 4, 64, 128]
+
+
+def test_greedy_choice_is_the_first_index_of_the_maximum_as_argmax():
+  logits = np.asarray([[0.0, 2.0, 2.0, -1.0], [5.0, 1.0, 5.0, 5.0], [-3.0, -2.0, -1.0, -1.5]], np.float32)
+  got = sampler_lib._first_max_index(jnp.asarray(logits), jnp.asarray(logits.max(-1)))
+  np.testing.assert_array_equal(np.asarray(got), np.argmax(logits, -1))  # ties: numpy's first index

@@ -36,8 +36,9 @@ def dense_attention(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax
   scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, MASKED)
   probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1).astype(dtype)
   # Output head-major, then transposed: XLA:CPU has no fast kernel for the dot straight into [B, T, K, G, H].
-  out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dtype))
-  return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4)
+  out_BxKxGxTxH = jnp.einsum("bkgts,bksh->bkgth", probs_BxKxGxTxS, v_BxKxSxH.astype(dtype),
+                             preferred_element_type=jnp.float32)  # bf16 dots accumulate in f32 (layers.py)
+  return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).astype(dtype)
 
 
 def dense_causal_attention(q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
@@ -84,7 +85,8 @@ def _row_forward(q_KxUxH, k_KxTxH, v_KxTxH, mask_TxT, block, dtype):
     unnorm_KxUxS = jnp.exp(scores_KxUxS - max_KxUx1)
     sum_KxUx1 = jnp.sum(unnorm_KxUxS, axis=-1, keepdims=True)
     probs_KxUxS = (unnorm_KxUxS / sum_KxUx1).astype(dtype)
-    outs.append(jnp.einsum("kus,ksh->kuh", probs_KxUxS, v_KxTxH[:, :end].astype(dtype)))
+    outs.append(jnp.einsum("kus,ksh->kuh", probs_KxUxS, v_KxTxH[:, :end].astype(dtype),
+                           preferred_element_type=jnp.float32).astype(dtype))
     maxes.append(max_KxUx1[..., 0])
     sums.append(sum_KxUx1[..., 0])
   return jnp.concatenate(outs, axis=1), (jnp.concatenate(maxes, axis=1), jnp.concatenate(sums, axis=1))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from leafe_jax.models.config import ModelConfig
-from leafe_jax.models.layers import Block, RMSNorm, _init
+from leafe_jax.models.layers import Block, RMSNorm, _init, dot_general_f32, take_rows
 
 _REMAT = {
     "full": None,  # save nothing, recompute the block in the backward pass
@@ -122,7 +122,7 @@ class Decoder(nn.Module):
     mask_BxTxS, valid_BxS = _attention_mask(input_ids_BxT, attention_mask, segment_ids, cache)
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
                      embedding_init=_init(("vocab", "embed")), name="embed_tokens")
-    x_BxTxD = embed(input_ids_BxT)
+    x_BxTxD = take_rows(embed.embedding, input_ids_BxT).astype(cfg.compute_dtype)
     block = Block
     if cfg.remat_policy != "none":
       # Inside nn.scan the loop already stops XLA from merging recomputation with the forward pass.
@@ -161,13 +161,14 @@ class Decoder(nn.Module):
     x_BxTxD = RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name="norm")(x_BxTxD)
     b, t, d = x_BxTxD.shape
     x_LxD = x_BxTxD.reshape(b * t, d)  # [tokens, D], as in the blocks (layers.py, `flat_tokens`)
+    # Logits accumulate and stay in float32 (no bf16 rounding of the logits before the softmax).
     if cfg.tie_embeddings:
-      logits_LxV = embed.attend(x_LxD)
+      logits_LxV = dot_general_f32(x_LxD, embed.embedding.astype(cfg.compute_dtype), (((1,), (1,)), ((), ())))
     else:
       logits_LxV = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype,
                             param_dtype=cfg.weights_dtype, kernel_init=_init(("embed", "vocab")),
-                            name="lm_head")(x_LxD)
-    logits_BxTxV = logits_LxV.astype(jnp.float32).reshape(b, t, cfg.vocab_size)
+                            dot_general=dot_general_f32, name="lm_head")(x_LxD)
+    logits_BxTxV = logits_LxV.reshape(b, t, cfg.vocab_size)
     if cache is None:
       return logits_BxTxV, None
     t = input_ids_BxT.shape[1]

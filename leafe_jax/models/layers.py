@@ -17,6 +17,51 @@ def _init(names: tuple[str | None, ...], stddev: float = 0.02):
   return nn.with_logical_partitioning(nn.initializers.normal(stddev), names)
 
 
+def _as_bits(x: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(x, jnp.uint16) if _is_half(x.dtype) else x
+
+
+def _is_half(dtype) -> bool:
+  return jnp.issubdtype(dtype, jnp.floating) and jnp.dtype(dtype).itemsize == 2
+
+
+# bf16 data movement: XLA:CPU has no bf16 dynamic-update-slice or gather and upcasts their operands to f32, i.e.
+# converts the whole KV cache (or embedding table) twice per decoded token. Moving the same 16 bits as integers
+# does none of that; on TPU/GPU the bitcasts are free.
+
+
+def update_slice(buffer: jax.Array, update: jax.Array, start: tuple) -> jax.Array:
+  """`lax.dynamic_update_slice(buffer, update.astype(buffer.dtype), start)`, bf16 moved as 16-bit integers."""
+  update = update.astype(buffer.dtype)
+  if not _is_half(buffer.dtype):
+    return jax.lax.dynamic_update_slice(buffer, update, start)
+  out = jax.lax.dynamic_update_slice(_as_bits(buffer), _as_bits(update), start)
+  return jax.lax.bitcast_convert_type(out, buffer.dtype)
+
+
+def take_rows(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
+  """`table[ids]` (an embedding lookup), bf16 moved as 16-bit integers."""
+  rows = jnp.take(_as_bits(table_VxD), ids, axis=0)
+  return jax.lax.bitcast_convert_type(rows, table_VxD.dtype) if _is_half(table_VxD.dtype) else rows
+
+
+def dot_general_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`lax.dot_general` accumulating in float32, whatever the operand dtype (the result stays float32).
+
+  For bf16 operands this is what TPU/GPU matrix units do anyway, and it is the form XLA:CPU runs natively
+  (measured 3x faster than fp32): a dot with a bf16 result is rewritten to fp32 operands there, converting every
+  weight on every call.
+  """
+  del preferred_element_type
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32)
+
+
+def dot_general_f32_accumulate(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """`dot_general_f32`, result cast back to the operands' dtype (the projections' dot)."""
+  del preferred_element_type
+  return dot_general_f32(lhs, rhs, dimension_numbers, precision).astype(jnp.result_type(lhs, rhs))
+
+
 class RMSNorm(nn.Module):
   """RMSNorm computed in float32, as the HF reference does; output in the compute dtype."""
 
@@ -113,7 +158,7 @@ class Attention(nn.Module):
     dense = lambda features, names, name, bias: nn.DenseGeneral(
         features, axis=-1, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
         kernel_init=_init(names), bias_init=nn.with_logical_partitioning(nn.initializers.zeros, names[1:]),
-        name=name)
+        dot_general=dot_general_f32_accumulate, name=name)
     b, t, _ = x_BxTxD.shape
     x_LxD = x_BxTxD.reshape(b * t, -1)  # projections on [tokens, D]: see `flat_tokens`
     q_BxTxNxH = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "head_dim"), "q_proj",
@@ -140,15 +185,16 @@ class Attention(nn.Module):
       # of the whole cache per decoded token.
       k_BxKxTxH, v_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3)
       cache_k, cache_v = kv  # this layer's cache, [B, K, S, H] each
-      k_BxKxSxH = jax.lax.dynamic_update_slice(cache_k, k_BxKxTxH.astype(cache_k.dtype), (0, 0, write_index, 0))
-      v_BxKxSxH = jax.lax.dynamic_update_slice(cache_v, v_BxKxTxH.astype(cache_v.dtype), (0, 0, write_index, 0))
+      k_BxKxSxH = update_slice(cache_k, k_BxKxTxH, (0, 0, write_index, 0))
+      v_BxKxSxH = update_slice(cache_v, v_BxKxTxH, (0, 0, write_index, 0))
       new_kv = (k_BxKxSxH, v_BxKxSxH)
       out_BxTxKxGxH = attention.dense_attention(q_BxTxKxGxH, k_BxKxSxH.astype(q_BxTxNxH.dtype), v_BxKxSxH,
                                                 mask_BxTxS, cfg.compute_dtype)
     out_LxNxH = out_BxTxKxGxH.reshape(b * t, n, h)
     out_LxD = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
-        kernel_init=_init(("heads", "head_dim", "embed")), name="o_proj")(out_LxNxH)
+        kernel_init=_init(("heads", "head_dim", "embed")), dot_general=dot_general_f32_accumulate,
+        name="o_proj")(out_LxNxH)
     return out_LxD.reshape(b, t, cfg.d_model), new_kv
 
 
@@ -162,7 +208,7 @@ class MLP(nn.Module):
     cfg = self.config
     dense = lambda features, names, name: nn.Dense(
         features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
-        kernel_init=_init(names), name=name)
+        kernel_init=_init(names), dot_general=dot_general_f32_accumulate, name=name)
     x_LxD = x_BxTxD.reshape(-1, x_BxTxD.shape[-1])  # see `flat_tokens`
     gate_LxF = dense(cfg.d_ff, ("embed", "mlp"), "gate_proj")(x_LxD)
     up_LxF = dense(cfg.d_ff, ("embed", "mlp"), "up_proj")(x_LxD)

@@ -61,10 +61,18 @@ def _power_of_two(value: int) -> int:
   return 1 << max(value - 1, 0).bit_length()
 
 
-def _choose(logits_BxV, key, temperature, top_p, *, greedy: bool, top_k: int, nucleus: bool):
+def _first_max_index(logits_BxV, max_B):
+  """argmax (first index of the maximum) given the maximum: two plain reductions instead of XLA's variadic
+  (value, index) reduce, which costs XLA:CPU more than the whole softmax over the vocabulary."""
+  vocab = logits_BxV.shape[-1]
+  index_BxV = jnp.where(logits_BxV == max_B[:, None], jnp.arange(vocab, dtype=jnp.int32), vocab)
+  return jnp.minimum(jnp.min(index_BxV, axis=-1), vocab - 1)  # a row of NaNs has no maximum: last id
+
+
+def _choose(logits_BxV, max_B, key, temperature, top_p, *, greedy: bool, top_k: int, nucleus: bool):
   """The next token: argmax, or a draw from the temperature / top-k / top-p shaped distribution."""
   if greedy:
-    return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    return _first_max_index(logits_BxV, max_B)
   logits_BxV = logits_BxV / jnp.maximum(temperature, _MIN_TEMPERATURE)
   if top_k > 0:
     # top_k values come sorted (descending): the nucleus below needs only them, not a full-vocab sort.
@@ -102,9 +110,11 @@ def _generate(params, tokens_BxP, mask_BxP, rng, temperature, top_p, max_new, *,
   ones_Rx1 = jnp.ones((rows, 1), jnp.int32)
 
   def emit(step, logits_RxV, out_RxO, logp_RxO, done_R):
-    token_R = choose(logits_RxV, jax.random.fold_in(rng, step), temperature, top_p)
+    max_R = jnp.max(logits_RxV, axis=-1)  # shared by argmax and the log-normaliser
+    token_R = choose(logits_RxV, max_R, jax.random.fold_in(rng, step), temperature, top_p)
     token_R = jnp.where(done_R, pad_id, token_R)
-    logp_R = jnp.take_along_axis(jax.nn.log_softmax(logits_RxV, axis=-1), token_R[:, None], axis=-1)[:, 0]
+    log_norm_R = max_R + jnp.log(jnp.sum(jnp.exp(logits_RxV - max_R[:, None]), axis=-1))
+    logp_R = jnp.take_along_axis(logits_RxV, token_R[:, None], axis=-1)[:, 0] - log_norm_R
     out_RxO = jax.lax.dynamic_update_slice(out_RxO, token_R[:, None], (0, step))
     logp_RxO = jax.lax.dynamic_update_slice(logp_RxO, jnp.where(done_R, 0.0, logp_R)[:, None], (0, step))
     return token_R, out_RxO, logp_RxO, done_R | jnp.isin(token_R, eos_E)
