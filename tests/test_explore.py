@@ -320,6 +320,41 @@ def test_tree_line_round_trips_and_writes_equal_clean_messages_once(tmp_path):
   assert loaded.to_json() == tree.to_json()
 
 
+def test_tree_store_writes_every_tree_and_fsyncs_in_groups_and_on_sync(tmp_path, monkeypatch):
+  trees, _ = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
+  synced = []
+  real_fsync = os.fsync
+  monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+  path = tmp_path / "trees" / "shard-0-of-1.jsonl"
+  store = TreeStore(str(path), fsync_every=3, fsync_s=3600.0)
+  for i in range(1, 5):
+    store.append(trees[0])
+    # Written through at once (what a SIGKILL keeps); fsynced (what a machine crash keeps) every 3rd tree.
+    assert path.read_text().count("\n") == i
+    assert len(synced) == {1: 0, 2: 0, 3: 2, 4: 2}[i]  # the first fsync also syncs the new file's directory
+  store.sync()
+  assert len(synced) == 3
+  store.sync()  # nothing new since
+  assert len(synced) == 3
+  TreeStore(str(path), fsync_every=3, fsync_s=0.0).append(trees[0])  # fsync_s=0: every tree
+  assert len(synced) == 4 and len(TreeStore(str(path)).load()) == 5
+
+
+def test_tree_store_cuts_a_torn_last_line_and_the_rerun_redoes_that_task(tmp_path):
+  config = explore_config()
+  config.explore.num_tasks = 4
+  explore_stage.run_with_policy(config, str(tmp_path / "whole"), ScriptedPolicy(_stable_action))
+  whole = (tmp_path / "whole" / "trees" / "shard-0-of-1.jsonl").read_text()
+  lines = whole.splitlines(keepends=True)
+  # A kill mid-write, or a machine crash before the fsync: the last tree's line is cut short.
+  tree_file = tmp_path / "torn" / "trees" / "shard-0-of-1.jsonl"
+  tree_file.parent.mkdir(parents=True)
+  tree_file.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
+  explore_stage.run_with_policy(config, str(tmp_path / "torn"), ScriptedPolicy(_stable_action))
+  as_set = lambda text: sorted(text.splitlines())
+  assert as_set(tree_file.read_text()) == as_set(whole)
+
+
 def test_reflections_sample_at_the_reflection_temperature():
   policy = _corridor_policy()
   seen = []

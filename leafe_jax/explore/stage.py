@@ -1,8 +1,9 @@
 """Stage `explore`: LEAFE stage 1 (or the IS / IR comparison samplers) over an environment split.
 
-Trees go to `<stage_dir>/trees/shard-<i>-of-<n>.jsonl`, one flushed and fsynced line per finished task; a rerun
-skips the tasks already there, so a killed explorer loses and duplicates nothing (records are derived from the
-trees by the `distill` stage). Host i of n (`shard = "i/n"`) takes every n-th task. With `env_workers` > 0 the
+Trees go to `<stage_dir>/trees/shard-<i>-of-<n>.jsonl`, one written line per finished task (fsynced in groups and
+before the ledger is saved); a rerun skips the tasks already there, so a killed explorer loses and duplicates
+nothing, and a machine crash redoes at most the tasks since the last fsync (records are derived from the trees
+by the `distill` stage). Host i of n (`shard = "i/n"`) takes every n-th task. With `env_workers` > 0 the
 envs step in an EnvPool of that many processes (heavy envs: ScienceWorld, ALFWorld, the coding sandbox).
 """
 
@@ -17,9 +18,9 @@ from absl import logging
 from leafe_jax import envs
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled
+from leafe_jax.explore import tree as tree_lib
 from leafe_jax.explore.engine import FAILURE_SIGNALS, Explorer, ExploreSettings
 from leafe_jax.explore.ledger import Ledger
-from leafe_jax.explore.tree import TreeStore
 
 CONFIG_SECTION = "explore"
 
@@ -59,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.concurrency = 64  # tasks alive at once; their rollouts share every policy call
   c.stop_on_success = False  # end a task at its first success (set for IS/IR coverage runs)
   c.env_step_budget = 0  # global interaction budget (env + replayed steps); 0 = unlimited
+  # fsync the tree file every n trees or s seconds: a machine crash redoes at most those tasks (a kill none).
+  c.tree_fsync_every = tree_lib.DEFAULT_FSYNC_EVERY
+  c.tree_fsync_s = tree_lib.DEFAULT_FSYNC_S
   c.shard = "0/1"  # "i/n": this host explores every n-th task starting at i
   c.seed = 0  # sampling seed
   return c
@@ -94,7 +98,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   env_config = cfg.env_config.to_dict()
   all_tasks = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
   tasks = all_tasks[index::count]
-  store = TreeStore(os.path.join(stage_dir, "trees", f"shard-{index}-of-{count}.jsonl"))
+  store = tree_lib.TreeStore(os.path.join(stage_dir, "trees", f"shard-{index}-of-{count}.jsonl"),
+                             fsync_every=cfg.tree_fsync_every, fsync_s=cfg.tree_fsync_s)
   ledger = Ledger(cfg.env_step_budget, num_tasks=len(tasks))
   done = {}
   for tree in store.load():
@@ -118,7 +123,10 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
         store.append(tree)
         bar.update(1)
 
-      Explorer(policy, make_env, cfg.env, settings, ledger).run(todo, on_tree)
+      try:
+        Explorer(policy, make_env, cfg.env, settings, ledger).run(todo, on_tree)
+      finally:
+        store.sync()  # the finished trees are durable before the ledger (or an error) reports on them
   ledger.save(ledger_path)
   logging.info("explore ledger: %s", json.dumps(ledger.to_json()["total"]))
   return ledger
