@@ -29,6 +29,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory every stage writes to
 # <workdir>/<name>. Input paths inside stage configs are relative to --workdir (absolute paths stay).
 STAGES: dict[str, str] = {
     "expert_data": "leafe_jax.baselines.expert_stage",
+    "early_experience": "leafe_jax.baselines.early_experience_stage",
     "train": "leafe_jax.train.stage",
     "grpo": "leafe_jax.train.grpo_stage",
     "explore": "leafe_jax.explore.stage",

@@ -76,3 +76,12 @@ def test_pool_survives_killed_worker():
     assert isinstance(results[0], EpisodeError)
     assert results[1].observation.startswith("You arrive at countertop 1")
     assert pool.step(["b"], [WIN_FRIDGE[1]])[0].observation.startswith("You pick up the apple 1")
+
+
+@pytest.mark.parametrize("task", [FRIDGE, COUNTER])
+def test_gold_actions_are_a_plan_that_wins_the_game(env, task):
+  plan = env.gold_actions(task)
+  assert plan and all(isinstance(a, str) for a in plan)
+  env.reset(task)
+  steps = [env.step(a) for a in plan]
+  assert steps[-1].success and not any(s.success for s in steps[:-1])

@@ -100,14 +100,18 @@ def test_paper_pipelines_follow_the_paper_settings(path, arg):
   assert policies["GRPO-RLVR"] == grpo and policies["LEAFE"] == "train_leafe/hf"
 
 
+_MULTIWORD_STAGES = ("expert_data", "early_experience")
+
+
 def _inputs(stage_id: str, c: ml_collections.ConfigDict) -> list[str]:
-  name = stage_id.split("_")[0] if not stage_id.startswith("expert_data") else "expert_data"
+  name = next((s for s in _MULTIWORD_STAGES if stage_id.startswith(s)), stage_id.split("_")[0])
   section = c[name]
   return {
       "explore": lambda: [section.policy],
       "distill": lambda: [section.trees, section.tokenizer],
       "train": lambda: [*section.records, section.init_path, section.tokenizer],
       "eval": lambda: [section.policy],
+      "early_experience": lambda: [section.tokenizer] + ([section.policy] if "sr" in section.methods else []),
   }.get(name, lambda: [])()
 
 
@@ -133,6 +137,19 @@ def test_table3_samplers_share_one_budget():
   budget = explore["explore_leafe"].env_step_budget
   assert budget > 0 and budget == 165 * explore["explore_leafe"].max_attempts * explore["explore_leafe"].max_steps
   assert explore["explore_leafe"].max_depth == explore["explore_leafe"].max_attempts - 1
+
+
+@pytest.mark.parametrize("env", ["alfworld", "scienceworld", "sokoban"])
+def test_the_earlyexp_row_is_iwm_then_imitation_from_the_instruct_model(env):
+  planned = _planned(os.path.join("configs", "paper", f"{env}.py"), "qwen2.5-7b")
+  data = planned["early_experience"].early_experience
+  assert tuple(data.methods) == ("iwm",) and data.split == planned["explore"].explore.split
+  assert data.iwm_alternatives == {"alfworld": 8, "scienceworld": 3, "sokoban": 3}[env]  # notes §8
+  world, imitation = planned["train_ee_world"].train, planned["train_iwm"].train
+  assert (world.init_path, tuple(world.kinds), world.num_epochs) == ("models/base", ("iwm",), 1)
+  assert (imitation.init_path, tuple(imitation.kinds)) == ("train_ee_world/hf", ("sft",))
+  assert world.lr == imitation.lr and world.batch_size == imitation.batch_size
+  assert (planned["eval_iwm"].eval.method, planned["eval_iwm"].eval.policy) == ("EarlyExp", "train_iwm/hf")
 
 
 def test_table4_reh_only_differs_from_leafe_only_in_the_loss():

@@ -22,6 +22,7 @@ import dataclasses
 
 import ml_collections
 
+from leafe_jax.baselines import early_experience_stage
 from leafe_jax.eval import report_stage
 from leafe_jax.eval import stage as eval_stage
 from leafe_jax.explore import distill_stage
@@ -85,6 +86,18 @@ class EnvSetup:
   num_epochs: int  # SFT epochs
   env_workers: int = 0  # explore/eval env worker processes (EnvPool); 0 = in-process envs (cheap engines)
   eval_max_live: int = 0  # eval episodes alive at once (each holds an env); 0 = a whole chunk at once
+  # The EarlyExp row (Early Experience, IWM; notes §5, §8); None where the env has no expert (no row).
+  early_experience: EarlyExperienceSetup | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyExperienceSetup:
+  """The Early Experience recipe of one environment (notes §8); LEAFE reproduced IWM only (notes §5)."""
+
+  iwm_alternatives: int  # non-expert actions executed per expert state
+  il_epochs: int  # epochs of the imitation stage that follows one IWM epoch
+  lr: float  # learning rate of both stages
+  batch_size: int  # effective batch size
 
 
 def backbone(arg: str | None, allowed: tuple[str, ...], config_file: str) -> Backbone:
@@ -239,6 +252,47 @@ def grpo_config(setup: EnvSetup, model: Backbone) -> ml_collections.ConfigDict:
   return c
 
 
+def early_experience_config(setup: EnvSetup, model: Backbone) -> ml_collections.ConfigDict:
+  """EE data: the expert's turns (sft) and, at each expert state, the observations of other actions (iwm)."""
+  ee = setup.early_experience
+  c = early_experience_stage.default_config()
+  c.env = setup.env  # registered environment with an expert (gold_actions)
+  c.env_config = ml_collections.ConfigDict(setup.env_config)  # as explored
+  c.split = setup.explore_split  # the training tasks LEAFE explores
+  c.num_tasks = setup.explore_tasks  # the same pool
+  c.methods = ("iwm",)  # [S] LEAFE reproduced IWM only (notes §5); add "sr" (and train@sr, eval@sr) for SR
+  c.iwm_alternatives = ee.iwm_alternatives  # non-expert actions per state
+  c.sr_alternatives = 3  # [S] EE K = 3 (notes §8); used only with "sr"
+  c.policy = BASE  # EE starts from the instruct model; proposes and reflects for SR only
+  c.tokenizer = BASE  # the records are trained from models/base
+  c.max_cache_len = min(setup.seq_len, model.context)  # SR's sampler: one action prompt + response
+  c.policy_mesh = POLICY_MESH  # in-process sampler placement
+  c.policy_dtype = POLICY_DTYPE  # in-process sampler dtype
+  c.history_length = setup.history_length  # states rendered as explored and evaluated
+  c.max_new_tokens = setup.max_new_tokens  # SR proposal budget
+  c.tasks_per_shard = 64  # [D] tasks per durable record shard
+  c.shard = "0/1"  # multi-host: --config.early_experience.shard=i/n on host i
+  c.seed = 0
+  return c
+
+
+def early_experience_variants(setup: EnvSetup) -> dict:
+  """EE's IWM recipe as two train variants (notes §8): one epoch of world modelling from the instruct model,
+  then imitation of the expert from that checkpoint; then the EarlyExp eval row."""
+  ee = setup.early_experience
+  common_train = {
+      "init": "hf", "records": ("early_experience/records",), "lr": ee.lr, "batch_size": ee.batch_size,
+      "schedule": "cosine",  # [S] EE YAMLs: cosine schedule, no warm-up (notes §8)
+      "checkpoint_every": 500,  # [ours] IWM data is ~10x the expert turns: fewer, larger saves
+  }
+  return {
+      "ee_world": {"train": {**common_train, "init_path": BASE, "kinds": ("iwm",), "num_epochs": 1}},
+      "iwm": {"train": {**common_train, "init_path": "train_ee_world/hf", "kinds": ("sft",),
+                        "num_epochs": ee.il_epochs},
+              "eval": {"method": EVAL_ROWS["iwm"][0], "policy": EVAL_ROWS["iwm"][1]}},
+  }
+
+
 def report_config(title: str) -> ml_collections.ConfigDict:
   c = report_stage.default_config()
   c.eval_glob = "eval_*"  # every eval stage of this workdir
@@ -254,25 +308,34 @@ EVAL_ROWS = {
     "grpo": ("GRPO-RLVR", GRPO),  # the checkpoint LEAFE starts from (notes §5)
     "leafe": ("LEAFE", "train_leafe/hf"),  # the train@leafe export
     "reh_only": ("L_reh only", "train_reh_only/hf"),  # the train@reh_only export (Table 4 ablation)
+    "iwm": ("EarlyExp", "train_iwm/hf"),  # Early Experience (IWM): the train@iwm export (Table 1)
 }
 
 
 def pipeline(name: str, setup: EnvSetup, model: Backbone, title: str, *,
              reh_only: bool = False) -> ml_collections.ConfigDict:
-  """explore -> distill -> train@leafe [-> train@reh_only] -> eval of Base, GRPO, LEAFE [, L_reh only] -> report."""
+  """explore -> distill -> train@leafe [-> train@reh_only] [-> early_experience -> train@ee_world -> train@iwm]
+  -> eval of Base, GRPO, LEAFE [, L_reh only] [, EarlyExp] -> report."""
   config = ml_collections.ConfigDict()
   config.name = name  # run name
   config.seed = 0  # global seed
-  rows = ["base", "grpo", "leafe"] + (["reh_only"] if reh_only else [])
+  ee = setup.early_experience is not None
+  rows = ["base", "grpo", "leafe"] + (["reh_only"] if reh_only else []) + (["iwm"] if ee else [])
   trains = ["leafe"] + (["reh_only"] if reh_only else [])
-  config.stages = ("explore", "distill", *(f"train@{v}" for v in trains), *(f"eval@{v}" for v in rows), "report")
+  ee_stages = ("early_experience", "train@ee_world", "train@iwm") if ee else ()
+  config.stages = ("explore", "distill", *(f"train@{v}" for v in trains), *ee_stages,
+                   *(f"eval@{v}" for v in rows), "report")
   config.grpo = grpo_config(setup, model)  # not in `stages`: run it first when models/grpo is not supplied
   config.explore = explore_config(setup, model)
   config.distill = distill_config()
   config.train = train_config(setup)
   config.eval = eval_config(setup, model)
   config.report = report_config(title)
+  if ee:
+    config.early_experience = early_experience_config(setup, model)
   variants = {v: {"eval": {"method": EVAL_ROWS[v][0], "policy": EVAL_ROWS[v][1]}} for v in rows}
+  if ee:
+    variants.update(early_experience_variants(setup))
   if reh_only:
     # The L_reh-only arm of Table 4: same records, epochs and optimizer, the L_cf records left out.
     variants["reh_only"]["train"] = {"kinds": ("reh",)}

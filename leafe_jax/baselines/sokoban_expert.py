@@ -12,9 +12,7 @@ import dataclasses
 import random
 
 from leafe_jax.envs.sokoban import ACTIONS, SokobanEnv, solve
-from leafe_jax.envs.sokoban.level import LURD
-
-_ACTION_OF_LETTER = {letter: action for action, letter in LURD.items()}
+from leafe_jax.envs.sokoban.level import ACTION_OF_LETTER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +41,7 @@ def optimal_action(env: SokobanEnv) -> str | None:
   plan = solve(state, max_steps=env.max_steps - snap.steps)
   if not plan:
     return None
-  return _ACTION_OF_LETTER[plan[0].lower()]
+  return ACTION_OF_LETTER[plan[0].lower()]
 
 
 def noisy_expert_trajectory(env: SokobanEnv, task_id: str, mistake_prob: float, rng: random.Random) -> ExpertTrajectory:

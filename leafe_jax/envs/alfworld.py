@@ -164,6 +164,30 @@ class ALFWorldEnv:
                                  f"recorded {want[:120]!r}")
     return observations
 
+  def gold_actions(self, task_id: str) -> list[str]:
+    """The game's walkthrough from TextWorld's PDDL planner (`policy_commands` at the start state).
+
+    A separate engine instance with the planner switched on: the acting env does not pay for planning on every
+    step. ALFWorld's handcoded expert is the other built-in expert; the planner's plan is the shortest.
+    """
+    import textworld
+    import textworld.gym
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+
+    game_file = os.path.join(self.root, task_id, GAME_FILE)
+    if not os.path.isfile(game_file):
+      raise FileNotFoundError(f"ALFWorld game {game_file} (task {task_id!r}) does not exist")
+    infos = textworld.EnvInfos(policy_commands=True, extras=["gamefile"])
+    gym_id = textworld.gym.register_games([game_file], infos, batch_size=1, asynchronous=False,
+                                          max_episode_steps=self.max_steps,
+                                          wrappers=[AlfredDemangler(shuffle=False), AlfredInfos])
+    planner = textworld.gym.make(gym_id)
+    try:
+      _, info = planner.reset()
+      return list(info["policy_commands"][0] or [])
+    finally:
+      planner.close()
+
   def traj_data(self, task_id: str) -> dict[str, Any]:
     with open(os.path.join(self.root, task_id, TRAJ_FILE)) as f:
       return json.load(f)

@@ -66,3 +66,12 @@ class SnapshotEnv(Env, Protocol):
 
   def restore(self, snapshot: Any) -> None:
     ...
+
+
+@runtime_checkable
+class ExpertEnv(Env, Protocol):
+  """An env with an expert: a gold action sequence per task (the Early Experience baseline's D_expert)."""
+
+  def gold_actions(self, task_id: str) -> list[str]:
+    """Actions that solve `task_id` from its start state. May change the env's state: reset afterwards."""
+    ...

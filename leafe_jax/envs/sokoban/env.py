@@ -17,7 +17,7 @@ from typing import Any
 from leafe_jax.envs.base import INVALID_ACTION, Step
 from leafe_jax.envs.prompts import PromptTemplate
 from leafe_jax.envs.sokoban import generator, solver
-from leafe_jax.envs.sokoban.level import DIRECTIONS, Level, load_xsb, render_text
+from leafe_jax.envs.sokoban.level import ACTION_OF_LETTER, DIRECTIONS, Level, load_xsb, render_text
 
 ACTIONS = ("up", "down", "left", "right")
 
@@ -256,6 +256,12 @@ class SokobanEnv:
         "steps": self._steps,
     }
     return Step(observation, sum(terms.values()), self._done, success, info)
+
+  # --- expert ------------------------------------------------------------------------------------------------
+  def gold_actions(self, task_id: str) -> list[str]:
+    """A move-optimal solution within the step limit (the exact solver); [] if the room has none."""
+    plan = solver.solve(self.level_of(task_id), max_steps=self.max_steps) or ""
+    return [ACTION_OF_LETTER[letter.lower()] for letter in plan]
 
   # --- snapshots ---------------------------------------------------------------------------------------------
   def snapshot(self) -> SokobanSnapshot:

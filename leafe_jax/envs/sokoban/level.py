@@ -33,6 +33,7 @@ TEXT_PLAYER_ON_TARGET = "S"
 # Action name -> (row delta, col delta). The LURD letter of each direction is its first letter.
 DIRECTIONS: dict[str, tuple[int, int]] = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 LURD = {"up": "u", "down": "d", "left": "l", "right": "r"}
+ACTION_OF_LETTER = {letter: action for action, letter in LURD.items()}  # LURD letter (lowercase) -> action
 
 
 class XsbError(ValueError):
