@@ -10,8 +10,12 @@ Pipeline (each stage writes under --workdir and resumes from it):
   6. train@reh_only   the L_reh-only ablation of the paper's Table 4, same budget;
   7. grpo             the RLVR baseline: GRPO from the same base policy on the same training rooms, with the
                       env-step budget the explorer used (read from its ledger);
-  8. eval@*           Pass@1 and Pass@k (k <= 16) on held-out test seeds, no reflection at test time;
-  9. report           markdown table, Pass@k plot, ledger totals and one rendered tree.
+  8. early_experience the Early Experience baseline's data: solver trajectories of training rooms (sft) and, at
+                      each of their states, the grids the other moves lead to (iwm);
+  9. train@ee_world   EarlyExp (IWM), stage 1: one epoch of next-grid prediction from the base policy;
+ 10. train@iwm        EarlyExp, stage 2: imitation of the solver from that checkpoint;
+ 11. eval@*           Pass@1 and Pass@k (k <= 16) on held-out test seeds, no reflection at test time;
+ 12. report           markdown table, Pass@k plot, ledger totals and one rendered tree.
 
 How it relates to the paper: the paper starts stage 1 from a GRPO-trained 7B-72B instruct model with
 verl-agent prompts; here the starting policy is a ~1M-parameter model warmed up on solver data with injected
@@ -21,7 +25,7 @@ format are the paper configs' own.
 
 import ml_collections
 
-from leafe_jax.baselines import expert_stage
+from leafe_jax.baselines import early_experience_stage, expert_stage
 from leafe_jax.eval import report_stage
 from leafe_jax.eval import stage as eval_stage
 from leafe_jax.explore import distill_stage
@@ -46,10 +50,14 @@ def get_config() -> ml_collections.ConfigDict:
       "train@leafe",
       "train@reh_only",
       "grpo",
+      "early_experience",
+      "train@ee_world",
+      "train@iwm",
       "eval@base",
       "eval@grpo",
       "eval@leafe",
       "eval@reh_only",
+      "eval@iwm",
       "report",
   )
 
@@ -132,6 +140,17 @@ def get_config() -> ml_collections.ConfigDict:
   grpo.checkpoint_every = 5  # iterations
   config.grpo = grpo
 
+  early = early_experience_stage.default_config()
+  early.env_config = ml_collections.ConfigDict(SOKOBAN)
+  early.split = "train"
+  early.num_tasks = 256  # training rooms whose solver trajectories are the expert data
+  early.methods = ("iwm",)  # EarlyExp as the paper reproduced it: implicit world modelling only
+  early.iwm_alternatives = 3  # every other move at each expert state
+  early.tokenizer = "train_warmup/hf"  # the base policy's tokenizer
+  early.history_length = HISTORY_LENGTH  # as explore and eval prompt
+  early.tasks_per_shard = 256  # one record shard
+  config.early_experience = early
+
   evaluation = eval_stage.default_config()
   evaluation.model_label = "tiny-llama (demo)"
   evaluation.env = "sokoban"
@@ -157,6 +176,7 @@ def get_config() -> ml_collections.ConfigDict:
   # batches, several epochs); the paper's settings (batch 128, lr 1e-6, 2-3 epochs) are for 7B+ models.
   finetune = {"init": "hf", "init_path": "train_warmup/hf", "tokenizer": "", "lr": 5e-4, "warmup_steps": 0,
               "num_epochs": 6, "batch_size": 8, "records": ("distill/records",)}
+  early_experience = {**finetune, "records": ("early_experience/records",), "batch_size": 16}
   # A variant holds the overrides of every stage that runs under its name (train@leafe and eval@leafe).
   config.variants = ml_collections.ConfigDict({
       "warmup": {},
@@ -169,6 +189,13 @@ def get_config() -> ml_collections.ConfigDict:
       "reh_only": {  # the L_reh-only arm of the paper's Table 4 ablation
           "train": {**finetune, "kinds": ("reh",)},
           "eval": {"method": "L_reh only", "policy": "train_reh_only/hf"},
+      },
+      # EarlyExp (IWM): world modelling from the base policy, then imitation of the solver from that checkpoint.
+      "ee_world": {"train": {**early_experience, "init_path": "train_warmup/hf", "kinds": ("iwm",),
+                             "num_epochs": 1}},
+      "iwm": {
+          "train": {**early_experience, "init_path": "train_ee_world/hf", "kinds": ("sft",), "num_epochs": 2},
+          "eval": {"method": "EarlyExp (IWM)", "policy": "train_iwm/hf"},
       },
   })
   return config
