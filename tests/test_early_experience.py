@@ -119,6 +119,18 @@ def test_self_reflections_end_in_the_expert_action_and_others_are_dropped():
   assert builder.stats["alternatives_executed"] == 3 * len(plan) and builder.stats["sr_proposals_replaced"] > 0
 
 
+def test_env_worker_processes_give_the_same_examples_as_the_in_process_env():
+  env = _env()
+  tasks = env.tasks("train", 6)
+  settings = ee.Settings(methods=("iwm", "sr"), iwm_alternatives=2, history_length=0)
+  inline = ee.Builder(env, _reflecting_policy({"up"}), settings)
+  expected = inline.build(tasks)
+  with ee.EnvRunner(env, "sokoban", ENV_CONFIG, workers=2) as runner:
+    pooled = ee.Builder(env, _reflecting_policy({"up"}), settings, runner)
+    assert pooled.build(tasks) == expected
+  assert pooled.stats == inline.stats and {e.kind for e in expected} == {"sft", "iwm", "sr"}
+
+
 def test_proposals_are_distinct_admissible_non_expert_actions():
   state = ee.ExpertState("t", 0, "q", (), "o", ("up", "down", "left", "right"), "up", "o2")
   chosen, replaced = ee.proposed_alternatives(["<action>down</action>", "<action>Down</action>", "<action>up</action>",

@@ -258,6 +258,7 @@ def early_experience_config(setup: EnvSetup, model: Backbone) -> ml_collections.
   c = early_experience_stage.default_config()
   c.env = setup.env  # registered environment with an expert (gold_actions)
   c.env_config = ml_collections.ConfigDict(setup.env_config)  # as explored
+  c.env_workers = setup.env_workers  # heavy engines play and roll back in worker processes
   c.split = setup.explore_split  # the training tasks LEAFE explores
   c.num_tasks = setup.explore_tasks  # the same pool
   c.methods = ("iwm",)  # [S] LEAFE reproduced IWM only (notes §5); add "sr" (and train@sr, eval@sr) for SR

@@ -186,10 +186,111 @@ def concluded_action(reflection: str, candidates: Sequence[str]) -> str | None:
   return best
 
 
-class Builder:
-  """Builds the examples of a batch of tasks; env steps and policy calls are counted in `stats`."""
+def expert_trajectory(env, task_id: str) -> tuple[list[ExpertState], collections.Counter]:
+  """The expert's states of `task_id` ([] when the expert fails it) and the env work it took."""
+  states, success = play_expert(env, task_id, env.gold_actions(task_id))
+  stats = collections.Counter(env_steps=len(states), tasks=1)
+  if not success:
+    stats["expert_failed"] += 1
+    return [], stats
+  stats["states"] += len(states)
+  return states, stats
 
-  def __init__(self, env, policy: Policy | None, settings: Settings):
+
+def _rollback(env, states: Sequence[ExpertState], i: int, snapshots: dict, stats: collections.Counter) -> bool:
+  """Puts `env` at states[i]; False (counted) when a replayed observation differs from the recorded one."""
+  if i in snapshots:
+    env.restore(snapshots[i])
+    return True
+  observation = env.reset(states[i].task_id)
+  for j in range(i):
+    if observation != states[j].observation:
+      stats["replay_divergences"] += 1
+      return False
+    observation = env.step(states[j].expert_action).observation
+    stats["replayed_steps"] += 1
+  if observation != states[i].observation:
+    stats["replay_divergences"] += 1
+    return False
+  if isinstance(env, SnapshotEnv):
+    snapshots[i] = env.snapshot()
+  return True
+
+
+def execute_alternatives(env, states: Sequence[ExpertState], requests: dict[int, list[str]]
+                         ) -> tuple[dict[tuple[int, str], str], collections.Counter]:
+  """{(state index, action): the observation it leads to} for every requested action of one trajectory. A state
+  whose rollback diverged has no entries."""
+  outcomes: dict[tuple[int, str], str] = {}
+  stats: collections.Counter = collections.Counter()
+  snapshots: dict = {}
+  for i in sorted(requests):
+    for action in dict.fromkeys(requests[i]):
+      if not _rollback(env, states, i, snapshots, stats):
+        for a in requests[i]:
+          outcomes.pop((i, a), None)
+        break
+      outcomes[(i, action)] = env.step(action).observation
+      stats["env_steps"] += 1
+      stats["alternatives_executed"] += 1
+  return outcomes, stats
+
+
+# --- env work in worker processes -------------------------------------------------------------------------------
+_WORKER_ENV = None
+
+
+def _start_worker(env_name: str, env_config: dict) -> None:
+  global _WORKER_ENV
+  from leafe_jax import envs
+
+  _WORKER_ENV = envs.make(env_name, **env_config)
+
+
+def _in_worker(job):
+  fn, args = job
+  return fn(_WORKER_ENV, *args)
+
+
+class EnvRunner:
+  """Runs env-side functions `fn(env, *args)` on an in-process env, or spread over `workers` processes that each
+  build their own env (spawned, not forked: the parent may hold a JAX runtime). Results keep the input order."""
+
+  def __init__(self, env, env_name: str = "", env_config: dict | None = None, workers: int = 0):
+    self.env = env
+    self._pool = None
+    if workers > 0:
+      import concurrent.futures
+      import multiprocessing
+
+      self._pool = concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+          initargs=(env_name, dict(env_config or {})))
+
+  def map(self, fn, arg_tuples: Sequence[tuple]) -> list:
+    if self._pool is None:
+      return [fn(self.env, *args) for args in arg_tuples]
+    return list(self._pool.map(_in_worker, [(fn, args) for args in arg_tuples]))
+
+  def close(self) -> None:
+    if self._pool is not None:
+      self._pool.shutdown(cancel_futures=True)
+      self._pool = None
+
+  def __enter__(self) -> EnvRunner:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+class Builder:
+  """Builds the examples of a batch of tasks; env steps and policy calls are counted in `stats`.
+
+  `env` renders the prompts (and does the env work unless a `runner` with worker processes is given).
+  """
+
+  def __init__(self, env, policy: Policy | None, settings: Settings, runner: EnvRunner | None = None):
     unknown = sorted(set(settings.methods) - {"iwm", "sr"})
     if unknown:
       raise ValueError(f"early_experience.methods: unknown {unknown}; known: ['iwm', 'sr']")
@@ -198,112 +299,85 @@ class Builder:
     self.env = env
     self.policy = policy
     self.settings = settings
+    self.runner = runner or EnvRunner(env)
     self.stats: collections.Counter = collections.Counter()
 
-  # --- env side ----------------------------------------------------------------------------------------------
-  def _expert_states(self, task_id: str) -> list[ExpertState]:
-    actions = self.env.gold_actions(task_id)
-    states, success = play_expert(self.env, task_id, actions)
-    self.stats["env_steps"] += len(states)
-    self.stats["tasks"] += 1
-    if not success:
-      self.stats["expert_failed"] += 1
-      return []
-    self.stats["states"] += len(states)
-    return states
-
-  def _rollback(self, states: Sequence[ExpertState], i: int) -> bool:
-    """Puts the env at states[i]; False (counted) when a replayed observation differs from the recorded one."""
-    key = (states[i].task_id, i)
-    if key in self._snapshots:
-      self.env.restore(self._snapshots[key])
-      return True
-    observation = self.env.reset(states[i].task_id)
-    for j in range(i):
-      if observation != states[j].observation:
-        self.stats["replay_divergences"] += 1
-        return False
-      observation = self.env.step(states[j].expert_action).observation
-      self.stats["replayed_steps"] += 1
-    if observation != states[i].observation:
-      self.stats["replay_divergences"] += 1
-      return False
-    if isinstance(self.env, SnapshotEnv):
-      self._snapshots[key] = self.env.snapshot()
-    return True
-
-  def _outcomes(self, states: Sequence[ExpertState], i: int, actions: Sequence[str]) -> list[tuple[str, str]] | None:
-    """(action, next observation) for each action at states[i] (IWM and SR share executions); None if the
-    rollback diverged."""
-    out = []
-    for action in actions:
-      key = (states[i].task_id, i, action)
-      if key not in self._executed:
-        if not self._rollback(states, i):
-          return None
-        self._executed[key] = self.env.step(action).observation
-        self.stats["env_steps"] += 1
-        self.stats["alternatives_executed"] += 1
-      out.append((action, self._executed[key]))
-    return out
-
-  # --- examples ----------------------------------------------------------------------------------------------
   def build(self, task_ids: Sequence[str]) -> list[Example]:
     """All examples of `task_ids`, in task order. Random choices are seeded per task, so a task's examples do
     not depend on which other tasks share the batch (given the same policy samples)."""
     s = self.settings
-    self._snapshots: dict = {}  # (task, i) -> env snapshot at s_i, where the env has snapshots
-    self._executed: dict = {}  # (task, i, action) -> the observation it led to
     rngs = {t: random.Random(f"{s.seed}:{t}") for t in task_ids}
-    trajectories = [self._expert_states(t) for t in task_ids]
-    examples: list[Example] = []
-    for states in trajectories:
-      for st in states:
-        examples.append(Example("sft", st.task_id, st.step, action_messages(self.env, st, s.history_length),
-                                s.il_response_template.format(action=st.expert_action)))
-    if "iwm" in s.methods:
-      for states in trajectories:
-        for i, st in enumerate(states):
-          outcomes = self._outcomes(states, i, uniform_alternatives(st, s.iwm_alternatives, rngs[st.task_id]))
-          if outcomes is None:
-            continue
-          for action, observation in [*outcomes, (st.expert_action, st.expert_next)]:
-            messages = world_model_messages(self.env, st, action, s.history_length)
-            examples.append(Example("iwm", st.task_id, st.step, messages, observation))
-    if "sr" in s.methods:
-      examples += self._self_reflection(trajectories, rngs)
+    trajectories: dict[str, list[ExpertState]] = {}  # task -> expert states, for the tasks the expert solved
+    for task_id, (states, stats) in zip(task_ids, self.runner.map(expert_trajectory, [(t,) for t in task_ids]),
+                                        strict=True):
+      self.stats.update(stats)
+      if states:
+        trajectories[task_id] = states
+    expert_states = [st for states in trajectories.values() for st in states]
+    # Both methods' alternatives are chosen first, so that each trajectory is rolled back and stepped in one pass.
+    iwm = {(st.task_id, st.step): uniform_alternatives(st, s.iwm_alternatives, rngs[st.task_id])
+           for st in expert_states} if "iwm" in s.methods else {}
+    sr = self._sr_alternatives(expert_states, rngs) if "sr" in s.methods else {}
+    jobs = [(states, {st.step: [*iwm.get((t, st.step), ()), *sr.get((t, st.step), ())] for st in states})
+            for t, states in trajectories.items()]
+    outcomes: dict[tuple[str, int, str], str] = {}  # (task, state index, action) -> observation
+    for (states, _), (found, stats) in zip(jobs, self.runner.map(execute_alternatives, jobs), strict=True):
+      outcomes.update({(states[0].task_id, i, a): o for (i, a), o in found.items()})
+      self.stats.update(stats)
+
+    def outcomes_of(st: ExpertState, actions: Sequence[str]) -> list[tuple[str, str]] | None:
+      found = [(a, outcomes.get((st.task_id, st.step, a))) for a in actions]
+      return None if any(o is None for _, o in found) else found  # None: the rollback diverged
+
+    examples = [Example("sft", st.task_id, st.step, action_messages(self.env, st, s.history_length),
+                        s.il_response_template.format(action=st.expert_action)) for st in expert_states]
+    for st in expert_states if iwm else ():
+      found = outcomes_of(st, iwm[(st.task_id, st.step)])
+      for action, observation in [*found, (st.expert_action, st.expert_next)] if found is not None else ():
+        messages = world_model_messages(self.env, st, action, s.history_length)
+        examples.append(Example("iwm", st.task_id, st.step, messages, observation))
+    if sr:
+      examples += self._self_reflection(expert_states, sr, outcomes_of)
     for ex in examples:
       self.stats[f"records_{ex.kind}"] += 1
     return examples
 
-  def _self_reflection(self, trajectories, rngs: dict[str, random.Random]) -> list[Example]:
+  def _sr_alternatives(self, flat: Sequence[ExpertState],
+                       rngs: dict[str, random.Random]) -> dict[tuple[str, int], list[str]]:
+    """The policy's K proposals at every expert state, as usable alternatives (one batched call)."""
     s = self.settings
-    flat = [(states, i) for states in trajectories for i in range(len(states))]
     if not flat:
-      return []
-    prompts = [action_messages(self.env, states[i], s.history_length) for states, i in flat]
-    proposals = self.policy.generate(prompts, n=s.sr_alternatives, temperature=s.proposal_temperature,
-                                     top_p=s.top_p, max_new_tokens=s.max_new_tokens, seed=s.seed)
+      return {}
+    proposals = self.policy.generate([action_messages(self.env, st, s.history_length) for st in flat],
+                                     n=s.sr_alternatives, temperature=s.proposal_temperature, top_p=s.top_p,
+                                     max_new_tokens=s.max_new_tokens, seed=s.seed)
     self.stats["policy_calls"] += 1
-    pending = []  # (state, outcomes)
-    for (states, i), completions in zip(flat, proposals, strict=True):
-      alternatives, replaced = proposed_alternatives([c.text for c in completions], states[i],
-                                                     s.sr_alternatives, rngs[states[i].task_id])
+    chosen = {}
+    for st, completions in zip(flat, proposals, strict=True):
+      alternatives, replaced = proposed_alternatives([c.text for c in completions], st, s.sr_alternatives,
+                                                     rngs[st.task_id])
       self.stats["sr_proposals_replaced"] += replaced
-      outcomes = self._outcomes(states, i, alternatives)
-      if outcomes is not None:
-        pending.append((states[i], outcomes))
+      chosen[(st.task_id, st.step)] = alternatives
+    return chosen
+
+  def _self_reflection(self, expert_states: Sequence[ExpertState], sr: dict, outcomes_of) -> list[Example]:
+    s = self.settings
+    pending = []  # (state, outcomes)
+    for st in expert_states:
+      found = outcomes_of(st, sr[(st.task_id, st.step)])
+      if found is not None:
+        pending.append((st, found))
     if not pending:
       return []
     reflections = self.policy.generate(
-        [reflection_messages(self.env, st, outcomes, s.history_length) for st, outcomes in pending], n=1,
+        [reflection_messages(self.env, st, found, s.history_length) for st, found in pending], n=1,
         temperature=s.reflection_temperature, top_p=s.top_p, max_new_tokens=s.reflection_max_new_tokens,
         seed=s.seed + 1)
     self.stats["policy_calls"] += 1
     examples = []
-    for (st, outcomes), (completion, *_) in zip(pending, reflections, strict=True):
+    for (st, found), (completion, *_) in zip(pending, reflections, strict=True):
       reflection = completion.text.strip()
-      candidates = [st.expert_action, *(a for a, _ in outcomes)]
+      candidates = [st.expert_action, *(a for a, _ in found)]
       if not reflection or (s.require_expert_conclusion and concluded_action(reflection, candidates)
                             != st.expert_action):
         self.stats["sr_dropped"] += 1

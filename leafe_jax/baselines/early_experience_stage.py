@@ -20,7 +20,7 @@ import ml_collections
 from absl import logging
 
 from leafe_jax import envs
-from leafe_jax.baselines.early_experience import Builder, Settings
+from leafe_jax.baselines.early_experience import Builder, EnvRunner, Settings
 from leafe_jax.envs.base import ExpertEnv
 from leafe_jax.explore.stage import parse_shard
 
@@ -33,6 +33,9 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.env = "sokoban"  # registered environment with an expert (gold_actions): sokoban, alfworld, scienceworld
   c.env_config = ml_collections.ConfigDict()  # its keyword config (free-form); match explore/eval
+  # Env worker processes for the expert plays and the rollbacks (reset + replay costs O(K·N²) steps per
+  # trajectory of N states); 0 = the env in-process.
+  c.env_workers = 0
   c.split = "train"  # expert states come from training tasks only
   c.num_tasks = 256  # tasks (first n of the split) whose expert trajectories are used
   c.methods = ("iwm", "sr")  # which EE data to build besides the expert (sft) turns
@@ -104,7 +107,10 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
   tasks = env.tasks(cfg.split)[: cfg.num_tasks][index::count]
   if not tasks:
     raise ValueError(f"early_experience: split {cfg.split!r} of {cfg.env!r} gives no tasks for shard {cfg.shard}")
-  builder = Builder(env, policy, settings_of(cfg))
+  if cfg.env_workers < 0:
+    raise ValueError(f"config field 'early_experience.env_workers' must be >= 0, got {cfg.env_workers}")
+  runner = EnvRunner(env, cfg.env, cfg.env_config.to_dict(), cfg.env_workers)
+  builder = Builder(env, policy, settings_of(cfg), runner)
   os.makedirs(stage_dir, exist_ok=True)
   records_dir = os.path.join(stage_dir, "records")
   writer_id = f"ee{index}"
@@ -117,7 +123,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
   todo = [t for t in tasks if t not in done]
   logging.info("early_experience: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
   fingerprint = records.tokenizer_fingerprint(tokenizer)
-  with (records.RecordWriter(records_dir, tokenizer_fingerprint=fingerprint, config_json=json.dumps(cfg.to_dict()),
+  with (runner,
+        records.RecordWriter(records_dir, tokenizer_fingerprint=fingerprint, config_json=json.dumps(cfg.to_dict()),
                              shard_size=_UNBOUNDED_SHARD, writer_id=writer_id) as writer,
         tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="early experience", unit="task") as bar,
         open(done_path, "a") as done_log):
