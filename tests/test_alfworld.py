@@ -85,3 +85,20 @@ def test_gold_actions_are_a_plan_that_wins_the_game(env, task):
   env.reset(task)
   steps = [env.step(a) for a in plan]
   assert steps[-1].success and not any(s.success for s in steps[:-1])
+
+
+def test_early_experience_world_model_targets_on_real_games(env):
+  from leafe_jax.baselines import early_experience as ee
+
+  builder = ee.Builder(env, None, ee.Settings(methods=("iwm",), iwm_alternatives=2, history_length=0))
+  examples = builder.build([FRIDGE])
+  plan = env.gold_actions(FRIDGE)
+  assert [e.response for e in examples if e.kind == "sft"] == [f"<action>{a}</action>" for a in plan]
+  iwm = [e for e in examples if e.kind == "iwm"]
+  assert len(iwm) == 3 * len(plan) and builder.stats["replay_divergences"] == 0
+  for example in iwm[:6]:  # the first two states: reference = a fresh reset, the expert prefix, the action
+    action = example.messages[-1]["content"].rsplit("takes the action: ", 1)[1].split("\n")[0]
+    env.reset(FRIDGE)
+    for a in plan[:example.step]:
+      env.step(a)
+    assert env.step(action).observation == example.response
