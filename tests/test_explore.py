@@ -340,17 +340,21 @@ def test_tree_store_writes_every_tree_and_fsyncs_in_groups_and_on_sync(tmp_path,
   assert len(synced) == 4 and len(TreeStore(str(path)).load()) == 5
 
 
-def test_tree_store_cuts_a_torn_last_line_and_the_rerun_redoes_that_task(tmp_path):
+@pytest.mark.parametrize("damage", ["torn", "hole"])
+def test_tree_store_cuts_a_damaged_tail_and_the_rerun_redoes_those_tasks(tmp_path, damage):
   config = explore_config()
   config.explore.num_tasks = 4
   explore_stage.run_with_policy(config, str(tmp_path / "whole"), ScriptedPolicy(_stable_action))
   whole = (tmp_path / "whole" / "trees" / "shard-0-of-1.jsonl").read_text()
   lines = whole.splitlines(keepends=True)
-  # A kill mid-write, or a machine crash before the fsync: the last tree's line is cut short.
-  tree_file = tmp_path / "torn" / "trees" / "shard-0-of-1.jsonl"
+  if damage == "torn":  # a kill mid-write, or a crash before the fsync: the last line is cut short
+    kept = "".join(lines[:2]) + lines[2][: len(lines[2]) // 2]
+  else:  # a crash before the fsync: a page of the unsynced tail never reached the disk (zeros), a later one did
+    kept = "".join(lines[:2]) + lines[2][:10] + "\0" * 100 + lines[2][110:] + lines[3]
+  tree_file = tmp_path / damage / "trees" / "shard-0-of-1.jsonl"
   tree_file.parent.mkdir(parents=True)
-  tree_file.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
-  explore_stage.run_with_policy(config, str(tmp_path / "torn"), ScriptedPolicy(_stable_action))
+  tree_file.write_text(kept)
+  explore_stage.run_with_policy(config, str(tmp_path / damage), ScriptedPolicy(_stable_action))
   as_set = lambda text: sorted(text.splitlines())
   assert as_set(tree_file.read_text()) == as_set(whole)
 

@@ -8,6 +8,8 @@ import os
 import time
 from typing import Any
 
+from absl import logging
+
 
 @dataclasses.dataclass
 class Turn:
@@ -74,7 +76,8 @@ class Tree:
   def to_json_line(self) -> str:
     """`to_json()` as one JSON line, without deep copies, and with a turn's `clean_messages` written as null
     when it equals `messages` (no experience was shown: most turns), which halves the file."""
-    return json.dumps(self, default=_encode_field, ensure_ascii=False)
+    # A tree holds no reference cycles (turns share message lists, which is no cycle): skip json's check.
+    return json.dumps(self, default=_encode_field, ensure_ascii=False, check_circular=False)
 
   @classmethod
   def from_json(cls, data: dict[str, Any]) -> Tree:
@@ -117,19 +120,29 @@ class TreeStore:
     self.path = path
     self.fsync_every, self.fsync_s = fsync_every, fsync_s
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    self._drop_torn_last_line()
+    self._drop_torn_tail()
     self._new_file = not os.path.exists(path)  # its directory entry needs an fsync too
     self._unsynced = 0
     self._synced_at = time.monotonic()
 
-  def _drop_torn_last_line(self) -> None:
-    """A kill mid-write (or a crash before an fsync) leaves a last line without its newline: cut it, that task
-    is redone."""
+  def _drop_torn_tail(self) -> None:
+    """Cuts what a kill mid-write or a machine crash left of the unfinished tail; those tasks are redone.
+
+    A kill leaves a last line without its newline. A crash before an fsync can also leave a hole (zero bytes)
+    in the unsynced part, with later lines after it; json never writes a raw NUL, so the file is cut at the
+    start of the first line that holds one.
+    """
     if not os.path.exists(self.path):
       return
     with open(self.path, "rb+") as f:
       data = f.read()
-      if data and not data.endswith(b"\n"):
+      hole = data.find(b"\0")
+      if hole >= 0:
+        end = data.rfind(b"\n", 0, hole) + 1
+        logging.warning("%s: zero bytes from offset %d (a crash before an fsync); cutting %d bytes, those "
+                        "tasks are redone", self.path, hole, len(data) - end)
+        f.truncate(end)
+      elif data and not data.endswith(b"\n"):
         f.truncate(data.rfind(b"\n") + 1)
 
   def load(self) -> list[Tree]:
