@@ -36,13 +36,16 @@ def test_encode_turn_masks_exactly_the_response_and_end_of_turn(tokenizer):
 
 
 def test_batched_encode_turns_equals_transformers_tokenize_true_per_turn(tokenizer, monkeypatch):
-  monkeypatch.setattr(chat, "BATCH_SIZE", 2)  # 5 turns: three batched tokenizer calls
+  monkeypatch.setattr(chat, "BATCH_SIZE", 2)  # 5 distinct turns: three batched tokenizer calls
   turns = [([{"role": "user", "content": f"Grid:\n#_P{'_' * i}#\nAction?"}], f"<action>{a}</action>")
            for i, a in enumerate(["up", "down", "left", "right", "up"])]
   turns[3] = ([{"role": "system", "content": "Sokoban."}, *turns[3][0],
                {"role": "assistant", "content": "<action>up</action>"}, {"role": "user", "content": "again"}],
               turns[3][1])
-  for (messages, response), (ids, mask) in zip(turns, chat.encode_turns(tokenizer, turns), strict=True):
+  turns += [turns[1], (list(turns[3][0]), turns[3][1])]  # repeats (the same and an equal turn) are encoded once
+  encoded = chat.encode_turns(tokenizer, turns)
+  assert encoded[5] == encoded[1] and encoded[5][0] is not encoded[1][0] and encoded[6] == encoded[3]
+  for (messages, response), (ids, mask) in zip(turns, encoded, strict=True):
     conversation = [*messages, {"role": "assistant", "content": response}]
     want = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False)
     want_prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,

@@ -98,15 +98,20 @@ class CorrectionRecord:
       raise RecordError(f"{where}: field 'input_ids' is empty")
     if n_ids != n_mask:
       raise RecordError(f"{where}: field 'loss_mask' has {n_mask} entries but 'input_ids' has {n_ids}")
-    for t, tok in enumerate(self.input_ids):
-      if isinstance(tok, bool) or not isinstance(tok, int) and not hasattr(tok, "__index__"):
-        raise RecordError(f"{where}: field 'input_ids'[{t}] is {tok!r}, not an integer")
-      if not 0 <= int(tok) <= _MAX_TOKEN_ID:
-        raise RecordError(f"{where}: field 'input_ids'[{t}] = {int(tok)} is outside [0, {_MAX_TOKEN_ID}]")
-    bad = [t for t, m in enumerate(self.loss_mask) if int(m) not in (0, 1)]
-    if bad:
-      raise RecordError(f"{where}: field 'loss_mask'[{bad[0]}] = {self.loss_mask[bad[0]]!r}; must be 0 or 1")
-    if not any(int(m) for m in self.loss_mask):
+    # Whole-list checks by builtins (C loops: a record has hundreds of tokens); the per-token loops only run to
+    # name the offending entry, or for ids that are not Python ints (numpy ints, say).
+    ids = self.input_ids
+    if not (set(map(type, ids)) == {int} and 0 <= min(ids) and max(ids) <= _MAX_TOKEN_ID):
+      for t, tok in enumerate(ids):
+        if isinstance(tok, bool) or not isinstance(tok, int) and not hasattr(tok, "__index__"):
+          raise RecordError(f"{where}: field 'input_ids'[{t}] is {tok!r}, not an integer")
+        if not 0 <= int(tok) <= _MAX_TOKEN_ID:
+          raise RecordError(f"{where}: field 'input_ids'[{t}] = {int(tok)} is outside [0, {_MAX_TOKEN_ID}]")
+    mask_values = set(map(int, self.loss_mask))
+    if not mask_values <= {0, 1}:
+      bad = next(t for t, m in enumerate(self.loss_mask) if int(m) not in (0, 1))
+      raise RecordError(f"{where}: field 'loss_mask'[{bad}] = {self.loss_mask[bad]!r}; must be 0 or 1")
+    if 1 not in mask_values:
       raise RecordError(f"{where}: field 'loss_mask' marks no target token")
     weight = float(self.weight)
     if not math.isfinite(weight) or weight < 0:
@@ -119,7 +124,7 @@ class CorrectionRecord:
 
   @property
   def num_targets(self) -> int:
-    return sum(int(m) for m in self.loss_mask)
+    return sum(map(int, self.loss_mask))
 
 
 _BYTES_FIELDS = ("kind", "env", "task_id", "tree_id", "node_id", "experience", "messages_json", "tokenizer")
@@ -128,15 +133,16 @@ _BYTES_FIELDS = ("kind", "env", "task_id", "tree_id", "node_id", "experience", "
 def to_example(rec: CorrectionRecord) -> tf.train.Example:
   """Serializes a record (validated first)."""
   rec.validate()
-  feature = {
-      "input_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(t) for t in rec.input_ids])),
-      "loss_mask": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(m) for m in rec.loss_mask])),
-      "weight": tf.train.Feature(float_list=tf.train.FloatList(value=[float(rec.weight)])),
-      "step": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(rec.step)])),
-  }
+  example = tf.train.Example()
+  # Filled in place: a message passed to a proto constructor is copied, which cost more than the rest here.
+  feature = example.features.feature
+  feature["input_ids"].int64_list.value.extend(list(map(int, rec.input_ids)))
+  feature["loss_mask"].int64_list.value.extend(list(map(int, rec.loss_mask)))
+  feature["weight"].float_list.value.append(float(rec.weight))
+  feature["step"].int64_list.value.append(int(rec.step))
   for name in _BYTES_FIELDS:
-    feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[getattr(rec, name).encode("utf-8")]))
-  return tf.train.Example(features=tf.train.Features(feature=feature))
+    feature[name].bytes_list.value.append(getattr(rec, name).encode("utf-8"))
+  return example
 
 
 def from_example(example: tf.train.Example | bytes) -> CorrectionRecord:

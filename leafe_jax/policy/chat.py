@@ -18,8 +18,10 @@ from leafe_jax.policy.base import Message
 BATCH_SIZE = 256  # rendered texts per batched tokenizer call in encode_turns
 
 
-def _render(tokenizer, messages: Sequence[Message], generation_prompt: bool) -> str:
-  return tokenizer.apply_chat_template(list(messages), add_generation_prompt=generation_prompt, tokenize=False)
+def _render(tokenizer, conversations: Sequence[Sequence[Message]], generation_prompt: bool) -> list[str]:
+  # One batched call: transformers renders each conversation exactly as alone, without its per-call overhead.
+  return tokenizer.apply_chat_template([list(messages) for messages in conversations],
+                                       add_generation_prompt=generation_prompt, tokenize=False)
 
 
 def _tokenize(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -28,7 +30,7 @@ def _tokenize(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 def encode_prompt(tokenizer, messages: Sequence[Message]) -> list[int]:
   """Token ids of `messages` rendered with the chat template, ending with the assistant generation prompt."""
-  return _tokenize(tokenizer, [_render(tokenizer, messages, True)])[0]
+  return _tokenize(tokenizer, _render(tokenizer, [messages], True))[0]
 
 
 def encode_turns(tokenizer, turns: Sequence[tuple[Sequence[Message], str]]) -> list[tuple[list[int], list[int]]]:
@@ -38,12 +40,21 @@ def encode_turns(tokenizer, turns: Sequence[tuple[Sequence[Message], str]]) -> l
   model trained on it learns to stop. Raises ValueError when the template is not prefix-stable (the rendered
   prompt is not a prefix of the rendered conversation), which would make the mask wrong.
   """
+  # Equal turns are encoded once: distillation repeats a turn in D_cf and D_reh and along rehearsed paths.
+  index: dict[tuple, int] = {}
+  unique, positions = [], []
+  for messages, response in turns:
+    key = (tuple(tuple(m.items()) for m in messages), response)
+    if key not in index:
+      index[key] = len(unique)
+      unique.append((messages, response))
+    positions.append(index[key])
   out = []
-  for start in range(0, len(turns), BATCH_SIZE):
-    chunk = turns[start:start + BATCH_SIZE]
-    texts = [_render(tokenizer, messages, True) for messages, _ in chunk]
-    texts += [_render(tokenizer, [*messages, {"role": "assistant", "content": response}], False)
-              for messages, response in chunk]
+  for start in range(0, len(unique), BATCH_SIZE):
+    chunk = unique[start:start + BATCH_SIZE]
+    texts = _render(tokenizer, [messages for messages, _ in chunk], True)
+    texts += _render(tokenizer, [[*messages, {"role": "assistant", "content": response}]
+                                 for messages, response in chunk], False)
     ids = _tokenize(tokenizer, texts)
     for prompt_ids, full_ids in zip(ids[:len(chunk)], ids[len(chunk):]):
       if full_ids[: len(prompt_ids)] != prompt_ids:
@@ -55,7 +66,12 @@ def encode_turns(tokenizer, turns: Sequence[tuple[Sequence[Message], str]]) -> l
       if not target:
         raise ValueError("the chat template rendered the assistant response as zero tokens")
       out.append((full_ids, [0] * len(prompt_ids) + [1] * len(target)))
-  return out
+  result, handed_out = [], set()
+  for i in positions:
+    ids, mask = out[i]
+    result.append((list(ids), list(mask)) if i in handed_out else (ids, mask))  # a repeat gets its own lists
+    handed_out.add(i)
+  return result
 
 
 def encode_turn(tokenizer, messages: Sequence[Message], response: str) -> tuple[list[int], list[int]]:
