@@ -12,6 +12,7 @@ target is the same action under the prompt without e.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -87,7 +88,7 @@ def build_action_prompt(
     experience: reflection text e, shown as its own delimited block; None leaves the prompt unchanged.
   """
   t = template_of(env_or_template)
-  parts = [t.task_intro.format(instruction=instruction)]
+  parts = [_task_intro(t.task_intro, instruction)]
   shown = list(history[-history_length:]) if history_length > 0 else []
   if step_count == 0:
     parts.append(t.first_step)
@@ -107,6 +108,13 @@ def build_action_prompt(
     messages.append({"role": "system", "content": t.system})
   messages.append({"role": "user", "content": content})
   return messages
+
+
+@functools.lru_cache(maxsize=1024)
+def _task_intro(task_intro: str, instruction: str) -> str:
+  """The task part of the prompt: the same for every step of an episode, so formatted once (a pure function of
+  its two strings: nothing to go stale)."""
+  return task_intro.format(instruction=instruction)
 
 
 _OPEN = re.compile(r"<\s*action\s*>", re.IGNORECASE)

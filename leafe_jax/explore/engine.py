@@ -190,18 +190,20 @@ class Explorer:
     keep = self.s.keep_experience_in_context or self.s.method == "ir"  # IR's feedback stays for the attempt
     return node.experience is not None and (first_branch_action or keep)
 
-  def _prompt(self, task: TaskState, rollout: Rollout, with_experience: bool):
+  def _prompt(self, task: TaskState, rollout: Rollout, show_experience: bool):
     env, node = task.env, rollout.node
-    show = with_experience and self._shows_experience(rollout)
-    history = list(zip(rollout.observations[:-1], rollout.actions))
+    # Only the pairs the prompt shows (its step numbers come from step_count), not the whole trajectory's.
+    shown = max(self.s.history_length, 0)
+    history = list(zip(rollout.observations[-shown - 1:-1], rollout.actions[-shown:])) if shown else []
     return build_action_prompt(
         env, instruction=env.instruction, history=history, current_observation=rollout.observations[-1],
         admissible_actions=env.admissible_actions(), step_count=rollout.t,
-        history_length=self.s.history_length, experience=node.experience if show else None)
+        history_length=self.s.history_length, experience=node.experience if show_experience else None)
 
   def _act(self, live: list[TaskState]) -> None:
     """One action for every live rollout: one policy call, then one batched env step (one call per pool)."""
-    prompts = [self._prompt(t, t.active, with_experience=True) for t in live]
+    shows = [self._shows_experience(t.active) for t in live]
+    prompts = [self._prompt(t, t.active, show) for t, show in zip(live, shows)]
     completions = self.policy.generate(prompts, n=1, temperature=self.s.temperature, top_p=self.s.top_p,
                                        max_new_tokens=self.s.max_new_tokens, seed=self.s.seed * 1_000_003 + self.tick)
     self.ledger.add("policy_calls")
@@ -216,8 +218,7 @@ class Explorer:
       env_actions.append(action if action is not None else completion.text)
     # Clean prompts show the state the action answers: build them all before any env moves. Without e in the
     # prompt the clean prompt is the prompt itself (the same list: building it again is most of the bookkeeping).
-    cleans = [self._prompt(t, t.active, with_experience=False) if self._shows_experience(t.active) else m
-              for t, m in zip(live, prompts)]
+    cleans = [self._prompt(t, t.active, False) if show else m for t, m, show in zip(live, prompts, shows)]
     steps = pooled.step_all([t.env for t in live], env_actions)
     for task, messages, clean, (completion,), action, env_action, step in zip(
         live, prompts, cleans, completions, actions, env_actions, steps):
