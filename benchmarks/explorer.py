@@ -18,6 +18,7 @@ Goals: bookkeeping <= 20% of bare stepping; with a 50 ms policy, wall time withi
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import tempfile
@@ -108,6 +109,13 @@ class TimedEnv:
     return self._env.instruction
 
 
+def _collected() -> None:
+  """A full garbage collection before a timed phase. The imported TensorFlow / transformers / torch objects (~0.5 M)
+  make one take ~0.2 s, and which phase happens to trigger it otherwise depends on what earlier phases left
+  pending: the distill row came out 15 or 35 us/step from one run to the next."""
+  gc.collect()
+
+
 def _settings(args, concurrency: int) -> ExploreSettings:
   return ExploreSettings(method="leafe", reflect_every=args.reflect_every, max_depth=args.max_depth,
                          max_attempts=args.max_attempts, history_length=args.history_length,
@@ -124,6 +132,7 @@ def bare_stepping(trees: list[Tree], env_config: dict) -> tuple[float, int]:
   calls = [(envs[t.task_id], t.task_id, n.prefix_actions + [turn.action or turn.response for turn in n.turns])
            for t in trees for n in t.nodes]
   steps = 0
+  _collected()
   start = time.perf_counter()
   for env, task_id, actions in calls:
     env.reset(task_id)
@@ -144,6 +153,7 @@ def explore_timed(args, tasks: list[str], tree_path: str) -> dict:
     store.append(tree)
     store_s[0] += time.perf_counter() - start
 
+  _collected()
   start = time.perf_counter()
   Explorer(policy, lambda: TimedEnv(SokobanEnv(**env_config), clock), "sokoban", _settings(args, args.concurrency),
            ledger).run(tasks, on_tree)
@@ -191,6 +201,7 @@ def distill_records(tree_dir: str, workdir: str) -> float:
   config = ml_collections.ConfigDict({"distill": distill_stage.default_config()})
   config.distill.trees, config.distill.tokenizer = tree_dir, "tok"
   _import_record_writers()
+  _collected()
   start = time.perf_counter()
   distill_stage.run(config, workdir, os.path.join(workdir, "distill"))
   return time.perf_counter() - start
