@@ -152,6 +152,17 @@ def test_the_earlyexp_row_is_iwm_then_imitation_from_the_instruct_model(env):
   assert (planned["eval_iwm"].eval.method, planned["eval_iwm"].eval.policy) == ("EarlyExp", "train_iwm/hf")
 
 
+def test_table6_leafe_with_ee_adds_the_world_model_records_to_leafe():
+  planned = _planned(os.path.join("configs", "paper", "alfworld.py"), "llama3.1-8b")
+  leafe, with_ee = planned["train_leafe"].train.to_dict(), planned["train_leafe_ee"].train.to_dict()
+  assert tuple(with_ee.pop("records")) == (*leafe.pop("records"), "early_experience/records")
+  assert (tuple(leafe.pop("kinds")), tuple(with_ee.pop("kinds"))) == (("cf", "reh"), ("cf", "reh", "iwm"))
+  assert leafe == with_ee
+  stages = list(planned)
+  assert stages.index("early_experience") < stages.index("train_leafe_ee") < stages.index("eval_leafe_ee")
+  assert planned["eval_leafe_ee"].eval.method == "LEAFE + EE"
+
+
 def test_table4_reh_only_differs_from_leafe_only_in_the_loss():
   planned = _planned(os.path.join("configs", "paper", "scienceworld.py"), "qwen2.5-7b")
   leafe, reh = planned["train_leafe"].train.to_dict(), planned["train_reh_only"].train.to_dict()

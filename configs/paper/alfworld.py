@@ -1,4 +1,5 @@
-"""Table 1, ALFWorld: LEAFE from a GRPO checkpoint vs Base and GRPO, Pass@1 / Pass@128 on the seen validation games.
+"""Tables 1 and 6, ALFWorld: LEAFE from a GRPO checkpoint vs Base, GRPO and EarlyExp, and LEAFE + EE (Table 6),
+Pass@1 / Pass@128 on the seen validation games.
 
   export ALFWORLD_DATA=/data/alfworld   # holds json_2.1.1/{train,valid_seen,valid_unseen} (alfworld-download)
   python -m leafe_jax.main --config=configs/paper/alfworld.py:qwen2.5-7b --workdir=runs/alfworld_qwen2.5-7b
@@ -40,4 +41,5 @@ SETUP = common.EnvSetup(
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model = common.backbone(arg, MODELS, "configs/paper/alfworld.py")
-  return common.pipeline(f"alfworld_{arg}", SETUP, model, f"LEAFE on ALFWorld ({model.label}): paper Table 1")
+  return common.pipeline(f"alfworld_{arg}", SETUP, model, f"LEAFE on ALFWorld ({model.label}): paper Tables 1, 6",
+                         leafe_with_ee=True)

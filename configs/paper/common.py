@@ -310,21 +310,25 @@ EVAL_ROWS = {
     "leafe": ("LEAFE", "train_leafe/hf"),  # the train@leafe export
     "reh_only": ("L_reh only", "train_reh_only/hf"),  # the train@reh_only export (Table 4 ablation)
     "iwm": ("EarlyExp", "train_iwm/hf"),  # Early Experience (IWM): the train@iwm export (Table 1)
+    "leafe_ee": ("LEAFE + EE", "train_leafe_ee/hf"),  # LEAFE with the IWM objective added (Table 6)
 }
 
 
 def pipeline(name: str, setup: EnvSetup, model: Backbone, title: str, *,
-             reh_only: bool = False) -> ml_collections.ConfigDict:
+             reh_only: bool = False, leafe_with_ee: bool = False) -> ml_collections.ConfigDict:
   """explore -> distill -> train@leafe [-> train@reh_only] [-> early_experience -> train@ee_world -> train@iwm]
   -> eval of Base, GRPO, LEAFE [, L_reh only] [, EarlyExp] -> report."""
   config = ml_collections.ConfigDict()
   config.name = name  # run name
   config.seed = 0  # global seed
   ee = setup.early_experience is not None
+  if leafe_with_ee and not ee:
+    raise ValueError(f"{name}: LEAFE + EE needs the env's Early Experience setup")
   rows = ["base", "grpo", "leafe"] + (["reh_only"] if reh_only else []) + (["iwm"] if ee else [])
-  trains = ["leafe"] + (["reh_only"] if reh_only else [])
+  rows += ["leafe_ee"] if leafe_with_ee else []
   ee_stages = ("early_experience", "train@ee_world", "train@iwm") if ee else ()
-  config.stages = ("explore", "distill", *(f"train@{v}" for v in trains), *ee_stages,
+  trains = [f"train@{v}" for v in ["leafe"] + (["reh_only"] if reh_only else [])]
+  config.stages = ("explore", "distill", *trains, *ee_stages, *(["train@leafe_ee"] if leafe_with_ee else []),
                    *(f"eval@{v}" for v in rows), "report")
   config.grpo = grpo_config(setup, model)  # not in `stages`: run it first when models/grpo is not supplied
   config.explore = explore_config(setup, model)
@@ -337,6 +341,11 @@ def pipeline(name: str, setup: EnvSetup, model: Backbone, title: str, *,
   variants = {v: {"eval": {"method": EVAL_ROWS[v][0], "policy": EVAL_ROWS[v][1]}} for v in rows}
   if ee:
     variants.update(early_experience_variants(setup))
+  if leafe_with_ee:
+    # Table 6's "w/ EE": LEAFE's stage 2 with the world-modelling records of the EarlyExp row mixed in (the paper
+    # names the objective, not the mix: records are mixed by count, as every records list is).
+    variants["leafe_ee"]["train"] = {"records": ("distill/records", "early_experience/records"),
+                                     "kinds": ("cf", "reh", "iwm")}
   if reh_only:
     # The L_reh-only arm of Table 4: same records, epochs and optimizer, the L_cf records left out.
     variants["reh_only"]["train"] = {"kinds": ("reh",)}
