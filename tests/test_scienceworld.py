@@ -112,3 +112,13 @@ def test_variations_per_task_keeps_the_lowest_ids_of_every_task_name():
     ids = sorted((t for t in everything if t.startswith(name + "/")), key=lambda t: int(t.split("/")[1]))
     assert [t for t in few if t.startswith(name + "/")] == ids[:3]
   assert len(few) == 6
+
+
+def test_early_experience_replays_gold_prefixes_exactly(env):
+  from leafe_jax.baselines import early_experience as ee
+
+  builder = ee.Builder(env, None, ee.Settings(methods=("iwm",), iwm_alternatives=1, history_length=0))
+  examples = builder.build([GOLD_TASKS[0]])
+  states = builder.stats["states"]
+  assert states > 0 and builder.stats["expert_failed"] == 0 and builder.stats["replay_divergences"] == 0
+  assert sum(e.kind == "sft" for e in examples) == states and sum(e.kind == "iwm" for e in examples) == 2 * states
