@@ -143,6 +143,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
       os.fsync(done_log.fileno())
       with open(stats_path + ".tmp", "w") as f:
         json.dump(dict(builder.stats), f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
       os.replace(stats_path + ".tmp", stats_path)
       bar.update(len(group))
   logging.info("early_experience: %s", json.dumps(dict(builder.stats), sort_keys=True))

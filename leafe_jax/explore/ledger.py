@@ -64,4 +64,6 @@ class Ledger:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
       json.dump(self.to_json(), f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())  # a rename of unsynced data can leave an empty ledger after a machine crash
     os.replace(tmp, path)
