@@ -30,6 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory every stage writes to
 STAGES: dict[str, str] = {
     "expert_data": "leafe_jax.baselines.expert_stage",
     "early_experience": "leafe_jax.baselines.early_experience_stage",
+    "ace": "leafe_jax.baselines.ace_stage",
     "train": "leafe_jax.train.stage",
     "grpo": "leafe_jax.train.grpo_stage",
     "explore": "leafe_jax.explore.stage",

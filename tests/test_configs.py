@@ -110,8 +110,9 @@ def _inputs(stage_id: str, c: ml_collections.ConfigDict) -> list[str]:
       "explore": lambda: [section.policy],
       "distill": lambda: [section.trees, section.tokenizer],
       "train": lambda: [*section.records, section.init_path, section.tokenizer],
-      "eval": lambda: [section.policy],
+      "eval": lambda: [section.policy, section.playbook],
       "early_experience": lambda: [section.tokenizer] + ([section.policy] if "sr" in section.methods else []),
+      "ace": lambda: [section.policy],
   }.get(name, lambda: [])()
 
 
@@ -161,6 +162,16 @@ def test_table6_leafe_with_ee_adds_the_world_model_records_to_leafe():
   stages = list(planned)
   assert stages.index("early_experience") < stages.index("train_leafe_ee") < stages.index("eval_leafe_ee")
   assert planned["eval_leafe_ee"].eval.method == "LEAFE + EE"
+
+
+@pytest.mark.parametrize("env", ["alfworld", "scienceworld", "sokoban"])
+def test_the_ace_row_is_the_grpo_model_with_the_learned_playbook(env):
+  planned = _planned(os.path.join("configs", "paper", f"{env}.py"), "qwen2.5-7b")
+  learn, row = planned["ace"].ace, planned["eval_ace"].eval
+  assert learn.policy == row.policy == planned["explore"].explore.policy  # the GRPO checkpoint (notes §5)
+  assert (row.method, row.playbook, learn.max_bullets) == ("ACE", "ace/playbook.json", 100)
+  assert planned["eval_grpo"].eval.playbook == ""  # no other row sees it
+  assert learn.split == planned["explore"].explore.split != row.split
 
 
 def test_table4_reh_only_differs_from_leafe_only_in_the_loss():

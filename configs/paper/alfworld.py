@@ -30,6 +30,7 @@ SETUP = common.EnvSetup(
     explore_cache_len=32768,  # [ours] a reflection prompt lists up to 50 steps with their observations
     num_epochs=2,  # [S] 2-3 epochs (notes §2.3)
     env_workers=8,  # [ours] env worker processes: TextWorld resets cost ~1 s of CPU each
+    ace=True,  # [T] the ACE row of Table 1
     early_experience=common.EarlyExperienceSetup(
         iwm_alternatives=8,  # [S] EE ALFWorld: 8 non-expert admissible actions per state (notes §8, EE §B.1)
         il_epochs=2,  # [I] EE's TextCraft recipe "follows ALFWorld": 2 epochs (notes §8)

@@ -22,7 +22,7 @@ import dataclasses
 
 import ml_collections
 
-from leafe_jax.baselines import early_experience_stage
+from leafe_jax.baselines import ace_stage, early_experience_stage
 from leafe_jax.eval import report_stage
 from leafe_jax.eval import stage as eval_stage
 from leafe_jax.explore import distill_stage
@@ -88,6 +88,7 @@ class EnvSetup:
   eval_max_live: int = 0  # eval episodes alive at once (each holds an env); 0 = a whole chunk at once
   # The EarlyExp row (Early Experience, IWM; notes §5, §8); None where the env has no expert (no row).
   early_experience: EarlyExperienceSetup | None = None
+  ace: bool = False  # the ACE row (playbook prompting on the GRPO model); the paper runs it on interactive envs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,6 +278,31 @@ def early_experience_config(setup: EnvSetup, model: Backbone) -> ml_collections.
   return c
 
 
+def ace_config(setup: EnvSetup, model: Backbone) -> ml_collections.ConfigDict:
+  """ACE's playbook, learned by the GRPO model on the training tasks (notes §5: ACE on top of the GRPO model)."""
+  c = ace_stage.default_config()
+  c.env = setup.env  # registered environment
+  c.env_config = ml_collections.ConfigDict(setup.env_config)  # as explored
+  c.env_workers = setup.env_workers  # heavy engines step in worker processes
+  c.split = setup.explore_split  # the training tasks LEAFE explores
+  c.num_tasks = setup.explore_tasks  # the same pool
+  c.num_epochs = 1  # [ours] one pass (ACE's offline adaptation; the LEAFE paper gives no setting, notes §9.7)
+  c.tasks_per_batch = 16  # [ours] lessons curated per step
+  c.policy = GRPO  # [S] generator, reflector and curator (notes §5)
+  c.max_cache_len = min(setup.explore_cache_len, model.context)  # reflector prompts hold a trajectory
+  c.policy_mesh = POLICY_MESH  # in-process sampler placement
+  c.policy_dtype = POLICY_DTYPE  # in-process sampler dtype
+  c.max_bullets = 100  # [S-low] append-only, capped at 100 items (notes §5)
+  c.max_steps = setup.max_steps  # episode horizon, as evaluated
+  c.history_length = setup.history_length  # as evaluated
+  c.max_new_tokens = setup.max_new_tokens  # generator response budget
+  c.temperature = 1.0  # [D] generator temperature while learning
+  c.reflection_temperature = 0.7  # [D]
+  c.reflection_max_new_tokens = 512  # [D]
+  c.seed = 0
+  return c
+
+
 def early_experience_variants(setup: EnvSetup) -> dict:
   """EE's IWM recipe as two train variants (notes §8): one epoch of world modelling from the instruct model,
   then imitation of the expert from that checkpoint; then the EarlyExp eval row."""
@@ -311,6 +337,7 @@ EVAL_ROWS = {
     "reh_only": ("L_reh only", "train_reh_only/hf"),  # the train@reh_only export (Table 4 ablation)
     "iwm": ("EarlyExp", "train_iwm/hf"),  # Early Experience (IWM): the train@iwm export (Table 1)
     "leafe_ee": ("LEAFE + EE", "train_leafe_ee/hf"),  # LEAFE with the IWM objective added (Table 6)
+    "ace": ("ACE", GRPO),  # the GRPO model with the ace stage's playbook in its prompts (Table 1)
 }
 
 
@@ -326,10 +353,11 @@ def pipeline(name: str, setup: EnvSetup, model: Backbone, title: str, *,
     raise ValueError(f"{name}: LEAFE + EE needs the env's Early Experience setup")
   rows = ["base", "grpo", "leafe"] + (["reh_only"] if reh_only else []) + (["iwm"] if ee else [])
   rows += ["leafe_ee"] if leafe_with_ee else []
+  rows += ["ace"] if setup.ace else []
   ee_stages = ("early_experience", "train@ee_world", "train@iwm") if ee else ()
   trains = [f"train@{v}" for v in ["leafe"] + (["reh_only"] if reh_only else [])]
   config.stages = ("explore", "distill", *trains, *ee_stages, *(["train@leafe_ee"] if leafe_with_ee else []),
-                   *(f"eval@{v}" for v in rows), "report")
+                   *(["ace"] if setup.ace else []), *(f"eval@{v}" for v in rows), "report")
   config.grpo = grpo_config(setup, model)  # not in `stages`: run it first when models/grpo is not supplied
   config.explore = explore_config(setup, model)
   config.distill = distill_config()
@@ -338,9 +366,13 @@ def pipeline(name: str, setup: EnvSetup, model: Backbone, title: str, *,
   config.report = report_config(title)
   if ee:
     config.early_experience = early_experience_config(setup, model)
+  if setup.ace:
+    config.ace = ace_config(setup, model)
   variants = {v: {"eval": {"method": EVAL_ROWS[v][0], "policy": EVAL_ROWS[v][1]}} for v in rows}
   if ee:
     variants.update(early_experience_variants(setup))
+  if setup.ace:
+    variants["ace"]["eval"]["playbook"] = "ace/playbook.json"
   if leafe_with_ee:
     # Table 6's "w/ EE": LEAFE's stage 2 with the world-modelling records of the EarlyExp row mixed in (the paper
     # names the objective, not the mix: records are mixed by count, as every records list is).

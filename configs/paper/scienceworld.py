@@ -35,6 +35,7 @@ SETUP = common.EnvSetup(
     num_epochs=2,  # [S] 2-3 epochs (notes §2.3)
     env_workers=8,  # [ours] env worker processes: one JVM per worker, reused across tasks
     eval_max_live=64,  # [ours] each live episode holds a JVM: 64 at once (8 per worker), the rest wait
+    ace=True,  # [T] the ACE row of Table 1
     early_experience=common.EarlyExperienceSetup(
         iwm_alternatives=3,  # [S] EE ScienceWorld: 3 non-expert admissible actions per state (notes §8)
         il_epochs=1,  # [S] EE paper-aligned table: 1 epoch (notes §8)

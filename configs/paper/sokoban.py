@@ -29,6 +29,7 @@ SETUP = common.EnvSetup(
     seq_len=2048,  # [ours] verl-agent max_prompt_length 1024 + response 512 [F] fit
     explore_cache_len=8192,  # [ours] a reflection prompt lists all 15 steps with their grids
     num_epochs=2,  # [S] 2-3 epochs (notes §2.3)
+    ace=True,  # [T] the ACE row of Table 1
     early_experience=common.EarlyExperienceSetup(
         iwm_alternatives=3,  # [ours] every non-expert move (Sokoban has 4 actions); EE has no Sokoban recipe
         il_epochs=2,  # [ours] EE's ALFWorld recipe (notes §8): 2 epochs, lr 1e-5, batch 16

@@ -27,7 +27,8 @@ class PromptTemplate:
   """The wording of an env's action prompt. Empty strings drop a part; `{...}` fields are filled in.
 
   Fields: task_intro {instruction}; history_intro {step_count} {num_shown}; history_item {step} {observation}
-  {action}; current_observation {step} {observation}; admissible_actions {actions}; experience {experience}.
+  {action}; current_observation {step} {observation}; admissible_actions {actions}; experience {experience};
+  playbook {playbook}.
   """
 
   system: str = ""
@@ -39,6 +40,8 @@ class PromptTemplate:
   admissible_actions: str = ""
   action_separator: str = ", "
   experience: str = ""
+  # ACE's playbook (baselines/ace.py): strategies curated over earlier tasks, shown before the task when given.
+  playbook: str = "Playbook of strategies learned on earlier tasks:\n<playbook>\n{playbook}\n</playbook>"
   output_format: str = ""
 
 
@@ -74,6 +77,7 @@ def build_action_prompt(
     step_count: int,
     history_length: int,
     experience: str | None = None,
+    playbook: str | None = None,
 ) -> list[Message]:
   """Chat messages asking for the next action.
 
@@ -86,9 +90,11 @@ def build_action_prompt(
     step_count: steps taken so far (numbering of shown steps ends at step_count).
     history_length: how many past pairs to show (0 = none).
     experience: reflection text e, shown as its own delimited block; None leaves the prompt unchanged.
+    playbook: ACE's rendered playbook, shown before the task; None (or empty) leaves the prompt unchanged.
   """
   t = template_of(env_or_template)
-  parts = [_task_intro(t.task_intro, instruction)]
+  parts = [t.playbook.format(playbook=playbook)] if playbook and t.playbook else []
+  parts.append(_task_intro(t.task_intro, instruction))
   shown = list(history[-history_length:]) if history_length > 0 else []
   if step_count == 0:
     parts.append(t.first_step)

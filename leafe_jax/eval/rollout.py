@@ -41,6 +41,7 @@ class Episode:
   env: Env
   history: list[tuple[str, str]] = dataclasses.field(default_factory=list)
   observation: str = ""
+  instruction: str = ""  # the task instruction, read at reset (the env is released when the episode ends)
   steps: int = 0
   done: bool = False
   success: bool = False
@@ -80,6 +81,7 @@ def _start(slots: Sequence[tuple[str, int]], make_env: Callable[[], Env], episod
       episode.lose(first)
     else:
       episode.observation = first
+      episode.instruction = episode.env.instruction
   episodes.extend(started)
   return started
 
@@ -108,12 +110,14 @@ def play_episodes(
     on_tick: Callable[[int, int], None] | None = None,
     max_live: int = 0,
     keep_turns: bool = False,
+    playbook: str | None = None,
 ) -> list[Episode]:
   """Plays `num_samples` independent episodes of each task to the end or `max_steps`; returns them all.
 
   `max_live` > 0 bounds the episodes (and so the envs) alive at once: the rest wait and start as others finish,
   and a finished episode's env is released at once (a ScienceWorld env holds a JVM). 0 = all at once.
-  `keep_turns` records each turn's prompt and completion on its episode (what RL trains on).
+  `keep_turns` records each turn's prompt and completion on its episode (what RL trains on). `playbook` (ACE)
+  is shown in every action prompt.
   """
   waiting = collections.deque((t, i) for t in task_ids for i in range(num_samples))
   episodes: list[Episode] = []
@@ -139,6 +143,7 @@ def play_episodes(
             admissible_actions=e.env.admissible_actions(),
             step_count=e.steps,
             history_length=history_length,
+            playbook=playbook,
         )
         for e in live
     ]

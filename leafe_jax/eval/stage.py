@@ -52,6 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
   # (1, 1, -1) splits a large model's heads and MLP over every device (tensor parallel decoding).
   c.policy_mesh = ()
   c.policy_dtype = "float32"  # parameter and compute dtype of the in-process sampler ("bfloat16" on TPU/GPU)
+  c.playbook = ""  # an ace stage's playbook.json (relative to workdir) shown in every action prompt; "" = none
   c.seed = 0  # sampling seed
   return c
 
@@ -91,6 +92,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
                          dtype=cfg.policy_dtype, field="eval.policy")
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    playbook = None
+    if cfg.playbook:
+      from leafe_jax.baselines.ace import load_playbook
+      from leafe_jax.policy.factory import resolve_path
+
+      playbook = load_playbook(resolve_path(cfg.playbook, workdir)).render() or None
     remaining = sum(len(chunk) for _, chunk in todo)
     with (open(outcomes_path, "a") as out, tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task") as bar,
           pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
@@ -105,6 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
             history_length=cfg.history_length,
             seed=cfg.seed * 100_003 + chunk_index,
             max_live=cfg.max_live_episodes,
+            playbook=playbook,
         )
         for o in outcomes:
           row = {"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps), "errors": o.errors}
