@@ -90,6 +90,12 @@ def test_dead_jvm_is_relaunched_and_episode_restored(env):
 
 
 def test_dropped_env_hands_its_jvm_to_the_next():
+  from leafe_jax.envs import scienceworld
+
+  # Start from no idle JVM: one left by an earlier test may be dead (killed on purpose), and the restart's logged
+  # exception then keeps `first` alive past `del`, so it would not hand over its JVM.
+  while scienceworld._IDLE_ENGINES:
+    scienceworld._IDLE_ENGINES.pop().close()
   first = registry.make("scienceworld")
   first.reset(GOLD_TASKS[0])
   engine = first.engine
