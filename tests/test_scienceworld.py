@@ -128,3 +128,20 @@ def test_early_experience_replays_gold_prefixes_exactly(env):
   states = builder.stats["states"]
   assert states > 0 and builder.stats["expert_failed"] == 0 and builder.stats["replay_divergences"] == 0
   assert sum(e.kind == "sft" for e in examples) == states and sum(e.kind == "iwm" for e in examples) == 2 * states
+
+
+def test_an_idle_jvm_that_died_is_not_handed_out():
+  from leafe_jax.envs import scienceworld
+
+  while scienceworld._IDLE_ENGINES:
+    scienceworld._IDLE_ENGINES.pop().close()
+  first = registry.make("scienceworld")
+  first.reset(GOLD_TASKS[0])
+  dead = first.engine
+  first.release()
+  assert scienceworld._IDLE_ENGINES == [dead]
+  dead._gateway.java_process.kill()
+  dead._gateway.java_process.wait()
+  second = registry.make("scienceworld")
+  assert second.reset(GOLD_TASKS[0]) and second.engine is not dead and second.jvm_restarts == 0
+  second.close()

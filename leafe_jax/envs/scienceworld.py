@@ -64,6 +64,12 @@ def max_steps_for(task_name: str) -> int:
   return LONG_TASK_MAX_STEPS if task_name.startswith(LONG_TASK_PREFIXES) else DEFAULT_MAX_STEPS
 
 
+def _jvm_alive(engine) -> bool:
+  """False when the engine's JVM process has exited (py4j keeps the process handle on its gateway)."""
+  process = getattr(getattr(engine, "_gateway", None), "java_process", None)
+  return process is None or process.poll() is None
+
+
 class ScienceWorldEnv:
   """The Env protocol over `scienceworld.ScienceWorldEnv`.
 
@@ -101,9 +107,13 @@ class ScienceWorldEnv:
   def _launch(self):
     from scienceworld import ScienceWorldEnv as _Engine
 
-    if _IDLE_ENGINES:
-      self._engine = _IDLE_ENGINES.pop()
-      return self._engine
+    while _IDLE_ENGINES:
+      engine = _IDLE_ENGINES.pop()
+      if _jvm_alive(engine):
+        self._engine = engine
+        return self._engine
+      with contextlib.suppress(Exception):  # a JVM that died while idle: drop it rather than restart on first use
+        engine.close()
     # The package's own step limit is disabled: ours is enforced here, per task.
     self._engine = _Engine("", envStepLimit=10**9)
     return self._engine
