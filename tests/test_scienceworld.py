@@ -5,6 +5,7 @@ import pytest
 pytest.importorskip("scienceworld")
 
 from leafe_jax.envs import registry
+from leafe_jax.envs import scienceworld as sw_module
 from leafe_jax.envs.pool import EnvPool, EpisodeError
 from leafe_jax.envs.prompts import build_action_prompt
 from leafe_jax.envs.scienceworld import parse_task_id
@@ -89,13 +90,15 @@ def test_dead_jvm_is_relaunched_and_episode_restored(env):
   assert env.jvm_restarts == restarts + 1
 
 
-def test_dropped_env_hands_its_jvm_to_the_next():
-  from leafe_jax.envs import scienceworld
+def _close_idle_jvms():
+  """Start from no idle JVM: one left by an earlier test may be dead (killed on purpose); an env taking it would
+  restart, and the restart's logged exception keeps that env alive past `del`."""
+  while sw_module._IDLE_ENGINES:
+    sw_module._IDLE_ENGINES.pop().close()
 
-  # Start from no idle JVM: one left by an earlier test may be dead (killed on purpose), and the restart's logged
-  # exception then keeps `first` alive past `del`, so it would not hand over its JVM.
-  while scienceworld._IDLE_ENGINES:
-    scienceworld._IDLE_ENGINES.pop().close()
+
+def test_dropped_env_hands_its_jvm_to_the_next():
+  _close_idle_jvms()
   first = registry.make("scienceworld")
   first.reset(GOLD_TASKS[0])
   engine = first.engine
@@ -131,15 +134,12 @@ def test_early_experience_replays_gold_prefixes_exactly(env):
 
 
 def test_an_idle_jvm_that_died_is_not_handed_out():
-  from leafe_jax.envs import scienceworld
-
-  while scienceworld._IDLE_ENGINES:
-    scienceworld._IDLE_ENGINES.pop().close()
+  _close_idle_jvms()
   first = registry.make("scienceworld")
   first.reset(GOLD_TASKS[0])
   dead = first.engine
   first.release()
-  assert scienceworld._IDLE_ENGINES == [dead]
+  assert sw_module._IDLE_ENGINES == [dead]
   dead._gateway.java_process.kill()
   dead._gateway.java_process.wait()
   second = registry.make("scienceworld")
