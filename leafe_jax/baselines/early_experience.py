@@ -331,9 +331,12 @@ class Builder:
 
     examples = [Example("sft", st.task_id, st.step, action_messages(self.env, st, s.history_length),
                         s.il_response_template.format(action=st.expert_action)) for st in expert_states]
-    for st in expert_states if iwm else ():
-      found = outcomes_of(st, iwm[(st.task_id, st.step)])
-      for action, observation in [*found, (st.expert_action, st.expert_next)] if found is not None else ():
+    for (task_id, step), actions in iwm.items():
+      st = trajectories[task_id][step]
+      found = outcomes_of(st, actions)
+      if found is None:
+        continue
+      for action, observation in [*found, (st.expert_action, st.expert_next)]:
         messages = world_model_messages(self.env, st, action, s.history_length)
         examples.append(Example("iwm", st.task_id, st.step, messages, observation))
     if sr:
