@@ -176,6 +176,42 @@ def test_one_policy_call_per_tick_serves_every_live_rollout():
   assert policy.calls[0] == 5 and len(policy.calls) <= 4
 
 
+class _SettingsRecorder(ScriptedPolicy):
+  """A scripted policy that also keeps each call's prompt kinds and sampling settings."""
+
+  def __init__(self, respond):
+    super().__init__(respond)
+    self.kinds, self.settings = [], []
+
+  def generate(self, prompts, **kw):
+    self.kinds.append(["reflect" if m[-1]["content"].endswith("reflect:") else "act" for m in prompts])
+    self.settings.append((kw["temperature"], kw["max_new_tokens"]))
+    return super().generate(prompts, **kw)
+
+
+def test_actions_and_reflections_share_one_call_with_their_own_settings():
+  make_env = lambda: SokobanEnv(dim=(6, 6), num_boxes=1, max_steps=6, compact_prompt=True)
+  policy = _SettingsRecorder(lambda m: reflection.format_reflection(1, "x") if m[-1]["content"].endswith("reflect:")
+                             else "<action>up</action>")
+  trees, ledger = _explore(policy, make_env, make_env().tasks("train", 3),
+                           _settings(max_steps=6, reflect_every=2, max_attempts=3, concurrency=3, temperature=0.7,
+                                     reflection_temperature=0.2, reflection_max_new_tokens=99))
+  assert ledger.total["policy_calls"] == len(policy.calls) == len(ledger.policy_calls_per_tick) == _ticks_of(trees)
+  # A periodic reflection after step 2 rides along with the same rollouts' third action.
+  assert any("act" in kinds and "reflect" in kinds for kinds in policy.kinds)
+  assert ledger.total["reflections"] == sum(k.count("reflect") for k in policy.kinds) > 0
+  for kinds, (temperature, max_new) in zip(policy.kinds, policy.settings):
+    want = [(0.7, 256) if kind == "act" else (0.2, 99) for kind in kinds]
+    got = list(zip(*(v if isinstance(v, list) else [v] * len(kinds) for v in (temperature, max_new))))
+    assert got == want
+
+
+def _ticks_of(trees) -> int:
+  """Ticks of a run whose tasks all start together and each act every tick until their reflections are done."""
+  return max(sum(len(n.turns) for n in t.nodes) + sum(1 for n in t.nodes for r in n.reflections
+                                                         if r.trigger == "failure") for t in trees)
+
+
 def test_show_renders_text_and_a_png(tmp_path):
   trees, _ = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
   text = show.render_text(trees[0])

@@ -110,6 +110,14 @@ def test_openai_policy_returns_n_completions_per_prompt_in_order(server):
   assert sent[0]["max_tokens"] == 7 and sent[0]["stop"] == ["</action>"] and sent[0]["temperature"] == 0.4
 
 
+def test_openai_policy_sends_each_prompt_its_own_settings(server):
+  policy = OpenAIPolicy(server, "m", retry_backoff_s=0.0)
+  prompts = [[{"role": "user", "content": f"p{i}"}] for i in range(2)]
+  policy.generate(prompts, temperature=[0.0, 0.7], top_p=0.9, max_new_tokens=[4, 64], seed=1)
+  sent = sorted(_Handler.requests, key=lambda r: r["seed"])
+  assert [(r["temperature"], r["top_p"], r["max_tokens"]) for r in sent] == [(0.0, 0.9, 4), (0.7, 0.9, 64)]
+
+
 def test_openai_policy_retries_server_errors_then_succeeds(server):
   _Handler.fail_first = 2
   policy = OpenAIPolicy(server, "m", retry_backoff_s=0.0, max_retries=3)

@@ -122,3 +122,23 @@ def test_greedy_choice_is_the_first_index_of_the_maximum_as_argmax():
   logits = np.asarray([[0.0, 2.0, 2.0, -1.0], [5.0, 1.0, 5.0, 5.0], [-3.0, -2.0, -1.0, -1.5]], np.float32)
   got = sampler_lib._first_max_index(jnp.asarray(logits), jnp.asarray(logits.max(-1)))
   np.testing.assert_array_equal(np.asarray(got), np.argmax(logits, -1))  # ties: numpy's first index
+
+
+def test_per_prompt_settings_equal_separate_calls(tiny):
+  """One call with a greedy 3-token row and a sampled 8-token row gives each row what its own call gives."""
+  _, model, params = tiny
+  sampler = Sampler(model, params, max_cache_len=64)
+  ids = lambda out: [s.token_ids for row in out for s in row]
+  mixed = sampler.generate(PROMPTS[:2], max_new_tokens=[3, 8], temperature=[0.0, 1.0], top_p=[1.0, 0.9], seed=4)
+  greedy = sampler.generate(PROMPTS[:2], max_new_tokens=8, temperature=0.0)
+  assert len(mixed[0][0].token_ids) == 3 and mixed[0][0].finish_reason == "length"
+  assert mixed[0][0].token_ids == greedy[0][0].token_ids[:3]
+  # The sampled row draws with the same per-step keys as a call whose every row is sampled like it.
+  sampled = sampler.generate(PROMPTS[:2], max_new_tokens=8, temperature=1.0, top_p=0.9, seed=4)
+  assert ids(mixed)[1] == ids(sampled)[1] and len(ids(mixed)[1]) == 8
+
+
+def test_per_prompt_settings_must_give_one_value_per_prompt(tiny):
+  _, model, params = tiny
+  with pytest.raises(ValueError, match="temperature has 2 values for 3 prompts"):
+    Sampler(model, params, max_cache_len=64).generate(PROMPTS, temperature=[0.0, 1.0])

@@ -16,7 +16,7 @@ import os
 import ml_collections
 from absl import logging
 
-from leafe_jax import envs
+from leafe_jax import durable, envs
 from leafe_jax.baselines import ace
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled
@@ -51,14 +51,6 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0  # sampling seed
   return c
 
-
-def _save(path: str, state: dict) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(state, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -> ace.Playbook:
@@ -120,7 +112,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
             stats["bullets_added"] += playbook.add(contents, cfg.max_bullets)
         stats["reflector_calls"] += 1
         stats["curator_calls"] += bool(lessons)
-        _save(state_path, {"playbook": playbook.to_json(), "batches_done": index + 1, "stats": dict(stats)})
+        durable.write_json(state_path,
+                           {"playbook": playbook.to_json(), "batches_done": index + 1, "stats": dict(stats)})
         with open(os.path.join(stage_dir, "playbook.txt"), "w") as f:
           f.write(playbook.render() + "\n")
         bar.update(1)

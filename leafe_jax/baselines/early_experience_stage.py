@@ -19,7 +19,7 @@ import os
 import ml_collections
 from absl import logging
 
-from leafe_jax import envs
+from leafe_jax import durable, envs
 from leafe_jax.baselines.early_experience import Builder, EnvRunner, Settings
 from leafe_jax.envs.base import ExpertEnv
 from leafe_jax.explore.stage import parse_shard
@@ -141,11 +141,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
         done_log.write(json.dumps({"task_id": task_id}) + "\n")
       done_log.flush()
       os.fsync(done_log.fileno())
-      with open(stats_path + ".tmp", "w") as f:
-        json.dump(dict(builder.stats), f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(stats_path + ".tmp", stats_path)
+      durable.write_json(stats_path, dict(builder.stats), sort_keys=True)
       bar.update(len(group))
   logging.info("early_experience: %s", json.dumps(dict(builder.stats), sort_keys=True))
   return dict(builder.stats)

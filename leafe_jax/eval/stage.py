@@ -14,7 +14,7 @@ import os
 import ml_collections
 from absl import logging
 
-from leafe_jax import envs
+from leafe_jax import durable, envs
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled
 from leafe_jax.eval import passk
@@ -132,8 +132,5 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       "pass_at": {str(k): float(passk.pass_at_k(n, c, k).mean()) for k in cfg.ks},
       "tasks": {t: {"n": done[t]["n"], "c": done[t]["c"]} for t in task_ids},
   }
-  tmp = os.path.join(stage_dir, "results.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(results, f, indent=1)
-  os.replace(tmp, os.path.join(stage_dir, "results.json"))
+  durable.write_json(os.path.join(stage_dir, "results.json"), results)
   logging.info("eval %s: %s", cfg.method, results["pass_at"])

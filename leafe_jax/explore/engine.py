@@ -1,8 +1,10 @@
 """LEAFE stage 1: many tasks explored at once, each a breadth-first tree of rollouts with rollback branches.
 
-Per tick, every live rollout of every live task needs one action: ONE `policy.generate` call serves them all,
-and one more serves every reflection due that tick. Each task runs one rollout at a time (its tree is built
-breadth-first from a queue of branch requests); parallelism comes from `concurrency` tasks alive at once.
+Per tick, ONE `policy.generate` call serves every live rollout's next action and every reflection due (a step
+of the previous tick asked for it), each prompt with its own sampling settings. A rollout that failed waits one
+tick for its reflection; a periodic reflection shares its call with the rollout's next action. Each task runs one
+rollout at a time (its tree is built breadth-first from a queue of branch requests); parallelism comes from
+`concurrency` tasks alive at once.
 
 Rollback is reset + replay of a_1..a_{tau-1}; every replayed observation must equal the recorded one, otherwise
 the branch is dropped and counted as a divergence (never trained on). Envs may live in an EnvPool
@@ -98,6 +100,11 @@ class TaskState:
   active: Rollout | None = None
   finished: bool = False
   succeeded: bool = False
+
+
+def _uniform(values: list):
+  """One value when every prompt of the call has the same setting (any Policy takes it), else the list."""
+  return values[0] if len(set(values)) == 1 else values
 
 
 def _parse(env: Env, text: str) -> str | None:
@@ -200,16 +207,31 @@ class Explorer:
         admissible_actions=env.admissible_actions(), step_count=rollout.t,
         history_length=self.s.history_length, experience=node.experience if show_experience else None)
 
-  def _act(self, live: list[TaskState]) -> None:
-    """One action for every live rollout: one policy call, then one batched env step (one call per pool)."""
-    shows = [self._shows_experience(t.active) for t in live]
-    prompts = [self._prompt(t, t.active, show) for t, show in zip(live, shows)]
-    completions = self.policy.generate(prompts, n=1, temperature=self.s.temperature, top_p=self.s.top_p,
-                                       max_new_tokens=self.s.max_new_tokens, seed=self.s.seed * 1_000_003 + self.tick)
+  def _tick(self, acting: list[TaskState], reflecting: list[TaskState]) -> None:
+    """ONE policy call per tick: an action for every acting rollout and every reflection due (decided by the
+    previous tick's steps), each prompt with its own sampling settings. The reflections are applied first (a
+    branch request depends only on the steps already taken); then the actions step the envs, one call per pool."""
+    shows = [self._shows_experience(t.active) for t in acting]
+    action_prompts = [self._prompt(t, t.active, show) for t, show in zip(acting, shows)]
+    reflection_prompts = [self._reflection_prompt(t.active, t.env) for t in reflecting]
+    acts, reflects = len(action_prompts), len(reflection_prompts)
+    completions = self.policy.generate(
+        action_prompts + reflection_prompts, n=1,
+        temperature=_uniform([self.s.temperature] * acts + [self.s.reflection_temperature] * reflects),
+        top_p=self.s.top_p,
+        max_new_tokens=_uniform([self.s.max_new_tokens] * acts + [self.s.reflection_max_new_tokens] * reflects),
+        seed=self.s.seed * 1_000_003 + self.tick)
     self.ledger.add("policy_calls")
     self.ledger.policy_calls_per_tick.append(1)
+    for task, messages, (completion,) in zip(reflecting, reflection_prompts, completions[acts:]):
+      self._apply_reflection(task, messages, completion)
+    if acting:
+      self._act(acting, action_prompts, shows, [c for (c,) in completions[:acts]])
+
+  def _act(self, live: list[TaskState], prompts: list, shows: list[bool], completions: list) -> None:
+    """Parses every live rollout's action and steps all envs in one batched call (one call per pool)."""
     actions, env_actions = [], []
-    for task, (completion,) in zip(live, completions):
+    for task, completion in zip(live, completions):
       self.ledger.add("generated_tokens", len(completion.token_ids), task.task_id)
       action = _parse(task.env, completion.text)
       if action is None:
@@ -220,7 +242,7 @@ class Explorer:
     # prompt the clean prompt is the prompt itself (the same list: building it again is most of the bookkeeping).
     cleans = [self._prompt(t, t.active, False) if show else m for t, m, show in zip(live, prompts, shows)]
     steps = pooled.step_all([t.env for t in live], env_actions)
-    for task, messages, clean, (completion,), action, env_action, step in zip(
+    for task, messages, clean, completion, action, env_action, step in zip(
         live, prompts, cleans, completions, actions, env_actions, steps):
       if isinstance(step, EpisodeError):
         task.active.errored = task.active.done = True
@@ -252,39 +274,31 @@ class Explorer:
       elif self.s.reflect_every > 0 and not rollout.done and rollout.t % self.s.reflect_every == 0:
         rollout.reflection_due = "periodic"
 
-  def _reflect(self, live: list[TaskState]) -> None:
-    due = [t for t in live if t.active.reflection_due]
-    if not due:
-      return
-    prompts = []
-    for task in due:
-      r = task.active
-      outcome = "failure" if r.reflection_due == "failure" else "in progress"
-      prompts.append(reflection_lib.build_reflection_prompt(
-          task.env, instruction=task.env.instruction, steps=list(zip(r.observations[:-1], r.actions)),
-          final_observation=r.observations[-1], outcome=outcome))
-    completions = self.policy.generate(prompts, n=1, temperature=self.s.reflection_temperature, top_p=self.s.top_p,
-                                       max_new_tokens=self.s.reflection_max_new_tokens,
-                                       seed=self.s.seed * 1_000_003 + self.tick + 500_009)
-    self.ledger.add("policy_calls")
-    self.ledger.policy_calls_per_tick[-1] += 1
-    for task, messages, (completion,) in zip(due, prompts, completions):
-      r = task.active
-      self.ledger.add("reflections", task_id=task.task_id)
-      self.ledger.add("generated_tokens", len(completion.token_ids), task.task_id)
-      parsed = reflection_lib.parse_reflection(completion.text, r.t)
-      queued = False
-      if parsed is None:
-        self.ledger.add("unparsable_reflections", task_id=task.task_id)
-      elif task.attempts + len(task.queue) < self.s.max_attempts:
-        tau, experience = parsed
-        task.queue.append(BranchRequest(r.node.node_id, r.node.depth + 1, tau, experience,
-                                        r.actions[: tau - 1], r.observations[:tau]))
-        self.ledger.add("branches", task_id=task.task_id)
-        queued = True
-      r.node.reflections.append(Reflection(r.t, r.reflection_due, messages, completion.text,
-                                           parsed[0] if parsed else None, parsed[1] if parsed else None, queued))
-      r.reflection_due = None
+  @staticmethod
+  def _reflection_prompt(r: Rollout, env: Env):
+    outcome = "failure" if r.reflection_due == "failure" else "in progress"
+    return reflection_lib.build_reflection_prompt(
+        env, instruction=env.instruction, steps=list(zip(r.observations[:-1], r.actions)),
+        final_observation=r.observations[-1], outcome=outcome)
+
+  def _apply_reflection(self, task: TaskState, messages, completion) -> None:
+    """Parses one reflection; a valid one queues a branch from its rollback step while the budget allows."""
+    r = task.active
+    self.ledger.add("reflections", task_id=task.task_id)
+    self.ledger.add("generated_tokens", len(completion.token_ids), task.task_id)
+    parsed = reflection_lib.parse_reflection(completion.text, r.t)
+    queued = False
+    if parsed is None:
+      self.ledger.add("unparsable_reflections", task_id=task.task_id)
+    elif task.attempts + len(task.queue) < self.s.max_attempts:
+      tau, experience = parsed
+      task.queue.append(BranchRequest(r.node.node_id, r.node.depth + 1, tau, experience,
+                                      r.actions[: tau - 1], r.observations[:tau]))
+      self.ledger.add("branches", task_id=task.task_id)
+      queued = True
+    r.node.reflections.append(Reflection(r.t, r.reflection_due, messages, completion.text,
+                                         parsed[0] if parsed else None, parsed[1] if parsed else None, queued))
+    r.reflection_due = None
 
   def _finish_rollout(self, task: TaskState) -> None:
     r = task.active
@@ -332,12 +346,13 @@ class Explorer:
         on_tree(task.tree)
       pooled.release_all([t.env for t in finished])
       live = [t for t in live if not t.finished]
-      acting = [t for t in live if t.active is not None]
-      if not acting:
+      acting = [t for t in live if t.active is not None and not t.active.done]
+      reflecting = [t for t in live if t.active is not None and t.active.reflection_due]
+      if not acting and not reflecting:
         continue
-      self._act(acting)
-      self._reflect(acting)
-      for task in acting:
-        if task.active.done:
+      self._tick(acting, reflecting)
+      for task in live:
+        # A rollout that ended with a reflection due stays until the next tick has reflected on it.
+        if task.active is not None and task.active.done and not task.active.reflection_due:
           self._finish_rollout(task)
       self.tick += 1

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import collections
-import json
-import os
+
+from leafe_jax import durable
 
 COUNTERS = (
     "env_steps",  # actions executed in new rollouts
@@ -61,9 +61,4 @@ class Ledger:
         self.add(counter, value, task_id)
 
   def save(self, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.to_json(), f, indent=1)
-      f.flush()
-      os.fsync(f.fileno())  # a rename of unsynced data can leave an empty ledger after a machine crash
-    os.replace(tmp, path)
+    durable.write_json(path, self.to_json())

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Sequence
-from typing import Protocol, TypedDict, runtime_checkable
+from typing import Protocol, TypedDict, TypeVar, runtime_checkable
+
+T = TypeVar("T", int, float)
 
 
 class Message(TypedDict):
@@ -25,18 +28,32 @@ class Completion:
   stop_token_id: int | None = None
 
 
+def per_prompt(value: T | Sequence[T], count: int, name: str, kind: type[T]) -> list[T]:
+  """A sampling setting given once for all prompts, or once per prompt, as one value per prompt."""
+  if isinstance(value, numbers.Number):
+    return [kind(value)] * count
+  values = [kind(v) for v in value]
+  if len(values) != count:
+    raise ValueError(f"generate: {name} has {len(values)} values for {count} prompts")
+  return values
+
+
 @runtime_checkable
 class Policy(Protocol):
-  """Chat templating and tokenization happen once, inside the policy, with the model's tokenizer."""
+  """Chat templating and tokenization happen once, inside the policy, with the model's tokenizer.
+
+  `temperature`, `top_p` and `max_new_tokens` are one value for every prompt or a sequence with one per prompt:
+  the explorer serves a tick's action and reflection prompts, whose settings differ, in ONE call.
+  """
 
   def generate(
       self,
       prompts: Sequence[Sequence[Message]],
       *,
       n: int = 1,
-      temperature: float = 1.0,
-      top_p: float = 1.0,
-      max_new_tokens: int = 256,
+      temperature: float | Sequence[float] = 1.0,
+      top_p: float | Sequence[float] = 1.0,
+      max_new_tokens: int | Sequence[int] = 256,
       stop: Sequence[str] = (),
       seed: int = 0,
   ) -> list[list[Completion]]:

@@ -73,9 +73,9 @@ class JaxPolicy:
       prompts: Sequence[Sequence[Message]],
       *,
       n: int = 1,
-      temperature: float = 1.0,
-      top_p: float = 1.0,
-      max_new_tokens: int = 256,
+      temperature: float | Sequence[float] = 1.0,
+      top_p: float | Sequence[float] = 1.0,
+      max_new_tokens: int | Sequence[int] = 256,
       stop: Sequence[str] = (),
       seed: int = 0,
   ) -> list[list[Completion]]:

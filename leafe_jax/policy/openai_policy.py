@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from leafe_jax.policy.base import Completion, Message
+from leafe_jax.policy.base import Completion, Message, per_prompt
 
 
 class PolicyServerError(RuntimeError):
@@ -99,19 +99,22 @@ class OpenAIPolicy:
       prompts: Sequence[Sequence[Message]],
       *,
       n: int = 1,
-      temperature: float = 1.0,
-      top_p: float = 1.0,
-      max_new_tokens: int = 256,
+      temperature: float | Sequence[float] = 1.0,
+      top_p: float | Sequence[float] = 1.0,
+      max_new_tokens: int | Sequence[int] = 256,
       stop: Sequence[str] = (),
       seed: int = 0,
   ) -> list[list[Completion]]:
     if not prompts:
       return []
-    workers = min(self.max_concurrency, len(prompts))
+    count = len(prompts)
+    settings = zip(per_prompt(temperature, count, "temperature", float), per_prompt(top_p, count, "top_p", float),
+                   per_prompt(max_new_tokens, count, "max_new_tokens", int))
+    workers = min(self.max_concurrency, count)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       # Distinct seeds per prompt keep prompts independent while the whole call stays reproducible.
       futures = [
-          pool.submit(self._one, m, n, temperature, top_p, max_new_tokens, tuple(stop), seed + i)
-          for i, m in enumerate(prompts)
+          pool.submit(self._one, m, n, temp, p, max_new, tuple(stop), seed + i)
+          for i, (m, (temp, p, max_new)) in enumerate(zip(prompts, settings))
       ]
       return [f.result() for f in futures]

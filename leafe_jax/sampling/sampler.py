@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from leafe_jax.models import init_cache
+from leafe_jax.policy.base import per_prompt
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -69,11 +70,16 @@ def _first_max_index(logits_BxV, max_B):
   return jnp.minimum(jnp.min(index_BxV, axis=-1), vocab - 1)  # a row of NaNs has no maximum: last id
 
 
-def _choose(logits_BxV, max_B, key, temperature, top_p, *, greedy: bool, top_k: int, nucleus: bool):
-  """The next token: argmax, or a draw from the temperature / top-k / top-p shaped distribution."""
+def _choose(logits_BxV, max_B, key, temperature_B, top_p_B, *, greedy: bool, top_k: int, nucleus: bool):
+  """The next token per row: argmax, or a draw from that row's temperature / top-k / top-p shaped distribution.
+
+  `greedy` (static): every row is greedy. Otherwise rows with temperature <= 0 still take the argmax, and rows
+  with top_p >= 1 keep their whole distribution.
+  """
+  argmax_B = _first_max_index(logits_BxV, max_B)
   if greedy:
-    return _first_max_index(logits_BxV, max_B)
-  logits_BxV = logits_BxV / jnp.maximum(temperature, _MIN_TEMPERATURE)
+    return argmax_B
+  logits_BxV = logits_BxV / jnp.maximum(temperature_B, _MIN_TEMPERATURE)[:, None]
   if top_k > 0:
     # top_k values come sorted (descending): the nucleus below needs only them, not a full-vocab sort.
     sorted_BxK = jax.lax.top_k(logits_BxV, top_k)[0]
@@ -84,17 +90,24 @@ def _choose(logits_BxV, max_B, key, temperature, top_p, *, greedy: bool, top_k: 
     probs_BxK = jax.nn.softmax(sorted_BxK, axis=-1)
     mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
     # The smallest logit still inside the nucleus; the most likely token is always kept.
-    threshold_B = jnp.min(jnp.where(mass_before_BxK < top_p, sorted_BxK, jnp.inf), axis=-1)
+    threshold_B = jnp.min(jnp.where(mass_before_BxK < top_p_B[:, None], sorted_BxK, jnp.inf), axis=-1)
+    # A row with top_p >= 1 keeps every token (rounding can push the cumulated mass of its tail to 1).
+    threshold_B = jnp.where(top_p_B >= 1.0, -jnp.inf, threshold_B)
     logits_BxV = jnp.where(logits_BxV < threshold_B[:, None], -jnp.inf, logits_BxV)
-  return jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+  sampled_B = jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+  return jnp.where(temperature_B <= 0.0, argmax_B, sampled_B)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "pad_id", "eos_ids", "cache_len", "out_len", "n", "greedy",
                                              "top_k", "nucleus"))
-def _generate(params, tokens_BxP, mask_BxP, rng, temperature, top_p, max_new, *, model, pad_id: int,
+def _generate(params, tokens_BxP, mask_BxP, rng, temperature_B, top_p_B, max_new_B, *, model, pad_id: int,
               eos_ids: tuple[int, ...], cache_len: int, out_len: int, n: int, greedy: bool, top_k: int,
               nucleus: bool):
-  """Prefill B prompts once, repeat each row n times, decode up to `max_new` tokens for the B*n rows."""
+  """Prefill B prompts once, repeat each row n times, decode up to `max_new_B` tokens for the B*n rows.
+
+  Sampling settings are per prompt ([B] arrays, repeated n times with the rows); a row past its own
+  `max_new_B` is done (pad tokens, log-prob 0), and the loop ends when every row is.
+  """
   _traces["generate"] += 1
   choose = functools.partial(_choose, greedy=greedy, top_k=top_k, nucleus=nucleus)
   eos_E = jnp.asarray(eos_ids or (-1,), jnp.int32)
@@ -106,18 +119,19 @@ def _generate(params, tokens_BxP, mask_BxP, rng, temperature, top_p, max_new, *,
   if n > 1:  # sample rows of prompt i are rows i*n .. i*n+n-1
     cache = cache.repeat_rows(n)
     logits_BxV = jnp.repeat(logits_BxV, n, axis=0)
+  temperature_R, top_p_R, max_new_R = (jnp.repeat(x, n, axis=0) for x in (temperature_B, top_p_B, max_new_B))
   rows = logits_BxV.shape[0]
   ones_Rx1 = jnp.ones((rows, 1), jnp.int32)
 
   def emit(step, logits_RxV, out_RxO, logp_RxO, done_R):
     max_R = jnp.max(logits_RxV, axis=-1)  # shared by argmax and the log-normaliser
-    token_R = choose(logits_RxV, max_R, jax.random.fold_in(rng, step), temperature, top_p)
+    token_R = choose(logits_RxV, max_R, jax.random.fold_in(rng, step), temperature_R, top_p_R)
     token_R = jnp.where(done_R, pad_id, token_R)
     log_norm_R = max_R + jnp.log(jnp.sum(jnp.exp(logits_RxV - max_R[:, None]), axis=-1))
     logp_R = jnp.take_along_axis(logits_RxV, token_R[:, None], axis=-1)[:, 0] - log_norm_R
     out_RxO = jax.lax.dynamic_update_slice(out_RxO, token_R[:, None], (0, step))
     logp_RxO = jax.lax.dynamic_update_slice(logp_RxO, jnp.where(done_R, 0.0, logp_R)[:, None], (0, step))
-    return token_R, out_RxO, logp_RxO, done_R | jnp.isin(token_R, eos_E)
+    return token_R, out_RxO, logp_RxO, done_R | jnp.isin(token_R, eos_E) | (step + 1 >= max_new_R)
 
   out_RxO = jnp.full((rows, out_len), pad_id, jnp.int32)
   logp_RxO = jnp.zeros((rows, out_len), jnp.float32)
@@ -131,7 +145,7 @@ def _generate(params, tokens_BxP, mask_BxP, rng, temperature, top_p, max_new, *,
 
   def cond(state):
     step, *_, done_R = state
-    return (step < max_new) & ~jnp.all(done_R)
+    return ~jnp.all(done_R)  # a row is done at its own max_new, so this also bounds the loop
 
   state = (jnp.int32(1), cache, token_R, out_RxO, logp_RxO, done_R)
   _, _, _, out_RxO, logp_RxO, _ = jax.lax.while_loop(cond, body, state)
@@ -161,31 +175,45 @@ class Sampler:
       params = jax.device_put(params, parallel.param_shardings(model, mesh))
     self.params = params
 
-  def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1, max_new_tokens: int = 64,
-               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, stop_strings: Sequence[str] = (),
+  def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1,
+               max_new_tokens: int | Sequence[int] = 64, temperature: float | Sequence[float] = 1.0,
+               top_p: float | Sequence[float] = 1.0, top_k: int = 0, stop_strings: Sequence[str] = (),
                seed: int = 0) -> list[list[Sample]]:
-    """`n` samples for each prompt (lists of token ids); temperature 0 is greedy; same seed => same samples."""
+    """`n` samples for each prompt (lists of token ids); temperature 0 is greedy; same seed => same samples.
+
+    `max_new_tokens`, `temperature` and `top_p` are one value for every prompt or one per prompt (an explorer
+    tick serves action and reflection prompts, with their own settings, in one call).
+    """
     if not prompt_ids:
       return []
     if any(len(p) == 0 for p in prompt_ids):
       raise ValueError("generate: every prompt needs at least one token")
-    if n < 1 or max_new_tokens < 1:
-      raise ValueError(f"generate: n={n} and max_new_tokens={max_new_tokens} must both be >= 1")
-    longest = max(len(p) for p in prompt_ids)
-    if longest + max_new_tokens > self.max_cache_len:
-      raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
-                       f"{longest + max_new_tokens} exceeds the cache length max_cache_len={self.max_cache_len}")
-    batch = _bucket(len(prompt_ids), self.batch_buckets)
-    prompt_len = _bucket(longest, self.prompt_buckets, cap=self.max_cache_len - max_new_tokens)
-    out_len = _bucket(max_new_tokens, self.output_buckets, cap=_power_of_two(max_new_tokens))
+    count = len(prompt_ids)
+    max_new = per_prompt(max_new_tokens, count, "max_new_tokens", int)
+    temperatures = per_prompt(temperature, count, "temperature", float)
+    top_ps = per_prompt(top_p, count, "top_p", float)
+    if n < 1 or min(max_new) < 1:
+      raise ValueError(f"generate: n={n} and max_new_tokens={min(max_new)} must both be >= 1")
+    longest, most_new = max(len(p) for p in prompt_ids), max(max_new)
+    if longest + most_new > self.max_cache_len:
+      raise ValueError(f"prompt of {longest} tokens + max_new_tokens={most_new} = "
+                       f"{longest + most_new} exceeds the cache length max_cache_len={self.max_cache_len}")
+    batch = _bucket(count, self.batch_buckets)
+    prompt_len = _bucket(longest, self.prompt_buckets, cap=self.max_cache_len - most_new)
+    out_len = _bucket(most_new, self.output_buckets, cap=_power_of_two(most_new))
     # The cache holds prompt + output: a power of two when it fits, else exactly max_cache_len.
-    cache_len = max(min(_power_of_two(prompt_len + out_len), self.max_cache_len), prompt_len + max_new_tokens)
+    cache_len = max(min(_power_of_two(prompt_len + out_len), self.max_cache_len), prompt_len + most_new)
     tokens = np.full((batch, prompt_len), self.pad_id, np.int32)
     mask = np.zeros((batch, prompt_len), np.int32)
     for i, row in enumerate(prompt_ids):
       tokens[i, prompt_len - len(row):] = row
       mask[i, prompt_len - len(row):] = 1
-    mask[len(prompt_ids):, -1] = 1  # padding rows: one dummy token so no row is fully masked
+    mask[count:, -1] = 1  # padding rows: one dummy token so no row is fully masked
+    # Padding rows: one greedy token each, so they never keep the decode loop running.
+    pad = batch - count
+    temperature_B = np.asarray(temperatures + [0.0] * pad, np.float32)
+    top_p_B = np.asarray(top_ps + [1.0] * pad, np.float32)
+    max_new_B = np.asarray(max_new + [1] * pad, np.int32)
     tokens_in, mask_in = jnp.asarray(tokens), jnp.asarray(mask)
     if self.mesh is not None:
       from leafe_jax import parallel
@@ -193,15 +221,15 @@ class Sampler:
       sharding = parallel.batch_sharding(self.mesh)
       if batch % parallel.batch_shards(self.mesh) == 0:
         tokens_in, mask_in = jax.device_put(tokens_in, sharding), jax.device_put(mask_in, sharding)
-    greedy = temperature <= 0.0
-    out, logp = _generate(self.params, tokens_in, mask_in, jax.random.PRNGKey(seed), jnp.float32(temperature),
-                          jnp.float32(top_p), jnp.int32(max_new_tokens), model=self.model, pad_id=self.pad_id,
-                          eos_ids=self.eos_ids, cache_len=cache_len, out_len=out_len, n=int(n), greedy=greedy,
-                          top_k=0 if greedy else int(top_k), nucleus=(not greedy) and top_p < 1.0)
-    rows = len(prompt_ids) * n
-    out, logp = np.asarray(out)[:rows, :max_new_tokens], np.asarray(logp)[:rows, :max_new_tokens]
-    samples = [self._finish(out[i], logp[i], stop_strings) for i in range(rows)]
-    return [samples[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
+    greedy = max(temperatures) <= 0.0
+    out, logp = _generate(self.params, tokens_in, mask_in, jax.random.PRNGKey(seed), temperature_B, top_p_B,
+                          max_new_B, model=self.model, pad_id=self.pad_id, eos_ids=self.eos_ids,
+                          cache_len=cache_len, out_len=out_len, n=int(n), greedy=greedy,
+                          top_k=0 if greedy else int(top_k), nucleus=(not greedy) and min(top_ps) < 1.0)
+    out, logp = np.asarray(out), np.asarray(logp)
+    samples = [self._finish(out[i, :max_new[i // n]], logp[i, :max_new[i // n]], stop_strings)
+               for i in range(count * n)]
+    return [samples[i * n:(i + 1) * n] for i in range(count)]
 
   def _decode(self, ids) -> str:
     return self.tokenizer.decode(list(ids), skip_special_tokens=False) if self.tokenizer is not None else ""

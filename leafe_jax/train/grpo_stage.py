@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from leafe_jax import durable
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.train import stage as train_stage
 
@@ -286,14 +287,8 @@ def _append_iteration(stage_dir: str, iteration: int, scalars: dict) -> None:
     with open(path) as f:
       rows = [line for line in f if line.strip() and json.loads(line)["iteration"] < iteration]
   rows.append(json.dumps({"iteration": iteration, **scalars}) + "\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(rows)
-  os.replace(tmp, path)
+  durable.write_lines(path, rows)
 
 
 def _write_ledger(stage_dir: str, iteration: int, ledger: dict) -> None:
-  tmp = os.path.join(stage_dir, "ledger.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump({"iterations": iteration, "total": ledger}, f, indent=1)
-  os.replace(tmp, os.path.join(stage_dir, "ledger.json"))
+  durable.write_json(os.path.join(stage_dir, "ledger.json"), {"iterations": iteration, "total": ledger})
