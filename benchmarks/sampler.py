@@ -102,6 +102,53 @@ def _time_ours(path, prompts, args):
   return first, times, np.asarray([row[0].token_ids for row in out])
 
 
+FLOOR_STEPS = 32  # decode steps timed for the matmul floor
+
+
+def _projections(args) -> list[tuple[int, int]]:
+  """(in, out) of every projection of the model: q, k, v, o, gate, up, down per layer, then the LM head."""
+  head_dim = args.d_model // args.heads
+  d, kv, f = args.d_model, args.kv_heads * head_dim, args.d_ff
+  return [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)] * args.layers + [(d, args.vocab)]
+
+
+def _matmul_floor_ms(args) -> dict[str, float]:
+  """ms per decode step of the model's projection matmuls alone ([batch, in] x every weight once, distinct
+  weights of the model's sizes, so they stream from memory as in decoding): torch F.linear on [out, in] weights
+  (what generate runs), XLA on our [in, out] kernels, and XLA on [out, in] weights."""
+  import jax
+  import jax.numpy as jnp
+  import torch
+
+  dtype = getattr(torch, args.dtype)
+  operands = [(torch.randn(args.batch, a, dtype=dtype), torch.randn(b, a, dtype=dtype)) for a, b in _projections(args)]
+  out = {}
+  with torch.inference_mode():
+    start = time.perf_counter()
+    for _ in range(FLOOR_STEPS):
+      for x, w in operands:
+        torch.nn.functional.linear(x, w)
+    out["torch"] = (time.perf_counter() - start) / FLOOR_STEPS * 1e3
+  del operands
+  key = jax.random.PRNGKey(0)
+  for name, contract in (("xla", "bi,io->bo"), ("xla_out_in", "bi,oi->bo")):
+    ops = []
+    for i, (a, b) in enumerate(_projections(args)):
+      shape = (a, b) if name == "xla" else (b, a)
+      ops.append((jax.random.normal(jax.random.fold_in(key, 2 * i), (args.batch, a), args.dtype),
+                  jax.random.normal(jax.random.fold_in(key, 2 * i + 1), shape, args.dtype)))
+    # Each product feeds the result, so none is dead code; one scalar comes back per step.
+    step = jax.jit(lambda ops, c=contract: sum(jnp.einsum(c, xi, w, preferred_element_type=jnp.float32)[0, 0]
+                                              for xi, w in ops))
+    float(step(ops))
+    start = time.perf_counter()
+    for _ in range(FLOOR_STEPS):
+      float(step(ops))
+    out[name] = (time.perf_counter() - start) / FLOOR_STEPS * 1e3
+    del ops
+  return out
+
+
 def main(argv=None):
   args = _args(argv)
   cores = os.cpu_count() or 1
@@ -116,6 +163,7 @@ def main(argv=None):
     torch_times, torch_tokens = _time_torch(reference, prompts, args)
     del reference
     first, our_times, our_tokens = _time_ours(path, prompts, args)
+  floor = _matmul_floor_ms(args)
   ours, theirs = generated / float(np.median(our_times)), generated / float(np.median(torch_times))
   agree = float(np.mean(our_tokens == torch_tokens))
   print(f"model: d_model {args.d_model}, {args.layers} layers, {args.heads} heads / {args.kv_heads} kv heads, "
@@ -129,9 +177,19 @@ def main(argv=None):
   print()
   print(f"ratio ours/reference: {ours / theirs:.2f}x; greedy tokens equal to transformers: {agree:.1%}; "
         f"our compile+first run {first:.2f} s")
+  torch_step_ms = float(np.median(torch_times)) / args.new_tokens * 1e3
+  our_step_ms = float(np.median(our_times)) / args.new_tokens * 1e3
+  print()
+  print("| ms per generated token (batch of rows, prefill included) | leafe_jax (XLA) | PyTorch |")
+  print("|---|---|---|")
+  print(f"| whole call / new tokens | {our_step_ms:.1f} | {torch_step_ms:.1f} |")
+  print(f"| the projection matmuls alone, once per token | {floor['xla']:.1f} ([in, out] kernels; "
+        f"{floor['xla_out_in']:.1f} with [out, in] weights) | {floor['torch']:.1f} ([out, in], F.linear) |")
+  print(f"| 2x generate's throughput needs | {torch_step_ms / 2:.1f} | |")
   name = "sampler_greedy_decode" + ("" if args.dtype == "float32" else f"_{args.dtype}")
   print(json.dumps({"name": name, "ours": round(ours, 2), "reference": round(theirs, 2),
-                    "unit": "generated tokens/s", "ratio": round(ours / theirs, 3)}))
+                    "unit": "generated tokens/s", "ratio": round(ours / theirs, 3),
+                    **{f"matmul_ms_{k}": round(v, 2) for k, v in floor.items()}}))
 
 
 if __name__ == "__main__":
