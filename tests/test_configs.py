@@ -46,8 +46,8 @@ def _planned(path: str, arg: str | None) -> dict[str, ml_collections.ConfigDict]
 
 def test_config_files_are_found():
   assert os.path.join("configs", "demo.py") in CONFIG_FILES
-  assert {os.path.basename(p) for p in PAPER} >= {"sokoban.py", "alfworld.py", "scienceworld.py", "codecontests.py",
-                                                  "codecontests_samplers.py"}
+  assert {os.path.basename(p) for p in PAPER} >= {"sokoban.py", "alfworld.py", "scienceworld.py", "webshop.py",
+                                                  "codecontests.py", "codecontests_samplers.py"}
 
 
 @pytest.mark.parametrize(("path", "arg"), _cases(CONFIG_FILES))

@@ -14,6 +14,7 @@ _REGISTRY: dict[str, str] = {
     "coding": "leafe_jax.envs.coding.env:CodingEnv",
     "scienceworld": "leafe_jax.envs.scienceworld:ScienceWorldEnv",
     "alfworld": "leafe_jax.envs.alfworld:ALFWorldEnv",
+    "webshop": "leafe_jax.envs.webshop:WebShopEnv",
 }
 
 
