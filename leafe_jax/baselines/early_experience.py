@@ -157,17 +157,17 @@ def uniform_alternatives(state: ExpertState, k: int, rng: random.Random) -> list
 def proposed_alternatives(texts: Sequence[str], state: ExpertState, k: int,
                           rng: random.Random) -> tuple[list[str], int]:
   """The policy's proposals as distinct non-expert actions, unusable ones (no parsable admissible action, the
-  expert's, a repeat) replaced by random admissible actions; returns (alternatives, number replaced)."""
+  expert's, a repeat) replaced by random admissible actions while unused ones remain; returns (alternatives,
+  number of random replacements made)."""
   chosen: list[str] = []
   for text in texts[:k]:
     action = parse_action(text, state.admissible)
     if action is not None and action != state.expert_action and action not in chosen:
       chosen.append(action)
   wanted = min(k, len(texts))
-  replaced = wanted - len(chosen)
   spare = [a for a in uniform_alternatives(state, len(state.admissible or ()), rng) if a not in chosen]
-  chosen += spare[:replaced]
-  return chosen, replaced
+  replacements = spare[: wanted - len(chosen)]
+  return chosen + replacements, len(replacements)
 
 
 def _mention_pattern(action: str) -> re.Pattern:
