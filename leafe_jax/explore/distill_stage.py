@@ -16,6 +16,7 @@ from absl import logging
 
 from leafe_jax.explore.distill import build_examples
 from leafe_jax.explore.tree import load_trees
+from leafe_jax.policy.factory import resolve_path
 
 CONFIG_SECTION = "distill"
 
@@ -34,9 +35,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _abs(workdir: str, path: str) -> str:
-  return path if os.path.isabs(path) else os.path.join(workdir, path)
-
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   from transformers import AutoTokenizer
@@ -49,15 +47,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if os.path.exists(os.path.join(final, "manifest.json")):
     logging.info("distill: %s is complete, skipping", final)
     return
-  files = sorted(glob.glob(os.path.join(_abs(workdir, cfg.trees), "*.jsonl")))
+  tree_dir = resolve_path(cfg.trees, workdir)
+  files = sorted(glob.glob(os.path.join(tree_dir, "*.jsonl")))
   if not files:
-    raise FileNotFoundError(f"distill: no tree files in {_abs(workdir, cfg.trees)}: run the explore stage first")
+    raise FileNotFoundError(f"distill: no tree files in {tree_dir}: run the explore stage first")
   trees = [tree for path in files for tree in load_trees(path)]
   examples = build_examples(trees, max_cf_per_task=cfg.max_cf_per_task, reh_fraction=cfg.reh_fraction,
                             reh_weight=cfg.reh_weight, seed=cfg.seed)
   if not examples:
     raise ValueError(f"distill: {len(trees)} trees hold no successful rollout, so there is nothing to distill")
-  tokenizer = AutoTokenizer.from_pretrained(_abs(workdir, cfg.tokenizer))
+  tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg.tokenizer, workdir))
   fingerprint = records.tokenizer_fingerprint(tokenizer)
   partial = os.path.join(stage_dir, "records.partial")
   shutil.rmtree(partial, ignore_errors=True)

@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from leafe_jax.parallel import distributed
+from leafe_jax.policy.factory import resolve_path
 
 CONFIG_SECTION = "train"
 
@@ -75,9 +76,6 @@ def default_config() -> ml_collections.ConfigDict:
       }
   )
 
-
-def _abs(workdir: str, path: str) -> str:
-  return path if os.path.isabs(path) else os.path.join(workdir, path)
 
 
 def resolve_mesh_shape(shape: tuple[int, ...], num_devices: int) -> tuple[int, int, int]:
@@ -156,7 +154,7 @@ def model_and_params(config, workdir, mesh, rng):
 
   if config.init == "hf":
     hf_model, params = models.from_hf(
-        _abs(workdir, config.init_path), dtype=jnp.dtype(config.param_dtype), mesh=mesh
+        resolve_path(config.init_path, workdir), dtype=jnp.dtype(config.param_dtype), mesh=mesh
     )
     model = models.Decoder(with_train_dtypes(hf_model.config))
     return model, params, parallel.param_shardings(model, mesh)
@@ -167,7 +165,7 @@ def model_and_params(config, workdir, mesh, rng):
   if config.init == "random":
     return model, init_fn(rng), params_sharding
   abstract = checkpoint.abstract_like(jax.eval_shape(init_fn, rng), params_sharding)
-  return model, checkpoint.restore_params(_abs(workdir, config.init_path), abstract), params_sharding
+  return model, checkpoint.restore_params(resolve_path(config.init_path, workdir), abstract), params_sharding
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
@@ -186,14 +184,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax.train import state as state_lib
   from leafe_jax.train import step as step_lib
 
-  tokenizer_dir = _abs(workdir, cfg.tokenizer or cfg.init_path)
+  tokenizer_dir = resolve_path(cfg.tokenizer or cfg.init_path, workdir)
   fingerprint = records.tokenizer_fingerprint(transformers.AutoTokenizer.from_pretrained(tokenizer_dir))
   process_count, process_index = jax.process_count(), jax.process_index()
   if cfg.batch_size % process_count:
     raise ValueError(f"train.batch_size={cfg.batch_size} must be divisible by the {process_count} processes")
   local_batch = cfg.batch_size // process_count
   data = feed.TrainFeed(
-      [_abs(workdir, f) for f in cfg.records],
+      [resolve_path(f, workdir) for f in cfg.records],
       seq_len=cfg.seq_len,
       batch_size=local_batch,
       pack=cfg.pack,
