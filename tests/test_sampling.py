@@ -142,3 +142,17 @@ def test_per_prompt_settings_must_give_one_value_per_prompt(tiny):
   _, model, params = tiny
   with pytest.raises(ValueError, match="temperature has 2 values for 3 prompts"):
     Sampler(model, params, max_cache_len=64).generate(PROMPTS, temperature=[0.0, 1.0])
+
+
+def test_a_long_prompt_runs_apart_from_short_ones_with_the_same_tokens(tiny):
+  """Short prompts are not padded to a long one of the same call (KV cache and prefill grow with the padding)."""
+  _, model, params = tiny
+  sampler = Sampler(model, params, max_cache_len=128, prompt_buckets=(8, 64))
+  short, long = [[5, 6, 7]] * 4, [list(range(1, 61))]
+  assert sampler._length_groups([3, 3, 60, 3, 3], [4] * 5) == [[0, 1, 3, 4], [2]]
+  assert sampler._length_groups([3, 5, 7], [4] * 3) == [[0, 1, 2]]  # one bucket: one program
+  mixed = sampler.generate(short[:2] + long + short[2:], max_new_tokens=4, temperature=0.0)
+  alone = sampler.generate(short, max_new_tokens=4, temperature=0.0) + sampler.generate(
+      long, max_new_tokens=4, temperature=0.0)
+  ids = lambda out: [row[0].token_ids for row in out]
+  assert ids(mixed) == [ids(alone)[i] for i in (0, 1, 4, 2, 3)]

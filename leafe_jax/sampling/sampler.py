@@ -1,9 +1,11 @@
 """Batched generation: one jitted prefill + `lax.while_loop` decode over an explicit, static-size KV cache.
 
 Shapes are bucketed (prompt rows, prompt length, cache length, output length), so calls with similar sizes reuse
-one compiled program; the decode loop runs on device and stops when every row has finished (no per-token host
-sync). Prompts are left-padded so that every row writes the same cache slot at each decode step. With `n > 1`
-each prompt is prefilled once and its cache rows are repeated `n` times before decoding.
+one compiled program. A call whose prompts differ widely in length (an explorer tick's short action prompts and
+long reflection prompts) runs as one program per length group, each padded to at most `max_padding_factor` x
+the token slots its rows need alone. The decode loop runs on device and stops when every row has finished (no
+per-token host sync). Prompts are left-padded so that every row writes the same cache slot at each decode step.
+With `n > 1` each prompt is prefilled once and its cache rows are repeated `n` times before decoding.
 
 Log-probs are those of the unmodified model distribution (log-softmax of the logits at temperature 1) for the
 chosen tokens, whatever temperature / top-p / top-k shaped the sampling: what importance ratios and RL need.
@@ -29,6 +31,9 @@ from leafe_jax.policy.base import per_prompt
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 DEFAULT_OUTPUT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# A call's prompts run as one program while padding them to the longest costs at most this many times the token
+# slots (KV cache, prefill) they need alone; beyond it they split into groups by length (one program each).
+DEFAULT_MAX_PADDING_FACTOR = 2.0
 _MIN_TEMPERATURE = 1e-6  # guards the division when a tiny positive temperature is asked for
 
 _traces = {"generate": 0}  # how many times the generate program was traced (compile-cache behaviour)
@@ -159,8 +164,10 @@ class Sampler:
   def __init__(self, model, params, tokenizer=None, mesh=None, pad_id: int = 0, eos_ids: Sequence[int] = (),
                max_cache_len: int = 4096, prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
                batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
-               output_buckets: Sequence[int] = DEFAULT_OUTPUT_BUCKETS):
+               output_buckets: Sequence[int] = DEFAULT_OUTPUT_BUCKETS,
+               max_padding_factor: float = DEFAULT_MAX_PADDING_FACTOR):
     self.model = model
+    self.max_padding_factor = float(max_padding_factor)
     self.tokenizer = tokenizer
     self.mesh = mesh
     self.pad_id = int(pad_id)
@@ -198,6 +205,45 @@ class Sampler:
     if longest + most_new > self.max_cache_len:
       raise ValueError(f"prompt of {longest} tokens + max_new_tokens={most_new} = "
                        f"{longest + most_new} exceeds the cache length max_cache_len={self.max_cache_len}")
+    samples: list[list[Sample]] = [[] for _ in prompt_ids]
+    for g, rows in enumerate(self._length_groups([len(p) for p in prompt_ids], max_new)):
+      key = jax.random.PRNGKey(seed) if g == 0 else jax.random.fold_in(jax.random.PRNGKey(seed), g)
+      group = self._generate_group([prompt_ids[i] for i in rows], [max_new[i] for i in rows],
+                                   [temperatures[i] for i in rows], [top_ps[i] for i in rows], n, top_k,
+                                   stop_strings, key)
+      for i, row_samples in zip(rows, group):
+        samples[i] = row_samples
+    return samples
+
+  def _slots(self, prompt_len: int, max_new: int) -> int:
+    """Token slots (cache positions) a row occupies in a program of these bucketed lengths."""
+    return (_bucket(prompt_len, self.prompt_buckets, cap=self.max_cache_len - max_new)
+            + _bucket(max_new, self.output_buckets, cap=_power_of_two(max_new)))
+
+  def _length_groups(self, lengths: Sequence[int], max_new: Sequence[int]) -> list[list[int]]:
+    """Prompt indices in groups that each run as one program: rows sorted by length join a group while its
+    padded token slots stay within `max_padding_factor` x the slots its rows would take alone. Short action
+    prompts are not padded to (and do not hold KV cache for) a long reflection prompt of the same call."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], max_new[i]))
+    groups: list[list[int]] = []
+    own = 0  # sum of the current group's rows' own slots
+    for i in order:
+      alone = self._slots(lengths[i], max_new[i])
+      if groups:
+        rows = groups[-1] + [i]
+        padded = len(rows) * self._slots(lengths[i], max(max_new[j] for j in rows))
+        if padded <= self.max_padding_factor * (own + alone):
+          groups[-1].append(i)
+          own += alone
+          continue
+      groups.append([i])
+      own = alone
+    return [sorted(g) for g in groups]
+
+  def _generate_group(self, prompt_ids, max_new, temperatures, top_ps, n, top_k, stop_strings,
+                      key) -> list[list[Sample]]:
+    """One compiled program over these prompts (padded to the group's longest prompt and largest budget)."""
+    count, longest, most_new = len(prompt_ids), max(len(p) for p in prompt_ids), max(max_new)
     batch = _bucket(count, self.batch_buckets)
     prompt_len = _bucket(longest, self.prompt_buckets, cap=self.max_cache_len - most_new)
     out_len = _bucket(most_new, self.output_buckets, cap=_power_of_two(most_new))
@@ -211,9 +257,9 @@ class Sampler:
     mask[count:, -1] = 1  # padding rows: one dummy token so no row is fully masked
     # Padding rows: one greedy token each, so they never keep the decode loop running.
     pad = batch - count
-    temperature_B = np.asarray(temperatures + [0.0] * pad, np.float32)
-    top_p_B = np.asarray(top_ps + [1.0] * pad, np.float32)
-    max_new_B = np.asarray(max_new + [1] * pad, np.int32)
+    temperature_B = np.asarray(list(temperatures) + [0.0] * pad, np.float32)
+    top_p_B = np.asarray(list(top_ps) + [1.0] * pad, np.float32)
+    max_new_B = np.asarray(list(max_new) + [1] * pad, np.int32)
     tokens_in, mask_in = jnp.asarray(tokens), jnp.asarray(mask)
     if self.mesh is not None:
       from leafe_jax import parallel
@@ -222,7 +268,7 @@ class Sampler:
       if batch % parallel.batch_shards(self.mesh) == 0:
         tokens_in, mask_in = jax.device_put(tokens_in, sharding), jax.device_put(mask_in, sharding)
     greedy = max(temperatures) <= 0.0
-    out, logp = _generate(self.params, tokens_in, mask_in, jax.random.PRNGKey(seed), temperature_B, top_p_B,
+    out, logp = _generate(self.params, tokens_in, mask_in, key, temperature_B, top_p_B,
                           max_new_B, model=self.model, pad_id=self.pad_id, eos_ids=self.eos_ids,
                           cache_len=cache_len, out_len=out_len, n=int(n), greedy=greedy,
                           top_k=0 if greedy else int(top_k), nucleus=(not greedy) and min(top_ps) < 1.0)
