@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import numpy as np
+from projections import projection_shapes  # benchmarks/ is on sys.path when a script runs
 
 
 def _args(argv=None):
@@ -105,13 +106,6 @@ def _time_ours(path, prompts, args):
 FLOOR_STEPS = 32  # decode steps timed for the matmul floor
 
 
-def _projections(args) -> list[tuple[int, int]]:
-  """(in, out) of every projection of the model: q, k, v, o, gate, up, down per layer, then the LM head."""
-  head_dim = args.d_model // args.heads
-  d, kv, f = args.d_model, args.kv_heads * head_dim, args.d_ff
-  return [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)] * args.layers + [(d, args.vocab)]
-
-
 def _matmul_floor_ms(args) -> dict[str, float]:
   """ms per decode step of the model's projection matmuls alone ([batch, in] x every weight once, distinct
   weights of the model's sizes, so they stream from memory as in decoding): torch F.linear on [out, in] weights
@@ -121,7 +115,8 @@ def _matmul_floor_ms(args) -> dict[str, float]:
   import torch
 
   dtype = getattr(torch, args.dtype)
-  operands = [(torch.randn(args.batch, a, dtype=dtype), torch.randn(b, a, dtype=dtype)) for a, b in _projections(args)]
+  operands = [(torch.randn(args.batch, a, dtype=dtype), torch.randn(b, a, dtype=dtype))
+              for a, b in projection_shapes(args)]
   out = {}
   with torch.inference_mode():
     start = time.perf_counter()
@@ -133,7 +128,7 @@ def _matmul_floor_ms(args) -> dict[str, float]:
   key = jax.random.PRNGKey(0)
   for name, contract in (("xla", "bi,io->bo"), ("xla_out_in", "bi,oi->bo")):
     ops = []
-    for i, (a, b) in enumerate(_projections(args)):
+    for i, (a, b) in enumerate(projection_shapes(args)):
       shape = (a, b) if name == "xla" else (b, a)
       ops.append((jax.random.normal(jax.random.fold_in(key, 2 * i), (args.batch, a), args.dtype),
                   jax.random.normal(jax.random.fold_in(key, 2 * i + 1), shape, args.dtype)))

@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import numpy as np
+from projections import projection_shapes  # benchmarks/ is on sys.path when a script runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR = 1e-5  # any small value: throughput does not depend on it
@@ -77,13 +78,6 @@ def _save_hf_model(args, path):
   transformers.LlamaForCausalLM(config).save_pretrained(path)
 
 
-def _projections(args) -> list[tuple[int, int]]:
-  """(in, out) of every projection of the model: q, k, v, o, gate, up, down per layer, then the LM head."""
-  head_dim = args.d_model // args.heads
-  d, kv, f = args.d_model, args.kv_heads * head_dim, args.d_ff
-  return [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)] * args.layers + [(d, args.vocab)]
-
-
 def _matmul_floor_ms(matmul_step, args) -> float:
   """ms per call of `matmul_step()`: the step's projection matmuls alone (forward, input and weight gradient of
   each, over every token), a bound below which neither framework's whole step can go with its own kernels."""
@@ -128,7 +122,7 @@ def _run_torch(args):
 
   timed, peak_mib = _time_steps(step, args), _peak_mib()
   tokens = args.batch * args.seq
-  operands = [(torch.randn(tokens, a), torch.randn(a, b), torch.randn(tokens, b)) for a, b in _projections(args)]
+  operands = [(torch.randn(tokens, a), torch.randn(a, b), torch.randn(tokens, b)) for a, b in projection_shapes(args)]
 
   def matmuls():
     for x, w, g in operands:
@@ -185,7 +179,7 @@ def _run_ours(args):
   timed, peak_mib = _time_steps(step, args), _peak_mib()
   tokens, key = args.batch * args.seq, jax.random.PRNGKey(1)
   operands = [tuple(jax.random.normal(jax.random.fold_in(key, 3 * i + j), shape) for j, shape in
-                    enumerate(((tokens, a), (a, b), (tokens, b)))) for i, (a, b) in enumerate(_projections(args))]
+                    enumerate(((tokens, a), (a, b), (tokens, b)))) for i, (a, b) in enumerate(projection_shapes(args))]
   # Each product feeds the result, so none is dead code; one scalar comes back.
   matmul_step = jax.jit(lambda ops: sum((x @ w)[0, 0] + (g @ w.T)[0, 0] + (x.T @ g)[0, 0] for x, w, g in ops))
 
