@@ -48,7 +48,7 @@ test-all: lint
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m '' tests
 
 bench: $(STAMP_TEST)
-	for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 	echo "== benchmarks/sft_step.py --target_tokens 64"; $(BIN)/python benchmarks/sft_step.py --target_tokens 64
 	echo "== benchmarks/sampler.py --dtype bfloat16"; $(BIN)/python benchmarks/sampler.py --dtype bfloat16
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import numpy as np
-from projections import projection_shapes  # benchmarks/ is on sys.path when a script runs
+from _projections import projection_shapes  # benchmarks/ is on sys.path when a script runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR = 1e-5  # any small value: throughput does not depend on it
