@@ -122,6 +122,23 @@ def test_a_killed_server_is_restarted_and_the_episode_replayed():
   assert bought.success and bought.reward == 1.0
 
 
+def test_every_server_process_builds_the_same_goals():
+  """The package draws goal price limits from the global random: seeded, a new server has the same tasks."""
+
+  def instructions(env):
+    texts = []
+    for task_id in map(str, range(12)):
+      env.reset(task_id)
+      texts.append(env.instruction)
+    return texts
+
+  env = _env()
+  first = instructions(env)
+  env._server.process.kill()
+  env._server.process.wait()
+  assert instructions(_env()) == first
+
+
 def test_a_python_without_webshop_fails_with_the_servers_error(tmp_path):
   env = WebShopEnv(webshop_root=str(tmp_path), python=sys.executable)
   with pytest.raises(WebShopServerError, match=r"exited with code 1 during open(.|\n)*web_agent_site"):

@@ -37,6 +37,9 @@ SPLITS = {"test": (0, 500), "dev": (500, 1500), "train": (1500, None)}  # WebSho
 SUCCESS_SCORE = 1.0  # a purchase matching every attribute, option and the price limit
 SEARCH_TEMPLATE = "search[<your query>]"  # how the admissible list shows the free-text search
 SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server.py")
+# Seeds the package's global `random` before it builds its goals (it draws each human goal's price limit from
+# it), so every server process has the same goal list: a task id means one task on every host.
+DEFAULT_GOAL_SEED = 0
 DEFAULT_START_TIMEOUT_S = 1800.0  # loading the full catalogue and index takes minutes
 DEFAULT_REQUEST_TIMEOUT_S = 300.0  # one search or click
 _SEP = " [SEP] "
@@ -200,7 +203,8 @@ class WebShopEnv:
   python (the interpreter that has WebShop's requirements; default $WEBSHOP_PYTHON, else this one), file_path
   (the product file, relative to webshop_root; None = the package default, data/items_shuffle_1000.json),
   human_goals (the human-written instructions of the standard benchmark; False = synthetic goals), num_products
-  (None = the whole file), max_steps, start_timeout_s (first answer: loading the catalogue), request_timeout_s.
+  (None = the whole file), max_steps, goal_seed (seeds the package's goal building: the same goals in every
+  process), start_timeout_s (first answer: loading the catalogue), request_timeout_s.
   """
 
   name = "webshop"
@@ -208,13 +212,15 @@ class WebShopEnv:
 
   def __init__(self, webshop_root: str | None = None, python: str | None = None, file_path: str | None = None,
                human_goals: bool = True, num_products: int | None = None, max_steps: int = DEFAULT_MAX_STEPS,
+               goal_seed: int = DEFAULT_GOAL_SEED,
                start_timeout_s: float = DEFAULT_START_TIMEOUT_S,
                request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S, **unknown: Any):
     if unknown:
       raise ValueError(f"unknown webshop config keys: {sorted(unknown)}")
     self.webshop_root = webshop_root or os.environ.get("WEBSHOP_ROOT") or None
     self.python = python or os.environ.get("WEBSHOP_PYTHON") or sys.executable
-    self._config = {"file_path": file_path, "human_goals": bool(human_goals), "num_products": num_products}
+    self._config = {"file_path": file_path, "human_goals": bool(human_goals), "num_products": num_products,
+                    "goal_seed": int(goal_seed)}
     self._timeouts = (start_timeout_s, request_timeout_s)
     self.max_steps = max_steps
     self.server_restarts = 0

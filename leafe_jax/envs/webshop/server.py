@@ -21,11 +21,16 @@ Everything the package prints goes to stderr, so stdout carries replies only.
 
 import json
 import os
+import random
 import sys
 import traceback
 
 
 def _serve(config, requests, replies):
+  # The package draws each human goal's price limit with the global `random` before it seeds it (its goal list
+  # is built in SimServer, then shuffled with seed 233): seeded here, every server process (explore and eval
+  # hosts, pool workers, a restart) builds the same goals, so a task id means the same task everywhere.
+  random.seed(config.get("goal_seed", 0))
   from web_agent_site.envs.web_agent_text_env import WebAgentTextEnv
 
   envs = {}

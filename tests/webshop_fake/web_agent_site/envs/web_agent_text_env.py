@@ -1,5 +1,6 @@
 """Fake WebShop text env (see ../../README.md): the package's API surface over a three-product shop."""
 
+import random
 import re
 
 PRODUCTS = {
@@ -15,8 +16,9 @@ def goal(i):
   asin = sorted(PRODUCTS)[i % 3]
   option = PRODUCTS[asin]["options"][(i // 3) % 2]
   words = PRODUCTS[asin]["title"].lower()
+  price = random.choice([30, 40, 50])  # like the package: the price limit comes from the unseeded global random
   return {"asin": asin, "option": option,
-          "instruction_text": f"i need a {words} in size {option}, price lower than 50.00 dollars (goal {i})"}
+          "instruction_text": f"i need a {words} in size {option}, price lower than {price}.00 dollars (goal {i})"}
 
 
 class SimServer:
