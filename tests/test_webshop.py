@@ -172,3 +172,17 @@ def test_leafe_branches_after_a_wrong_purchase_and_the_replay_checks_out():
   assert [t.action for t in branch.turns] == ["click[small]", "click[buy now]"]
   assert branch.outcome == "success" and ledger.total["divergences"] == 0
   assert ledger.total["replayed_steps"] == 2
+
+
+@pytest.mark.skipif(not os.environ.get("WEBSHOP_ROOT"),
+                    reason="set WEBSHOP_ROOT (and WEBSHOP_PYTHON) to run against an installed WebShop")
+def test_an_installed_webshop_plays_an_episode_to_a_score():
+  """Opt-in: the real package (README, Table 1 WebShop) through the same client, one episode to a purchase."""
+  env = WebShopEnv()
+  assert env.reset("0") == "Search" and env.admissible_actions() == ["search[<your query>]"]
+  assert env.step(f"search[{env.instruction}]").observation.startswith("Back to Search [SEP] Page 1")
+  buttons = {"click[back to search]", "click[next >]", "click[< prev]"}
+  env.step(next(a for a in env.admissible_actions() if a not in buttons))  # the first product link
+  assert "click[buy now]" in env.admissible_actions()
+  bought = env.step("click[buy now]")
+  assert bought.done and 0.0 <= bought.reward <= 1.0 and bought.success == (bought.reward == 1.0)

@@ -43,6 +43,7 @@ DEFAULT_GOAL_SEED = 0
 DEFAULT_START_TIMEOUT_S = 1800.0  # loading the full catalogue and index takes minutes
 DEFAULT_REQUEST_TIMEOUT_S = 300.0  # one search or click
 _SEP = " [SEP] "
+INSTRUCTION_HEADING = "Instruction:"  # how the package's instruction text (and every page) starts
 _ACTION = re.compile(r"^\s*(search|click)\s*\[(.*)\]\s*$", re.IGNORECASE | re.DOTALL)
 
 WEBSHOP_TEMPLATE = PromptTemplate(
@@ -77,7 +78,8 @@ def page_text(page: str, instruction: str) -> str:
 def available_actions(actions: dict[str, Any]) -> list[str]:
   """The package's {"has_search_bar", "clickables"} as action strings."""
   listed = [SEARCH_TEMPLATE] if actions.get("has_search_bar") else []
-  return listed + [f"click[{c}]" for c in actions.get("clickables", [])]
+  # The search page's "Search" button is a clickable the package refuses to click (searching is search[...]).
+  return listed + [f"click[{c}]" for c in actions.get("clickables", []) if c != "search"]
 
 
 def written_action(candidate: str) -> str | None:
@@ -288,9 +290,10 @@ class WebShopEnv:
     self._goal = None  # nothing to replay if the server dies during the reset
     reply = self._request({"op": "reset", "goal": int(task_id)})
     self._goal, self._taken, self._steps, self._done = int(task_id), [], 0, False
-    self._instruction = reply["instruction"].strip()
+    # The package's instruction text is the page's "Instruction: ..." heading; the prompt shows the task itself.
+    self._instruction = reply["instruction"].strip().removeprefix(INSTRUCTION_HEADING).strip()
     self._actions = reply["actions"]
-    return page_text(reply["page"], reply["instruction"])
+    return page_text(reply["page"], self._instruction)
 
   def step(self, action: str) -> Step:
     if self._goal is None:

@@ -43,15 +43,18 @@ class WebAgentTextEnv:
       sessions[self.session] = {"goal": self.server.goals[index]}
     self.state = sessions[self.session]
     self.state.update(page="start", keywords=None, asin=None, option=None)
-    self.instruction_text = self.state["goal"]["instruction_text"]
+    # As the package reads it from the page's heading: "Instruction: <the goal's text>".
+    self.instruction_text = "Instruction: " + self.state["goal"]["instruction_text"]
     return self.observation, None
 
   def _clickables(self):
     page = self.state["page"]
+    if page == "start":
+      return ["search"]  # the search button: a clickable the package refuses to click
     if page == "results":
-      return ["back to search"] + [a.lower() for a in self._results()]
-    if page == "item":
-      return ["back to search", "< prev"] + PRODUCTS[self.state["asin"]]["options"] + ["description", "buy now"]
+      return ["back to search", "next >"] + [a.lower() for a in self._results()]
+    if page == "item":  # the package lists buttons first, then the options
+      return ["back to search", "< prev", "description", "buy now"] + PRODUCTS[self.state["asin"]]["options"]
     if page == "description":
       return ["back to search", "< prev"]
     return []
@@ -65,12 +68,12 @@ class WebAgentTextEnv:
 
   @property
   def observation(self):
-    head = ["WebShop", "Instruction:", self.instruction_text]
+    head = ["WebShop", "Instruction:", self.state["goal"]["instruction_text"]]
     page = self.state["page"]
     if page == "start":
       body = ["Search"]
     elif page == "results":
-      body = ["Back to Search", f"Page 1 (Total results: {len(self._results())})"]
+      body = ["Back to Search", f"Page 1 (Total results: {len(self._results())})", "Next >"]
       for a in self._results():
         body += [a, PRODUCTS[a]["title"], PRODUCTS[a]["price"]]
     elif page == "item":
@@ -90,7 +93,9 @@ class WebAgentTextEnv:
     if name == "search" and arg and self.state["page"] == "start":
       self.state.update(page="results", keywords=arg.split())
     elif name == "click" and arg in self._clickables() and arg != "search":
-      if arg == "back to search":
+      if arg == "next >":
+        pass  # one page of results
+      elif arg == "back to search":
         self.state.update(page="start", keywords=None, asin=None, option=None)
       elif arg == "< prev":
         self.state["page"] = "results" if self.state["page"] == "item" else "item"
