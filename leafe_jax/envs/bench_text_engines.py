@@ -1,7 +1,8 @@
-"""ScienceWorld and ALFWorld throughput through our adapters + EnvPool vs the packages used directly in-process.
+"""ScienceWorld, ALFWorld and WebShop throughput through our adapters vs the packages used directly in-process.
 
 Same tasks and the same action sequences on both sides (ScienceWorld: the package's gold sequence; ALFWorld: the
-winning command list of the hand-written test game). `measure_text_engines()` returns rows for
+winning command list of the hand-written test game; WebShop, when $WEBSHOP_ROOT is set: searches and returns to the
+search page). `measure_text_engines()` returns rows for
 `benchmarks/envs.py`: section, what, ours, reference, unit, ratio, notes. Run alone:
   python -m leafe_jax.envs.bench_text_engines
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -126,9 +129,43 @@ def measure_alfworld() -> list[dict]:
                direct)
 
 
+def measure_webshop() -> list[dict]:
+  """Our WebShop client (its server process) vs the package's WebAgentTextEnv in this process, on the catalogue
+  under $WEBSHOP_ROOT; needs the package importable by this interpreter (both sides run the same code)."""
+  root = os.environ.get("WEBSHOP_ROOT")
+  if not root:
+    raise ImportError("WEBSHOP_ROOT is not set")
+  if root not in sys.path:
+    sys.path.insert(0, root)  # as the server finds it
+  from web_agent_site.envs.web_agent_text_env import WebAgentTextEnv
+
+  from leafe_jax.envs.webshop import WebShopEnv
+
+  client = WebShopEnv(webshop_root=root, python=sys.executable)
+  client.reset("0")
+  actions = [f"search[{client.instruction}]", "click[back to search]"] * 3  # valid on any catalogue
+  cwd = os.getcwd()
+  os.chdir(root)  # the server runs from the checkout too
+  try:
+    random.seed(0)  # as the server seeds the package's goal building
+    package = WebAgentTextEnv(observation_mode="text", human_goals=True)
+  finally:
+    os.chdir(cwd)
+  direct = _direct_rates(lambda: package.reset(session=0), package.step, actions)
+  ours = _direct_rates(lambda: client.reset("0"), client.step, actions)
+  notes = f"catalogue of {root}; a search and a return to the search page, 3 times"
+  return [
+      _row("WebShop", "step, client + server process vs package in-process", ours["steps_per_s"],
+           direct["steps_per_s"], "steps/s", notes),
+      _row("WebShop", "reset", ours["reset_s"] * 1e3, direct["reset_s"] * 1e3, "ms", "lower is better"),
+      _row("WebShop", f"rollback = reset + replay of {len(actions) // 2} steps", ours["replay_s"] * 1e3,
+           direct["replay_s"] * 1e3, "ms", "lower is better; no state restore in the package"),
+  ]
+
+
 def measure_text_engines() -> list[dict]:
   rows = []
-  for measure in (measure_scienceworld, measure_alfworld):
+  for measure in (measure_scienceworld, measure_alfworld, measure_webshop):
     try:
       rows += measure()
     except ImportError as e:  # an engine not installed: its section is reported as skipped
