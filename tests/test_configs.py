@@ -140,12 +140,12 @@ def test_table3_samplers_share_one_budget():
   assert explore["explore_leafe"].max_depth == explore["explore_leafe"].max_attempts - 1
 
 
-@pytest.mark.parametrize("env", ["alfworld", "scienceworld", "sokoban"])
+@pytest.mark.parametrize("env", ["alfworld", "scienceworld", "sokoban", "webshop"])
 def test_the_earlyexp_row_is_iwm_then_imitation_from_the_instruct_model(env):
   planned = _planned(os.path.join("configs", "paper", f"{env}.py"), "qwen2.5-7b")
   data = planned["early_experience"].early_experience
   assert tuple(data.methods) == ("iwm",) and data.split == planned["explore"].explore.split
-  assert data.iwm_alternatives == {"alfworld": 8, "scienceworld": 3, "sokoban": 3}[env]  # notes §8
+  assert data.iwm_alternatives == {"alfworld": 8, "scienceworld": 3, "sokoban": 3, "webshop": 3}[env]  # notes §8
   world, imitation = planned["train_ee_world"].train, planned["train_iwm"].train
   assert (world.init_path, tuple(world.kinds), world.num_epochs) == ("models/base", ("iwm",), 1)
   assert (imitation.init_path, tuple(imitation.kinds)) == ("train_ee_world/hf", ("sft",))

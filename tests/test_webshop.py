@@ -98,6 +98,36 @@ def test_the_env_runs_in_an_env_pool_worker():
     assert "click[b001]" in env.admissible_actions()
 
 
+def test_the_expert_finds_the_target_product_and_options_and_buys_them():
+  from leafe_jax.baselines.early_experience import play_expert
+
+  env = _env()
+  for task_id in ("0", "4", "1502"):  # three products, both sizes, every split
+    actions = env.gold_actions(task_id)
+    assert actions[0].startswith("search[") and actions[-1] == "click[buy now]"
+    states, success = play_expert(env, task_id, actions)
+    assert success and len(states) == len(actions)
+  assert env.gold_actions("3")[2] == "click[large]"  # goal 3: B001 in size large
+
+
+def test_early_experience_world_model_records_are_the_pages_the_actions_lead_to():
+  from leafe_jax.baselines import early_experience as ee
+
+  env, fresh = _env(), _env()
+  plan = env.gold_actions("1500")
+  builder = ee.Builder(env, None, ee.Settings(methods=("iwm",), iwm_alternatives=2))
+  examples = builder.build(["1500"])
+  assert [e.response for e in examples if e.kind == "sft"] == [f"<action>{a}</action>" for a in plan]
+  iwm = [e for e in examples if e.kind == "iwm"]
+  assert builder.stats["replay_divergences"] == 0 and len(iwm) > len(plan)
+  for example in iwm:
+    action = example.messages[-1]["content"].rsplit("takes the action: ", 1)[1].split("\n")[0]
+    fresh.reset("1500")
+    for prefix_action in plan[: example.step]:
+      fresh.step(prefix_action)
+    assert example.response == fresh.step(action).observation
+
+
 def test_envs_of_a_process_share_one_server_and_keep_their_own_sessions():
   a, b = _env(), _env()
   a.reset("0")

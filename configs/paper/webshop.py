@@ -1,4 +1,5 @@
-"""Table 1, WebShop: LEAFE from a GRPO checkpoint vs Base, GRPO and ACE, Pass@1 / Pass@128 on the 500 test goals.
+"""Table 1, WebShop: LEAFE from a GRPO checkpoint vs Base, GRPO, EarlyExp and ACE, Pass@1 / Pass@128 on the 500
+test goals.
 
   export WEBSHOP_ROOT=/opt/WebShop   # a WebShop checkout after its `./setup.sh -d all` (data/, search_engine/)
   export WEBSHOP_PYTHON=/opt/conda/envs/webshop/bin/python   # the interpreter setup.sh installed WebShop for
@@ -8,7 +9,7 @@ WebShop pins old packages, so it keeps its own Python environment: the env's ser
 and this project's Python only talks to it (or set `webshop_root` / `python` in each stage's env_config).
 Backbones (the argument after ':'): qwen2.5-7b, llama3.1-8b. Put the instruct model in
 <workdir>/models/base and the GRPO-RLVR checkpoint in <workdir>/models/grpo (HF dirs; see configs/paper/common.py).
-No EarlyExp row: Early Experience's WebShop expert is the human demonstrations, and no reader for them exists here.
+EarlyExp's expert here is the env's scripted expert, not EE's human demonstrations (see SETUP).
 """
 
 import ml_collections
@@ -42,6 +43,15 @@ SETUP = common.EnvSetup(
     num_epochs=2,  # [S] 2-3 epochs (notes §2.3)
     env_workers=0,  # [ours] in-process envs: they share ONE server (one copy of the catalogue and index)
     ace=True,  # [T] the ACE row of Table 1
+    # The EarlyExp row. EE's WebShop expert is human demonstrations; ours is the env's scripted expert
+    # (WebShopEnv.gold_actions: search the instruction, open the goal's product, pick its options, buy), and a
+    # task whose expert does not score 1 is left out (the early_experience stage's stats count them).
+    early_experience=common.EarlyExperienceSetup(
+        iwm_alternatives=3,  # [ours] EE WebShop samples "state-appropriate" alternatives, K not given; SR K = 3
+        il_epochs=2,  # [ours] as ALFWorld's recipe (notes §8); EE gives no WebShop recipe here
+        lr=1e-5,  # [ours] likewise
+        batch_size=16,  # [ours] likewise
+    ),
 )
 
 

@@ -40,6 +40,7 @@ SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server
 # Seeds the package's global `random` before it builds its goals (it draws each human goal's price limit from
 # it), so every server process has the same goal list: a task id means one task on every host.
 DEFAULT_GOAL_SEED = 0
+EXPERT_RESULT_PAGES = 5  # [ours] result pages the expert looks through for the target product
 DEFAULT_START_TIMEOUT_S = 1800.0  # loading the full catalogue and index takes minutes
 DEFAULT_REQUEST_TIMEOUT_S = 300.0  # one search or click
 _SEP = " [SEP] "
@@ -324,6 +325,35 @@ class WebShopEnv:
 
   def admissible_actions(self) -> list[str] | None:
     return available_actions(self._actions)
+
+  def gold_actions(self, task_id: str) -> list[str]:
+    """An expert for Early Experience: with the goal's target product and options (from the package's goal
+    record), search for the instruction, page through the results to the target, click each goal option the
+    page offers, buy. Plays the episode to find the path (reset afterwards); the caller checks it succeeds
+    (the price limit and the search engine decide). EE's own WebShop expert was human demonstrations."""
+    self.reset(task_id)
+    goal = self._request({"op": "goal", "goal": int(task_id)})
+    taken: list[str] = []
+
+    def act(action: str) -> None:
+      taken.append(action)
+      self.step(action)
+
+    act(f"search[{self._instruction}]")
+    target = f"click[{goal['asin'].lower()}]"
+    for _ in range(EXPERT_RESULT_PAGES):
+      if target in self.admissible_actions() or "click[next >]" not in self.admissible_actions():
+        break
+      act("click[next >]")
+    if target not in self.admissible_actions():
+      return taken  # not found: the episode does not succeed, and the caller drops the task
+    act(target)
+    for option in goal["options"]:
+      click = f"click[{str(option).strip().replace('/', ' | ').lower()}]"  # the package's option spelling
+      if click in self.admissible_actions():
+        act(click)
+    act("click[buy now]")
+    return taken
 
   @staticmethod
   def parse_action(text: str) -> str | None:

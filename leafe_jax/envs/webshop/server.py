@@ -13,6 +13,8 @@ Requests (one JSON object per stdin line) and replies (one per stdout line):
   {"op": "reset", "env": "e1", "goal": 17}        -> {"ok": true, "page": ..., "instruction": ..., "actions": ...}
   {"op": "step", "env": "e1", "action": "click[x]"} -> {"ok": true, "page": ..., "reward": r, "done": d,
                                                        "actions": ...}
+  {"op": "goal", "env": "e1", "goal": 17}         -> {"ok": true, "asin": ..., "options": [...], "query": ...,
+                                                       "instruction": ...}   (the target, for the expert)
   {"op": "close", "env": "e1"}                    -> {"ok": true}
 `page` is the text-mode observation ("[SEP]"-separated), `actions` the package's available actions
 ({"has_search_bar": bool, "clickables": [...]}). A failed request answers {"ok": false, "error": "..."}.
@@ -68,6 +70,12 @@ def _serve(config, requests, replies):
         page, reward, done, _ = env.step(request["action"])
         reply = {"ok": True, "page": page, "reward": float(reward), "done": bool(done),
                  "actions": env.get_available_actions()}
+      elif op == "goal":
+        goal = envs[name].server.goals[int(request["goal"])]
+        options = goal.get("goal_options") or []
+        reply = {"ok": True, "asin": goal["asin"], "query": goal.get("query", ""),
+                 "instruction": goal["instruction_text"],
+                 "options": list(options.values()) if isinstance(options, dict) else list(options)}
       elif op == "close":
         envs.pop(name, None)
         reply = {"ok": True}

@@ -17,7 +17,7 @@ def goal(i):
   option = PRODUCTS[asin]["options"][(i // 3) % 2]
   words = PRODUCTS[asin]["title"].lower()
   price = random.choice([30, 40, 50])  # like the package: the price limit comes from the unseeded global random
-  return {"asin": asin, "option": option,
+  return {"asin": asin, "option": option, "goal_options": [option], "query": words.split()[-1],
           "instruction_text": f"i need a {words} in size {option}, price lower than {price}.00 dollars (goal {i})"}
 
 
