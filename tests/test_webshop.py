@@ -122,6 +122,7 @@ def test_early_experience_world_model_records_are_the_pages_the_actions_lead_to(
   assert builder.stats["replay_divergences"] == 0 and len(iwm) > len(plan)
   for example in iwm:
     action = example.messages[-1]["content"].rsplit("takes the action: ", 1)[1].split("\n")[0]
+    assert action != "search[<your query>]"  # the listed search template is not an action to execute
     fresh.reset("1500")
     for prefix_action in plan[: example.step]:
       fresh.step(prefix_action)

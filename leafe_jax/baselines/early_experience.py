@@ -24,7 +24,7 @@ import collections
 import dataclasses
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from leafe_jax.envs.base import SnapshotEnv
 from leafe_jax.envs.prompts import build_action_prompt, parse_action, template_of
@@ -146,16 +146,20 @@ def play_expert(env, task_id: str, actions: Sequence[str]) -> tuple[list[ExpertS
   return states, False
 
 
-def uniform_alternatives(state: ExpertState, k: int, rng: random.Random) -> list[str]:
-  """Up to k admissible non-expert actions, uniformly without replacement ([] where the env lists none)."""
+def uniform_alternatives(state: ExpertState, k: int, rng: random.Random,
+                         accepts: Callable[[str], str | None] | None = None) -> list[str]:
+  """Up to k admissible non-expert actions, uniformly without replacement ([] where the env lists none).
+
+  `accepts` is the env's `parse_action` where it has one: a listed entry it does not accept is a template, not
+  an action (WebShop's `search[<your query>]`), and is never executed as an alternative."""
   if state.admissible is None:
     return []
-  pool = [a for a in state.admissible if a != state.expert_action]
+  pool = [a for a in state.admissible if a != state.expert_action and (accepts is None or accepts(a) is not None)]
   return rng.sample(pool, min(k, len(pool)))
 
 
-def proposed_alternatives(texts: Sequence[str], state: ExpertState, k: int,
-                          rng: random.Random) -> tuple[list[str], int]:
+def proposed_alternatives(texts: Sequence[str], state: ExpertState, k: int, rng: random.Random,
+                          accepts: Callable[[str], str | None] | None = None) -> tuple[list[str], int]:
   """The policy's proposals as distinct non-expert actions, unusable ones (no parsable admissible action, the
   expert's, a repeat) replaced by random admissible actions while unused ones remain; returns (alternatives,
   number of random replacements made)."""
@@ -165,7 +169,7 @@ def proposed_alternatives(texts: Sequence[str], state: ExpertState, k: int,
     if action is not None and action != state.expert_action and action not in chosen:
       chosen.append(action)
   wanted = min(k, len(texts))
-  spare = [a for a in uniform_alternatives(state, len(state.admissible or ()), rng) if a not in chosen]
+  spare = [a for a in uniform_alternatives(state, len(state.admissible or ()), rng, accepts) if a not in chosen]
   replacements = spare[: wanted - len(chosen)]
   return chosen + replacements, len(replacements)
 
@@ -315,7 +319,8 @@ class Builder:
         trajectories[task_id] = states
     expert_states = [st for states in trajectories.values() for st in states]
     # Both methods' alternatives are chosen first, so that each trajectory is rolled back and stepped in one pass.
-    iwm = {(st.task_id, st.step): uniform_alternatives(st, s.iwm_alternatives, rngs[st.task_id])
+    accepts = getattr(self.env, "parse_action", None)
+    iwm = {(st.task_id, st.step): uniform_alternatives(st, s.iwm_alternatives, rngs[st.task_id], accepts)
            for st in expert_states} if "iwm" in s.methods else {}
     sr = self._sr_alternatives(expert_states, rngs) if "sr" in s.methods else {}
     jobs = [(states, {st.step: [*iwm.get((t, st.step), ()), *sr.get((t, st.step), ())] for st in states})
@@ -358,7 +363,7 @@ class Builder:
     chosen = {}
     for st, completions in zip(flat, proposals, strict=True):
       alternatives, replaced = proposed_alternatives([c.text for c in completions], st, s.sr_alternatives,
-                                                     rngs[st.task_id])
+                                                     rngs[st.task_id], getattr(self.env, "parse_action", None))
       self.stats["sr_proposals_replaced"] += replaced
       chosen[(st.task_id, st.step)] = alternatives
     return chosen
