@@ -35,7 +35,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   from transformers import AutoTokenizer
 

@@ -215,10 +215,14 @@ class Sampler:
         samples[i] = row_samples
     return samples
 
+  def _bucketed(self, prompt_len: int, max_new: int) -> tuple[int, int]:
+    """(prompt length, output length) of the program that serves this longest prompt and largest budget."""
+    return (_bucket(prompt_len, self.prompt_buckets, cap=self.max_cache_len - max_new),
+            _bucket(max_new, self.output_buckets, cap=_power_of_two(max_new)))
+
   def _slots(self, prompt_len: int, max_new: int) -> int:
     """Token slots (cache positions) a row occupies in a program of these bucketed lengths."""
-    return (_bucket(prompt_len, self.prompt_buckets, cap=self.max_cache_len - max_new)
-            + _bucket(max_new, self.output_buckets, cap=_power_of_two(max_new)))
+    return sum(self._bucketed(prompt_len, max_new))
 
   def _length_groups(self, lengths: Sequence[int], max_new: Sequence[int]) -> list[list[int]]:
     """Prompt indices in groups that each run as one program: rows sorted by length join a group while its
@@ -226,18 +230,17 @@ class Sampler:
     prompts are not padded to (and do not hold KV cache for) a long reflection prompt of the same call."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], max_new[i]))
     groups: list[list[int]] = []
-    own = 0  # sum of the current group's rows' own slots
+    own = most_new = 0  # the current group's rows' own slots, summed, and its largest token budget
     for i in order:
       alone = self._slots(lengths[i], max_new[i])
-      if groups:
-        rows = groups[-1] + [i]
-        padded = len(rows) * self._slots(lengths[i], max(max_new[j] for j in rows))
+      if groups:  # rows come sorted by length: this one is the group's longest
+        padded = (len(groups[-1]) + 1) * self._slots(lengths[i], max(most_new, max_new[i]))
         if padded <= self.max_padding_factor * (own + alone):
           groups[-1].append(i)
-          own += alone
+          own, most_new = own + alone, max(most_new, max_new[i])
           continue
       groups.append([i])
-      own = alone
+      own, most_new = alone, max_new[i]
     return [sorted(g) for g in groups]
 
   def _generate_group(self, prompt_ids, max_new, temperatures, top_ps, n, top_k, stop_strings,
@@ -245,8 +248,7 @@ class Sampler:
     """One compiled program over these prompts (padded to the group's longest prompt and largest budget)."""
     count, longest, most_new = len(prompt_ids), max(len(p) for p in prompt_ids), max(max_new)
     batch = _bucket(count, self.batch_buckets)
-    prompt_len = _bucket(longest, self.prompt_buckets, cap=self.max_cache_len - most_new)
-    out_len = _bucket(most_new, self.output_buckets, cap=_power_of_two(most_new))
+    prompt_len, out_len = self._bucketed(longest, most_new)
     # The cache holds prompt + output: a power of two when it fits, else exactly max_cache_len.
     cache_len = max(min(_power_of_two(prompt_len + out_len), self.max_cache_len), prompt_len + most_new)
     tokens = np.full((batch, prompt_len), self.pad_id, np.int32)

@@ -77,7 +77,6 @@ def default_config() -> ml_collections.ConfigDict:
   )
 
 
-
 def resolve_mesh_shape(shape: tuple[int, ...], num_devices: int) -> tuple[int, int, int]:
   """`train.mesh` with its -1 resolved against `num_devices`."""
   from leafe_jax import parallel
