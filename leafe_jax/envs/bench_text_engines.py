@@ -140,6 +140,7 @@ def measure_webshop() -> list[dict]:
   from web_agent_site.envs.web_agent_text_env import WebAgentTextEnv
 
   from leafe_jax.envs.webshop import WebShopEnv
+  from leafe_jax.envs.webshop import env as webshop_env
 
   client = WebShopEnv(webshop_root=root, python=sys.executable)
   client.reset("0")
@@ -147,7 +148,7 @@ def measure_webshop() -> list[dict]:
   cwd = os.getcwd()
   os.chdir(root)  # the server runs from the checkout too
   try:
-    random.seed(0)  # as the server seeds the package's goal building
+    random.seed(webshop_env.DEFAULT_GOAL_SEED)  # as the server seeds the package's goal building
     package = WebAgentTextEnv(observation_mode="text", human_goals=True)
   finally:
     os.chdir(cwd)

@@ -91,7 +91,8 @@ def written_action(candidate: str) -> str | None:
     return None
   verb, argument = match.group(1).lower(), match.group(2).strip()
   if verb == "search":
-    return f"search[{argument}]" if argument and argument != "<your query>" else None
+    action = f"search[{argument}]"
+    return action if argument and action != SEARCH_TEMPLATE else None
   return f"click[{argument.lower()}]" if argument else None
 
 
@@ -165,7 +166,6 @@ class _Server:
             "the interpreter of its environment)")
     return (f"WebShop server ({self.python} {SERVER_SCRIPT}) exited with code {self.process.returncode} "
             f"during {payload['op']}; its stderr ends with:\n{tail}{hint}")
-
 
 
 def _readline(stream, timeout_s: float) -> str | None:
@@ -284,8 +284,7 @@ class WebShopEnv:
   def reset(self, task_id: str) -> str:
     if not task_id.isdigit():
       raise ValueError(f"WebShop task id {task_id!r} is not a goal index (a decimal number, e.g. '17')")
-    if self._server is None or not self._server.alive():
-      self._connect()
+    self._connect()
     if int(task_id) >= self._num_goals:
       raise ValueError(f"WebShop task id {task_id!r} is out of range: the package has {self._num_goals} goals")
     self._goal = None  # nothing to replay if the server dies during the reset
@@ -333,27 +332,20 @@ class WebShopEnv:
     (the price limit and the search engine decide). EE's own WebShop expert was human demonstrations."""
     self.reset(task_id)
     goal = self._request({"op": "goal", "goal": int(task_id)})
-    taken: list[str] = []
-
-    def act(action: str) -> None:
-      taken.append(action)
-      self.step(action)
-
-    act(f"search[{self._instruction}]")
+    self.step(f"search[{self._instruction}]")
     target = f"click[{goal['asin'].lower()}]"
     for _ in range(EXPERT_RESULT_PAGES):
       if target in self.admissible_actions() or "click[next >]" not in self.admissible_actions():
         break
-      act("click[next >]")
-    if target not in self.admissible_actions():
-      return taken  # not found: the episode does not succeed, and the caller drops the task
-    act(target)
-    for option in goal["options"]:
-      click = f"click[{str(option).strip().replace('/', ' | ').lower()}]"  # the package's option spelling
-      if click in self.admissible_actions():
-        act(click)
-    act("click[buy now]")
-    return taken
+      self.step("click[next >]")
+    if target in self.admissible_actions():  # else not found: the episode fails, and the caller drops the task
+      self.step(target)
+      for option in goal["options"]:
+        click = f"click[{str(option).strip().replace('/', ' | ').lower()}]"  # the package's option spelling
+        if click in self.admissible_actions():
+          self.step(click)
+      self.step("click[buy now]")
+    return list(self._taken)  # every action above was offered by its page, so each was executed
 
   @staticmethod
   def parse_action(text: str) -> str | None:
