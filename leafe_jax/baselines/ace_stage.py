@@ -52,7 +52,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-
 def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -> ace.Playbook:
   """Evolves the playbook with `policy`; returns it (also saved in stage_dir)."""
   cfg = config.ace

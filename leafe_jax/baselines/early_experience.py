@@ -304,6 +304,7 @@ class Builder:
     self.policy = policy
     self.settings = settings
     self.runner = runner or EnvRunner(env)
+    self.accepts = getattr(env, "parse_action", None)  # which listed entries are actions (uniform_alternatives)
     self.stats: collections.Counter = collections.Counter()
 
   def build(self, task_ids: Sequence[str]) -> list[Example]:
@@ -319,8 +320,7 @@ class Builder:
         trajectories[task_id] = states
     expert_states = [st for states in trajectories.values() for st in states]
     # Both methods' alternatives are chosen first, so that each trajectory is rolled back and stepped in one pass.
-    accepts = getattr(self.env, "parse_action", None)
-    iwm = {(st.task_id, st.step): uniform_alternatives(st, s.iwm_alternatives, rngs[st.task_id], accepts)
+    iwm = {(st.task_id, st.step): uniform_alternatives(st, s.iwm_alternatives, rngs[st.task_id], self.accepts)
            for st in expert_states} if "iwm" in s.methods else {}
     sr = self._sr_alternatives(expert_states, rngs) if "sr" in s.methods else {}
     jobs = [(states, {st.step: [*iwm.get((t, st.step), ()), *sr.get((t, st.step), ())] for st in states})
@@ -363,7 +363,7 @@ class Builder:
     chosen = {}
     for st, completions in zip(flat, proposals, strict=True):
       alternatives, replaced = proposed_alternatives([c.text for c in completions], st, s.sr_alternatives,
-                                                     rngs[st.task_id], getattr(self.env, "parse_action", None))
+                                                     rngs[st.task_id], self.accepts)
       self.stats["sr_proposals_replaced"] += replaced
       chosen[(st.task_id, st.step)] = alternatives
     return chosen

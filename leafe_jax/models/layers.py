@@ -32,11 +32,8 @@ def _is_half(dtype) -> bool:
 
 def update_slice(buffer: jax.Array, update: jax.Array, start: tuple) -> jax.Array:
   """`lax.dynamic_update_slice(buffer, update.astype(buffer.dtype), start)`, bf16 moved as 16-bit integers."""
-  update = update.astype(buffer.dtype)
-  if not _is_half(buffer.dtype):
-    return jax.lax.dynamic_update_slice(buffer, update, start)
-  out = jax.lax.dynamic_update_slice(_as_bits(buffer), _as_bits(update), start)
-  return jax.lax.bitcast_convert_type(out, buffer.dtype)
+  out = jax.lax.dynamic_update_slice(_as_bits(buffer), _as_bits(update.astype(buffer.dtype)), start)
+  return jax.lax.bitcast_convert_type(out, buffer.dtype) if _is_half(buffer.dtype) else out
 
 
 def take_rows(table_VxD: jax.Array, ids: jax.Array) -> jax.Array:
