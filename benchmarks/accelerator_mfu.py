@@ -21,6 +21,7 @@ import time
 import jax
 import numpy as np
 import optax
+from _llama_workload import sft_batch  # benchmarks/ is on sys.path when a script runs
 
 from leafe_jax import models, parallel
 from leafe_jax.sampling import Sampler
@@ -66,15 +67,7 @@ def _train(args, config, mesh) -> tuple[float, float]:
   train_step = step_lib.make_train_step(lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0], tx,
                                         normalization="token", num_kinds=1)
   shape = (args.batch, args.seq)
-  ids = np.random.default_rng(0).integers(0, config.vocab_size, shape).astype(np.int32)
-  batch = {
-      "input_ids_BxT": ids,
-      "loss_mask_BxT": np.ones(shape, np.float32),
-      "weight_BxT": np.ones(shape, np.float32),
-      "segment_ids_BxT": np.ones(shape, np.int32),
-      "positions_BxT": np.broadcast_to(np.arange(args.seq, dtype=np.int32), shape).copy(),
-      "kind_BxT": np.zeros(shape, np.int32),
-  }
+  batch = sft_batch(np.random.default_rng(0).integers(0, config.vocab_size, shape), np.ones(shape, np.float32))
   batch_sharding = parallel.batch_sharding(mesh)
   batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
   jitted = step_lib.jit_train_step(train_step, state_sharding, dict.fromkeys(batch, batch_sharding), mesh)

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 import numpy as np
-from _projections import projection_shapes  # benchmarks/ is on sys.path when a script runs
+from _llama_workload import projection_shapes  # benchmarks/ is on sys.path when a script runs
 
 
 def _args(argv=None):

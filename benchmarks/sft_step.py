@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import numpy as np
-from _projections import projection_shapes  # benchmarks/ is on sys.path when a script runs
+from _llama_workload import projection_shapes, sft_batch  # benchmarks/ is on sys.path when a script runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LR = 1e-5  # any small value: throughput does not depend on it
@@ -155,16 +155,7 @@ def _run_ours(args):
       lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0], tx, normalization="token", num_kinds=5
   )
   batch_sharding = parallel.batch_sharding(mesh)
-  ids = _batch(args).astype(np.int32)
-  shape = ids.shape
-  batch = {
-      "input_ids_BxT": ids,
-      "loss_mask_BxT": _loss_mask(args),
-      "weight_BxT": np.ones(shape, np.float32),
-      "segment_ids_BxT": np.ones(shape, np.int32),
-      "positions_BxT": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy(),
-      "kind_BxT": np.zeros(shape, np.int32),
-  }
+  batch = sft_batch(_batch(args), _loss_mask(args))
   fractions = tuple(train_stage.default_config().logits_fractions)
   width = targets.index_width(targets.max_targets_per_row(batch), args.seq, fractions)
   batch[loss_lib.TARGET_INDEX] = targets.target_index(batch, width)
