@@ -14,7 +14,17 @@ PYTEST_WORKERS ?= 2
 
 .PHONY: venv install install-test demo test test-all lint bench clean
 
+# .venv with the test extras takes ~3.8 GB and pip unpacks wheels under $TMPDIR: refuse to start with less free
+# than this, instead of failing half-installed with "No space left on device".
+MIN_FREE_GB ?= 5
+DISK_CHECK = import os, shutil, sys, tempfile; \
+  low = {p: shutil.disk_usage(p).free / 2**30 for p in {os.path.abspath('.'), tempfile.gettempdir()}}; \
+  bad = {p: f for p, f in low.items() if f < $(MIN_FREE_GB)}; \
+  bad and sys.exit('not enough disk for .venv: ' + ', '.join(f'{p} has {f:.1f} GB free' for p, f in bad.items()) \
+                   + '; $(MIN_FREE_GB) GB needed (set MIN_FREE_GB to override)')
+
 $(BIN)/python:
+	@$(PY) -c "$(DISK_CHECK)"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
