@@ -98,6 +98,47 @@ def test_sigkill_then_rerun_gives_bit_identical_params(tmp_path, workdir):
   transformers.AutoTokenizer.from_pretrained(str(hf))
 
 
+def _launch_two(workdir, *overrides):
+  """launch/local_multiprocess.sh: two processes of two CPU devices each, in a process group of their own."""
+  env = dict(os.environ, PY=sys.executable,
+             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+  cmd = ["bash", os.path.join(REPO, "launch", "local_multiprocess.sh"), "2", CONFIG, str(workdir), *overrides]
+  return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+
+
+def test_two_process_run_resumes_after_sigkill_bit_identical(tmp_path, workdir):
+  # Each process reads its own shards: the checkpoint must hold both data positions, not process 0's only.
+  steps, every = "--config.train.num_steps=160", "--config.train.checkpoint_every=40"
+  reference = tmp_path / "uninterrupted"
+  os.makedirs(reference)
+  for name in ("tokenizer", "records"):
+    os.symlink(workdir / name, reference / name)
+  first = _launch_two(reference, steps, every)
+
+  killed = _launch_two(workdir, steps, every)
+  first_ckpt = workdir / "train" / "checkpoints" / "40"
+  deadline = time.time() + 240
+  while not first_ckpt.is_dir() and killed.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert killed.poll() is None, "the run ended before its first checkpoint was written:\n" + killed.stdout.read()
+  os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both training processes
+  killed.wait()
+
+  # One process cannot take over the data positions of two: a clear error, not a silent reshuffle.
+  single = _main(workdir, steps, every)
+  out, _ = single.communicate(timeout=300)
+  assert single.returncode != 0 and "resume with the same number of processes" in out, out[-3000:]
+
+  resumed_log = _finish(_launch_two(workdir, steps, every))
+  assert "checkpoint: restored step" in resumed_log
+  _finish(first)
+  want, got = _exported(reference), _exported(workdir)
+  assert sorted(want) == sorted(got)
+  for name in want:
+    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
 def _config(**fields):
   import importlib.util
 

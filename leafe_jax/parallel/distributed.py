@@ -11,8 +11,10 @@ Modes (config field `mode`):
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -98,3 +100,21 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
   sharding = batch_sharding(mesh)
   return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in
           local_batch.items()}
+
+
+def allgather_json(value: Any) -> list[Any]:
+  """Every process's JSON-serialisable `value`, in process order, on every process (a collective: all call it).
+
+  For small host-side state such as a data iterator's position, which each process owns alone but one process
+  writes into the checkpoint.
+  """
+  if jax.process_count() == 1:
+    return [json.loads(json.dumps(value))]
+  from jax.experimental import multihost_utils
+
+  encoded = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  lengths_P = np.asarray(multihost_utils.process_allgather(np.asarray(encoded.size, np.int32))).reshape(-1)
+  padded = np.zeros(int(lengths_P.max()), np.uint8)
+  padded[: encoded.size] = encoded
+  bytes_PxN = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(bytes_PxN[p, :n].tobytes()) for p, n in enumerate(lengths_P)]

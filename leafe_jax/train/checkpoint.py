@@ -1,8 +1,10 @@
 """Orbax checkpoints of the TrainState plus the data position, and the final HF export.
 
 Layout under <stage_dir>/checkpoints/<step>/: `state` (the TrainState, sharded arrays) and `data` (JSON: the
-data iterator's position). Saves are asynchronous (training continues while arrays are written) and atomic
-(orbax finalises a step directory only when complete), so a killed run resumes from the last finished step.
+data position; orbax writes it from the primary host only, so state that differs between processes must be
+gathered into it first, as the train stage does with every process's iterator position). Saves are
+asynchronous (training continues while arrays are written) and atomic (orbax finalises a step directory only
+when complete), so a killed run resumes from the last finished step.
 """
 
 from __future__ import annotations

@@ -220,8 +220,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         jax.eval_shape(lambda p, r: state_lib.create(p, tx, r), params, state_rng), state_sharding
     )
     del params
-    state, data_state = ckpt.restore(abstract, latest)
-    data.restore(data_state)
+    state, saved = ckpt.restore(abstract, latest)
+    data_states = saved.get("processes", [saved])  # one process's position: a checkpoint of an earlier version
+    if len(data_states) != process_count:
+      raise ValueError(f"checkpoint {ckpt.directory}/{latest} holds the data positions of {len(data_states)} "
+                       f"process(es); this run has {process_count}: resume with the same number of processes")
+    data.restore(data_states[process_index])
 
   batch_sharding = parallel.batch_sharding(mesh)
   train_step = step_lib.make_train_step(
@@ -243,17 +247,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   step = int(jax.device_get(state.step))
   logging.info("train: step %d of %d, global batch %d x %d, mesh %s", step, total_steps, cfg.batch_size,
                cfg.seq_len, dict(mesh.shape))
-  pending, tokens, window_start = [], 0, time.perf_counter()
+  pending, window_start = [], time.perf_counter()
   trained = step < total_steps
   while step < total_steps:
     local = {k: v for k, v in data.next().items() if k in BATCH_KEYS}
     local[loss_lib.TARGET_INDEX] = _target_index(local, cfg)
-    tokens += int(np.count_nonzero(local["segment_ids_BxT"])) * process_count
     state, step_metrics = jitted(state, distributed.global_batch(local, mesh))
     pending.append(step_metrics)
     step += 1
     if step % cfg.log_every == 0 or step == total_steps:
-      scalars = _reduce(jax.device_get(pending), records.KINDS)
+      pending = jax.device_get(pending)
+      scalars = _reduce(pending, records.KINDS)
+      tokens = sum(int(m["real_tokens"]) for m in pending)
       elapsed = time.perf_counter() - window_start
       scalars["tokens_per_s"] = tokens / elapsed
       if peak is not None:
@@ -261,9 +266,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       writer.write(step, scalars)
       if process_index == 0:
         metrics.log_progress(step, total_steps, scalars)
-      pending, tokens, window_start = [], 0, time.perf_counter()
+      pending, window_start = [], time.perf_counter()
     if step % cfg.checkpoint_every == 0 or step == total_steps:
-      ckpt.save(step, state, data.state())
+      ckpt.save(step, state, {"processes": distributed.allgather_json(data.state())})
   ckpt.close()
   writer.close()
   if cfg.export_hf:

@@ -90,7 +90,10 @@ def make_train_step(
       (loss, sums, grads), _ = jax.lax.scan(accumulate, init, stacked)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "denominator": denom, **sums}
+    # Real (non-padding) tokens of the global batch: exact tokens/s on every process without a host gather.
+    real_tokens = jnp.sum(batch["segment_ids_BxT"] > 0, dtype=jnp.int32)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "denominator": denom,
+               "real_tokens": real_tokens, **sums}
     if schedule is not None:
       metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
