@@ -115,7 +115,8 @@ def test_cf_records_contain_no_experience_tokens(tmp_path):
 
 
 class NoisyStartEnv:
-  """Test-only env whose first observation changes on every reset: replay can never be trusted."""
+  """Test-only env whose first observation changes on every reset: replay can never be trusted. Action "b"
+  succeeds, so a branch that ran despite the divergence would succeed and give records."""
 
   name = "noisy"
   prompt_template = None
@@ -129,7 +130,8 @@ class NoisyStartEnv:
 
   def step(self, action):
     self.t += 1
-    return Step(f"obs {self.t}", 0.0, self.t >= 2, False, {})
+    success = action == "b"
+    return Step(f"obs {self.t}", float(success), self.t >= 2 or success, success, {})
 
   @property
   def instruction(self):
@@ -139,12 +141,18 @@ class NoisyStartEnv:
     return ["a", "b"]
 
 
+def _noisy_respond(messages):
+  """Acts "a" (never succeeds), reflects tau=2 with "try b", and takes "b" (success) when told to."""
+  content = messages[-1]["content"]
+  if "rollback_step" in content:
+    return "<rollback_step>2</rollback_step><experience>try b</experience>"
+  return "<action>b</action>" if "try b" in content else "<action>a</action>"
+
+
 def test_a_nondeterministic_env_triggers_the_divergence_check_and_no_record():
-  respond = lambda m: ("<rollback_step>2</rollback_step><experience>try b</experience>"
-                       if "rollback_step" in m[-1]["content"] else "<action>a</action>")
-  trees, ledger = _explore(ScriptedPolicy(respond), NoisyStartEnv, ["t0"], _settings(max_steps=2))
+  trees, ledger = _explore(ScriptedPolicy(_noisy_respond), NoisyStartEnv, ["t0"], _settings(max_steps=2))
   outcomes = [n.outcome for n in trees[0].nodes]
-  assert outcomes[0] == "failure" and "diverged" in outcomes
+  assert outcomes == ["failure", "diverged"] and not trees[0].nodes[1].turns
   assert ledger.total["divergences"] >= 1
   assert distill.build_examples(trees, max_cf_per_task=3, reh_fraction=1.0, reh_weight=1.0, seed=0) == []
 
@@ -196,7 +204,7 @@ def test_actions_and_reflections_share_one_call_with_their_own_settings():
   trees, ledger = _explore(policy, make_env, make_env().tasks("train", 3),
                            _settings(max_steps=6, reflect_every=2, max_attempts=3, concurrency=3, temperature=0.7,
                                      reflection_temperature=0.2, reflection_max_new_tokens=99))
-  assert ledger.total["policy_calls"] == len(policy.calls) == len(ledger.policy_calls_per_tick) == _ticks_of(trees)
+  assert ledger.total["policy_calls"] == len(policy.calls) == _ticks_of(trees)
   # A periodic reflection after step 2 rides along with the same rollouts' third action.
   assert any("act" in kinds and "reflect" in kinds for kinds in policy.kinds)
   assert ledger.total["reflections"] == sum(k.count("reflect") for k in policy.kinds) > 0
@@ -204,6 +212,19 @@ def test_actions_and_reflections_share_one_call_with_their_own_settings():
     want = [(0.7, 256) if kind == "act" else (0.2, 99) for kind in kinds]
     got = list(zip(*(v if isinstance(v, list) else [v] * len(kinds) for v in (temperature, max_new))))
     assert got == want
+
+
+def test_ledger_counts_the_prompts_served_per_task_and_they_sum_to_the_total():
+  make_env = lambda: SokobanEnv(dim=(6, 6), num_boxes=1, max_steps=6, compact_prompt=True)
+  policy = ScriptedPolicy(lambda m: reflection.format_reflection(1, "x") if m[-1]["content"].endswith("reflect:")
+                          else "<action>up</action>")
+  trees, ledger = _explore(policy, make_env, make_env().tasks("train", 3),
+                           _settings(max_steps=6, reflect_every=2, max_attempts=3, concurrency=3))
+  per_task = {t.task_id: t.ledger["policy_requests"] for t in trees}
+  assert sum(per_task.values()) == ledger.total["policy_requests"] == sum(policy.calls) > ledger.total["policy_calls"]
+  for tree in trees:  # each task's actions plus its reflections
+    assert per_task[tree.task_id] == sum(len(n.turns) + len(n.reflections) for n in tree.nodes)
+    assert tree.ledger == dict(ledger.per_task[tree.task_id])
 
 
 def _ticks_of(trees) -> int:
@@ -219,6 +240,21 @@ def test_show_renders_text_and_a_png(tmp_path):
   png = show.render_png(trees[0], str(tmp_path / "tree.png"))
   with open(png, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_show_cli_prints_the_tree_and_writes_a_png_beside_the_tree_file(tmp_path):
+  trees, _ = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
+  TreeStore(str(tmp_path / "shard-0-of-1.jsonl")).append(trees[0])
+  cli = [sys.executable, "-m", "leafe_jax.explore.show", f"--tree={tmp_path / 'shard-0-of-1.jsonl'}"]
+  out = subprocess.run(cli, capture_output=True, text=True, check=True, timeout=120).stdout
+  png = tmp_path / "shard-0-of-1.task-level.png"
+  assert "branch at step 2" in out and f"picture: {png}" in out
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  override = tmp_path / "mine.png"
+  out = subprocess.run([*cli, "--task=level", f"--png={override}"], capture_output=True, text=True, check=True,
+                       timeout=120).stdout
+  assert f"picture: {override}" in out and override.read_bytes()[:4] == b"\x89PNG"
+  assert show.default_png_path("d/trees.jsonl", "seed:12") == "d/trees.task-seed_12.png"
 
 
 def _stable_action(messages):
@@ -272,6 +308,27 @@ def test_sigkill_then_rerun_gives_the_same_trees_as_an_uninterrupted_run(tmp_pat
   assert killed["per_task"] == whole_ledger["per_task"]
   assert {k: v for k, v in killed["total"].items() if k != "policy_calls"} == {
       k: v for k, v in whole_ledger["total"].items() if k != "policy_calls"}
+  # And the distill stage makes the same correction records from both.
+  whole_records, killed_records = (_distilled_records(tmp_path, name) for name in ("whole", "killed"))
+  assert killed_records == whole_records and {kind for kind, *_ in whole_records} == {"cf", "reh"}
+
+
+def _distilled_records(tmp_path, name: str) -> list[tuple]:
+  """The distill stage over `tmp_path/name`'s trees (every success rehearsed), its records as sorted tuples."""
+  from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
+  from leafe_jax.explore import distill_stage
+
+  tok = tmp_path / "tok"
+  if not tok.exists():
+    train_tokenizer([_stable_action([{"content": "up down left right"}])], vocab_size=300, out_dir=str(tok),
+                    model_max_length=8192)
+  config = ml_collections.ConfigDict({"distill": distill_stage.default_config()})
+  config.distill.trees, config.distill.tokenizer = str(tmp_path / name / "trees"), str(tok)
+  config.distill.reh_fraction = 1.0
+  out = tmp_path / name / "distill"
+  distill_stage.run(config, str(tmp_path / name), str(out))
+  return sorted((r.kind, r.task_id, r.node_id, r.step, tuple(r.input_ids), tuple(r.loss_mask), r.weight,
+                 r.experience, r.messages_json, r.tokenizer) for r in records.iter_records(str(out / "records")))
 
 
 def _late_rollback(messages):

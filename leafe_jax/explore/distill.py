@@ -1,9 +1,11 @@
 """Stage-2 data from backtrack trees: D_cf (context distillation of branch actions) and D_reh (rehearsal).
 
-D_cf: for each branch whose rollout succeeded, the revised action a'_tau as the target of the history h_tau
-WITHOUT the experience e (the prompt the policy sees at test time), at most `max_cf_per_task` per task, shallowest
-branches first (paper: 3 per task). D_reh: every agent turn (with a parsed action) of a random `reh_fraction` of
-successful rollouts, branched ones included (paper: 20%), weight beta; their prompts carry no experience either.
+D_cf: for each branch whose revised action a'_tau lies on a successful trajectory (its own rollout's, or a
+descendant's that branched after tau and so replayed a'_tau: Algorithm 1 marks every branch on a successful path),
+a'_tau as the target of the history h_tau WITHOUT the experience e (the prompt the policy sees at test time), at
+most `max_cf_per_task` per task, shallowest branches first (paper: 3 per task); an unparsable a'_tau is skipped.
+D_reh: every agent turn (with a parsed action) of a random `reh_fraction` of successful rollouts, branched ones
+included (paper: 20%), weight beta; their prompts carry no experience either.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import dataclasses
 import random
 from collections.abc import Sequence
 
-from leafe_jax.explore.tree import Tree
+from leafe_jax.explore.tree import Node, Tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +29,12 @@ class Example:
   weight: float
 
 
-def successful_branches(tree: Tree):
-  return [n for n in tree.nodes if n.rollback_step is not None and n.outcome == "success" and n.turns]
+def successful_branches(tree: Tree) -> list[Node]:
+  """Branch nodes whose first turn (a'_tau, parsed) is on the path of a successful rollout, in node order."""
+  # path_turns hands out the nodes' own Turn objects, so identity says whether a'_tau was replayed on that path.
+  on_success_path = {id(turn) for node in tree.nodes if node.outcome == "success" for turn in tree.path_turns(node)}
+  return [n for n in tree.nodes if n.rollback_step is not None and n.turns and n.turns[0].action
+          and id(n.turns[0]) in on_success_path]
 
 
 def build_examples(trees: Sequence[Tree], *, max_cf_per_task: int, reh_fraction: float, reh_weight: float,

@@ -222,7 +222,8 @@ class Explorer:
         max_new_tokens=_uniform([self.s.max_new_tokens] * acts + [self.s.reflection_max_new_tokens] * reflects),
         seed=self.s.seed * 1_000_003 + self.tick)
     self.ledger.add("policy_calls")
-    self.ledger.policy_calls_per_tick.append(1)
+    for task in acting + reflecting:
+      self.ledger.add("policy_requests", task_id=task.task_id)
     for task, messages, (completion,) in zip(reflecting, reflection_prompts, completions[acts:]):
       self._apply_reflection(task, messages, completion)
     if acting:

@@ -9,7 +9,8 @@ from leafe_jax import durable
 COUNTERS = (
     "env_steps",  # actions executed in new rollouts
     "replayed_steps",  # actions re-executed to restore a rollback prefix (interaction too: they cost env time)
-    "policy_calls",  # Policy.generate calls (each batched over every rollout that needed one)
+    "policy_calls",  # Policy.generate calls (each batched over every rollout that needed one; totals only)
+    "policy_requests",  # prompts served (actions + reflections): per task, what its share of the calls cost
     "generated_tokens",
     "rollouts",
     "successes",
@@ -30,7 +31,6 @@ class Ledger:
     self.num_tasks = num_tasks  # tasks assigned to this run (coverage denominators); 0 = not known
     self.per_task: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     self.total: collections.Counter = collections.Counter()
-    self.policy_calls_per_tick: list[int] = []
 
   def add(self, counter: str, value: int = 1, task_id: str | None = None) -> None:
     if counter not in COUNTERS:

@@ -1,10 +1,14 @@
 r"""Render a backtrack tree as indented text and as a picture.
 
   python -m leafe_jax.explore.show --tree=WORKDIR/explore/trees/shard-0-of-1.jsonl [--task=seed:12] [--png=t.png]
+
+Prints the outline and draws the PNG, by default next to the tree file: <tree file stem>.task-<task id>.png.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import textwrap
 from collections.abc import Sequence
 
@@ -102,9 +106,16 @@ def render_example(tree_files: Sequence[str], png_path: str) -> tuple[str, str]:
   return render_text(tree), render_png(tree, png_path)
 
 
+def default_png_path(tree_file: str, task_id: str) -> str:
+  """<tree file stem>.task-<task id>.png beside the tree file; characters other than [A-Za-z0-9._-] become _."""
+  stem = os.path.splitext(tree_file)[0]
+  return f"{stem}.task-{re.sub(r'[^A-Za-z0-9._-]', '_', task_id)}.png"
+
+
 _TREE = flags.DEFINE_string("tree", None, "A trees JSONL file written by the explore stage.")
 _TASK = flags.DEFINE_string("task", None, "Task id to show (default: a tree with a successful branch).")
-_PNG = flags.DEFINE_string("png", None, "Also draw the tree into this PNG file.")
+_PNG = flags.DEFINE_string("png", None, "PNG file to draw the tree into (default: next to the tree file, "
+                           "<tree file stem>.task-<task id>.png, characters outside [A-Za-z0-9._-] as _).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -120,8 +131,7 @@ def main(argv: Sequence[str]) -> None:
   else:
     tree = pick_example(trees)
   print(render_text(tree))
-  if _PNG.value:
-    print(f"picture: {render_png(tree, _PNG.value)}")
+  print(f"picture: {render_png(tree, _PNG.value or default_png_path(_TREE.value, tree.task_id))}")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,9 @@ class Tree:
     return self.nodes[node_id]
 
   def path_turns(self, node: Node) -> list[Turn]:
-    """Every turn of the trajectory that ends in `node`: its ancestors' turns up to tau-1, then its own."""
-    if node.parent is None:
+    """Every turn of the trajectory that ends in `node`: its ancestors' turns up to tau-1, then its own (the same
+    Turn objects). A node without tau (the root, or an IS restart) starts from step 1: its own turns."""
+    if node.parent is None or node.rollback_step is None:
       return list(node.turns)
     parent = self.nodes[node.parent]
     return self.path_turns(parent)[: node.rollback_step - 1] + list(node.turns)

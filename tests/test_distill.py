@@ -1,0 +1,63 @@
+"""D_cf and D_reh from hand-built backtrack trees: which branch actions become cf records."""
+
+import pytest
+
+from leafe_jax.explore.distill import build_examples, successful_branches
+from leafe_jax.explore.tree import Node, Tree, Turn
+
+
+def _turns(first_step: int, actions: list[str]) -> list[Turn]:
+  turns = []
+  for step, action in enumerate(actions, first_step):
+    messages = [{"role": "user", "content": f"state before step {step}"}]
+    turns.append(Turn(step, f"o{step - 1}", messages, messages, f"<action>{action or '???'}</action>", action))
+  return turns
+
+
+def _node(node_id, parent, depth, tau, actions, outcome, experience=None) -> Node:
+  first = 1 if tau is None else tau
+  return Node(node_id, parent, depth, tau, experience if tau is not None else None, [], [],
+              turns=_turns(first, actions), outcome=outcome)
+
+
+def _cf(tree: Tree, max_cf_per_task: int = 3) -> list[tuple[int, int, str]]:
+  examples = build_examples([tree], max_cf_per_task=max_cf_per_task, reh_fraction=0.0, reh_weight=1.0, seed=0)
+  return [(e.node_id, e.step, e.response) for e in examples if e.kind == "cf"]
+
+
+def _chain(child_tau: int) -> Tree:
+  """Root fails; a depth-1 branch at tau=2 fails on its own; its depth-2 child branches at `child_tau`, succeeds."""
+  root = _node(0, None, 0, None, ["a1", "a2", "a3"], "failure")
+  branch = _node(1, 0, 1, 2, ["b2", "b3"], "failure", experience="e1")
+  child = _node(2, 1, 2, child_tau, [f"c{s}" for s in range(child_tau, 4)], "success", experience="e2")
+  return Tree("t", "toy", "do it", [root, branch, child])
+
+
+def test_a_failed_branch_whose_action_a_later_child_replayed_to_success_is_a_cf_record():
+  tree = _chain(child_tau=3)  # the child replays a1, b2: the branch's a'_2 = b2 is on the successful path
+  assert [n.node_id for n in successful_branches(tree)] == [1, 2]
+  assert _cf(tree) == [(1, 2, "<action>b2</action>"), (2, 3, "<action>c3</action>")]
+  assert _cf(tree, max_cf_per_task=1) == [(1, 2, "<action>b2</action>")]  # shallowest first
+
+
+@pytest.mark.parametrize("child_tau", [1, 2])
+def test_a_child_branching_at_or_before_its_parents_tau_does_not_mark_the_parent(child_tau):
+  tree = _chain(child_tau)  # the child replaced (or never reached) the branch's a'_2
+  assert _cf(tree) == [(2, child_tau, f"<action>c{child_tau}</action>")]
+
+
+def test_an_unparsable_branch_action_is_no_cf_record_and_does_not_use_the_cap():
+  root = _node(0, None, 0, None, ["a1", "a2"], "failure")
+  unparsed = _node(1, 0, 1, 2, ["", "b3"], "success", experience="e1")
+  parsed = _node(2, 0, 1, 2, ["c2", "c3"], "success", experience="e2")
+  tree = Tree("t", "toy", "do it", [root, unparsed, parsed])
+  assert _cf(tree, max_cf_per_task=1) == [(2, 2, "<action>c2</action>")]
+
+
+def test_an_independent_restart_rehearses_its_own_turns_only():
+  root = _node(0, None, 0, None, ["a1", "a2"], "failure")
+  restart = _node(1, 0, 0, None, ["r1", "r2"], "success")  # IS: a fresh attempt, parent set, no tau
+  examples = build_examples([Tree("t", "toy", "do it", [root, restart])], max_cf_per_task=3, reh_fraction=1.0,
+                            reh_weight=0.5, seed=0)
+  assert [(e.kind, e.node_id, e.step, e.response) for e in examples] == [
+      ("reh", 1, 1, "<action>r1</action>"), ("reh", 1, 2, "<action>r2</action>")]
