@@ -110,8 +110,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   name = "ledger.json" if count == 1 else f"ledger-shard-{index}-of-{count}.json"
   ledger_path = os.path.join(stage_dir, name)
   if os.path.exists(ledger_path):
-    # Policy calls serve many tasks at once, so the trees cannot carry them: take them from the last saved
-    # ledger (a run killed before saving its ledger loses only its own count of calls).
+    # A policy call serves many tasks at once, so trees carry each task's policy_requests (prompts), not calls:
+    # take the calls from the last saved ledger (a run killed before saving its ledger loses only its own count).
     with open(ledger_path) as f:
       ledger.total["policy_calls"] += json.load(f)["total"].get("policy_calls", 0)
   if todo:
