@@ -6,9 +6,12 @@ r"""Entry point: runs the stages a config lists, each writing under --workdir an
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 import os
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 
 import ml_collections
@@ -41,6 +44,10 @@ STAGES: dict[str, str] = {
 
 # Top-level fields that belong to no single stage.
 _GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}}
+
+# Sections whose free-form `model` field the stage turns into models.ModelConfig(**model) (train/stage.py
+# model_and_params), unless `init` is "hf": then the checkpoint's config.json describes the model.
+_MODEL_SECTIONS = ("train", "grpo")
 
 
 def _load_stage(name: str) -> ModuleType:
@@ -76,12 +83,85 @@ def _merge(base: ml_collections.ConfigDict, overrides: ml_collections.ConfigDict
       base[key] = value
 
 
+def _fits(value: typing.Any, hint: typing.Any) -> bool:
+  """Whether a config value can fill a dataclass field annotated `hint` (unknown annotations: yes)."""
+  origin = typing.get_origin(hint)
+  if origin in (typing.Union, types.UnionType):
+    return any(_fits(value, h) for h in typing.get_args(hint))
+  if hint is type(None):
+    return value is None
+  if hint is bool:
+    return isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if hint is str:
+    return isinstance(value, str)
+  if hint is tuple or origin is tuple:
+    args = typing.get_args(hint)
+    pairs = bool(args) and typing.get_origin(args[0]) is tuple  # (key, value) pairs may be given as a dict
+    return isinstance(value, (tuple, list)) or pairs and isinstance(value, (Mapping, ml_collections.ConfigDict))
+  return True
+
+
+def _check_model(section: ml_collections.ConfigDict, path: str, complete: bool) -> None:
+  """Checks `<path>.model` against the fields of ModelConfig; `complete`: also that the stage can build it."""
+  model = section.get("model")
+  if not model:
+    model = ml_collections.ConfigDict()
+  from leafe_jax.models.config import ModelConfig  # imports jax, as the train and grpo stage modules do
+
+  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+  hints = typing.get_type_hints(ModelConfig)
+  for key, value in model.items():
+    where = f"{path}.model.{key}"
+    if key not in fields:
+      raise config_schema.ConfigError(f"{where}: unknown ModelConfig field; known: {', '.join(fields)}")
+    if not _fits(value, hints[key]):
+      raise config_schema.ConfigError(
+          f"{where}: has type {type(value).__name__}, ModelConfig expects {fields[key].type} (value {value!r})")
+  init = section.get("init", "random")
+  if not complete or init == "hf":
+    return
+  required = [name for name, f in fields.items()
+              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+  missing = [name for name in required if name not in model]
+  if missing:
+    raise config_schema.ConfigError(f"{path}.model lacks ModelConfig field(s) {', '.join(missing)}: with "
+                                    f"{path}.init={init!r} the model is built from this section")
+  try:
+    ModelConfig(**model.to_dict())
+  except (TypeError, ValueError) as e:
+    raise config_schema.ConfigError(f"{path}.model: {e}") from e
+
+
+def _check_values(stage_id: str, module: ModuleType, stage_config: ml_collections.ConfigDict) -> None:
+  """The stage's own value checks (`check_config(section)`, pure by contract) and its model section's."""
+  name = module.CONFIG_SECTION
+  path = f"config.{name}" if stage_id == name else f"config.{name} (stage {stage_id!r})"
+  if name in _MODEL_SECTIONS:
+    _check_model(stage_config[name], path, complete=True)
+  check = getattr(module, "check_config", None)
+  if check is None:
+    return
+  try:
+    check(stage_config[name])
+  except config_schema.ConfigError:
+    raise
+  except ValueError as e:
+    raise config_schema.ConfigError(f"stage {stage_id!r}: {e}") from e
+
+
 def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_collections.ConfigDict]]:
   """Validates the config and every variant, and returns (stage_id, module, stage_config) per stage.
 
   Everything is checked before any stage runs: unknown stages, unknown variants, unknown or ill-typed fields
-  (in the config and in each variant's overrides). Sections of stages this invocation does not run are
-  validated too: one config file usually serves several invocations (explore on CPU hosts, train on a pod).
+  (in the config and in each variant's overrides, `train.model`/`grpo.model` against ModelConfig). Sections of
+  stages this invocation does not run are validated too: one config file usually serves several invocations
+  (explore on CPU hosts, train on a pod). Each planned stage's values are then checked, as that stage (or
+  variant) will see them: its module's `check_config` (stages without one check their values when they start)
+  and, for train/grpo with init "random"/"orbax", that ModelConfig can be built from the model section.
   """
   entries = list(config.get("stages", ()))
   if not entries:
@@ -91,6 +171,10 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_co
   variants = config.get("variants", {}) or {}
   for variant, overrides in variants.items():
     config_schema.validate(overrides, schema, f"config.variants.{variant}")
+  for where, fields in [("config", config), *((f"config.variants.{v}", o) for v, o in variants.items())]:
+    for name in _MODEL_SECTIONS:
+      if name in fields:
+        _check_model(fields[name], f"{where}.{name}", complete=False)
   planned = []
   for entry in entries:
     name, _, variant = entry.partition("@")
@@ -105,6 +189,8 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_co
       with stage_config.unlocked():
         _merge(stage_config, variants[variant], "config")
     planned.append((f"{name}_{variant}" if variant else name, module, stage_config))
+  for stage_id, module, stage_config in planned:
+    _check_values(stage_id, module, stage_config)
   return planned
 
 

@@ -1,5 +1,6 @@
-"""The entry point's config validation as it applies to the train stage: bad fields are named before any work."""
+"""The entry point's config validation: bad fields and values of every planned stage are named before any work."""
 
+import copy
 import os
 
 import ml_collections
@@ -54,3 +55,96 @@ def test_model_section_is_free_form():
   with config.train.model.unlocked():
     config.train.model.rope_theta = 500000.0
   main.plan(config)
+
+
+def _replace_section(config, name, edit):
+  """`config` with section `name` rebuilt from a dict that `edit` changed (no ConfigDict type checks on the way)."""
+  section = config[name].to_dict()
+  edit(section)
+  with config.unlocked():
+    config[name] = ml_collections.ConfigDict(section)
+  return config
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.update(d_modle=32), "config.train.model.d_modle: unknown ModelConfig field; known: vocab_size"),
+        (lambda m: m.update(d_model="32"), "config.train.model.d_model: has type str, ModelConfig expects int"),
+        (lambda m: m.update(qk_norm=1), "config.train.model.qk_norm: has type int"),
+        (lambda m: m.pop("num_layers"), "config.train.model lacks ModelConfig field(s) num_layers"),
+        (lambda m: m.update(num_heads=3), "config.train.model: ModelConfig: num_heads=3 is not a multiple"),
+    ],
+)
+def test_model_section_is_checked_against_model_config_before_any_work(tmp_path, edit, message):
+  config = _replace_section(_config(), "train", lambda t: edit(t["model"]))
+  with pytest.raises(config_schema.ConfigError) as info:
+    main.run(config, str(tmp_path / "work"))
+  assert message in str(info.value)
+  assert not (tmp_path / "work").exists()
+
+
+def test_model_section_may_hold_a_rope_scaling_dict():
+  scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+             "original_max_position_embeddings": 8192}
+  main.plan(_replace_section(_config(), "train", lambda t: t["model"].update(rope_scaling=scaling)))
+
+
+def test_hf_init_needs_no_model_section_but_refuses_unknown_model_fields():
+  def hf(model):
+    return lambda t: t.update(init="hf", init_path="models/base", model=model)
+
+  main.plan(_replace_section(_config(), "train", hf({})))
+  with pytest.raises(config_schema.ConfigError, match="config.train.model.d_modle: unknown ModelConfig field"):
+    main.plan(_replace_section(_config(), "train", hf({"d_modle": 32})))
+
+
+def test_grpo_and_variant_model_sections_are_checked():
+  from leafe_jax.train import grpo_stage
+
+  config = _config()
+  with config.unlocked():
+    config.grpo = grpo_stage.default_config()
+    config.grpo.init, config.grpo.init_path = "hf", "models/base"
+  main.plan(config)
+  with pytest.raises(config_schema.ConfigError, match="config.grpo.model.num_layer: unknown ModelConfig field"):
+    main.plan(_replace_section(copy.deepcopy(config), "grpo", lambda g: g["model"].update(num_layer=2)))
+  with config.unlocked():
+    config.variants = ml_collections.ConfigDict({"wide": {"train": {"model": {"d_modle": 64}}}})
+  with pytest.raises(config_schema.ConfigError, match="config.variants.wide.train.model.d_modle: unknown"):
+    main.plan(config)
+
+
+def test_bad_train_value_of_an_explore_then_train_config_fails_before_exploring(tmp_path, monkeypatch):
+  from leafe_jax.explore import stage as explore_stage
+
+  config = _config()
+  with config.unlocked():
+    config.stages = ("explore", "train")
+    config.explore = explore_stage.default_config()
+  config = _replace_section(config, "train", lambda t: t.update(schedule="cosine_decay"))
+  monkeypatch.setattr(explore_stage, "run", lambda *a: pytest.fail("explore ran before the train config was checked"))
+  with pytest.raises(config_schema.ConfigError, match="stage 'train': config field 'train.schedule' must be one of"):
+    main.run(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
+
+
+def test_a_variant_is_value_checked_as_its_stage_sees_it():
+  config = _config()
+  with config.unlocked():
+    config.stages = ("train", "train@odd")
+    config.variants = ml_collections.ConfigDict({"odd": {"train": {"batch_size": 7}}})
+  with pytest.raises(config_schema.ConfigError, match="stage 'train_odd': config field 'train.micro_batches'"):
+    main.plan(config)
+
+
+def test_baseline_stages_check_their_values_in_plan():
+  from leafe_jax.baselines import early_experience_stage
+
+  config = _config()
+  with config.unlocked():
+    config.stages = ("early_experience", "train")
+    config.early_experience = early_experience_stage.default_config()
+    config.early_experience.shard = "2/2"
+  with pytest.raises(config_schema.ConfigError, match="'early_experience': config field 'early_experience.shard'"):
+    main.plan(config)

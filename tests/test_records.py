@@ -1,4 +1,5 @@
-"""Correction records: schema validation, writer round trip, shard rotation, resume after a kill, tfds loading."""
+"""Correction records: schema validation, writer round trip, shard rotation, resume after a kill, tfds loading of
+what a writer leaves."""
 
 import json
 import os
@@ -166,6 +167,7 @@ def test_concurrent_host_processes_share_a_folder(tmp_path):
     assert json.load(f) == manifest
   ids = [r.task_id for r in records.iter_records(str(tmp_path))]
   assert sorted(ids) == sorted(f"host{h}-{i}" for h in range(2) for i in range(40))
+  assert sorted(_tfds_task_ids(tmp_path)) == sorted(ids)  # the last writer to close described every shard
 
 
 def test_writer_refuses_folder_of_another_tokenizer(tmp_path):
@@ -194,6 +196,74 @@ def test_tfds_builder_from_directory_loads_records(tmp_path):
     assert ex["weight"] == pytest.approx(rec.weight) and ex["step"] == rec.step
     assert ex["kind"].decode() == rec.kind and ex["task_id"].decode() == rec.task_id
     assert ex["experience"].decode() == rec.experience and ex["tokenizer"].decode() == FP
+
+
+def _tfds_task_ids(folder) -> list[str]:
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder_from_directory(str(folder))
+  got = [ex["task_id"].decode() for ex in builder.as_dataset(split="train").as_numpy_iterator()]
+  assert builder.info.splits["train"].num_examples == len(got)
+  return got
+
+
+def test_closed_writer_leaves_a_folder_that_tfds_loads(tmp_path):
+  import tensorflow_datasets as tfds
+
+  recs = [_record(i) for i in range(4)]
+  _write(tmp_path, recs, shard_size=3)
+  builder = tfds.builder_from_directory(str(tmp_path))
+  got = sorted(builder.as_dataset(split="train").as_numpy_iterator(), key=lambda ex: ex["task_id"])
+  assert [(ex["task_id"].decode(), ex["input_ids"].tolist()) for ex in got] == [
+      (r.task_id, r.input_ids) for r in recs]
+
+
+def test_resumed_writer_refreshes_the_tfds_metadata(tmp_path):
+  _write(tmp_path, [_record(i) for i in range(4)], shard_size=3)
+  with pytest.raises(KeyboardInterrupt), records.RecordWriter(str(tmp_path), FP, shard_size=3) as w:
+    for i in range(4, 8):
+      w.write(_record(i))  # one shard finished, one dropped by the interrupt
+    raise KeyboardInterrupt
+  assert sorted(_tfds_task_ids(tmp_path)) == [f"task-{i}" for i in range(4)]  # the last close's view, still valid
+  _write(tmp_path, [_record(i) for i in range(7, 9)], shard_size=3)  # the resumed run
+  assert sorted(_tfds_task_ids(tmp_path)) == [f"task-{i}" for i in range(9)]
+  assert len([n for n in os.listdir(tmp_path) if n.startswith(records.TFDS_NAME)]) == 4
+
+
+def test_a_stage_records_folder_loads_with_tfds(tmp_path):
+  import ml_collections
+
+  from leafe_jax.baselines import expert_stage
+
+  cfg = expert_stage.default_config()
+  cfg.update(num_tasks=2, trajectories_per_task=1, tokenizer_vocab_size=300, env_config=ml_collections.ConfigDict(
+      {"dim": (6, 6), "num_boxes": 1, "max_steps": 8, "compact_prompt": True}))
+  expert_stage.run(ml_collections.ConfigDict({"expert_data": cfg}), str(tmp_path), str(tmp_path / "expert_data"))
+  folder = tmp_path / "expert_data" / "records"
+  assert sorted(_tfds_task_ids(folder)) == sorted(r.task_id for r in records.iter_records(str(folder)))
+
+
+def test_finalize_for_tfds_is_idempotent(tmp_path):
+  _write(tmp_path, [_record(i) for i in range(5)], shard_size=2)
+  links = sorted(n for n in os.listdir(tmp_path) if n.startswith(records.TFDS_NAME))
+  inodes = [os.stat(tmp_path / n).st_ino for n in links]
+  info = (tmp_path / "dataset_info.json").read_text()
+  assert records.finalize_for_tfds(str(tmp_path)) == 3
+  assert sorted(n for n in os.listdir(tmp_path) if n.startswith(records.TFDS_NAME)) == links
+  assert [os.stat(tmp_path / n).st_ino for n in links] == inodes
+  assert (tmp_path / "dataset_info.json").read_text() == info
+  assert sorted(_tfds_task_ids(tmp_path)) == [f"task-{i}" for i in range(5)]
+
+
+def test_tfds_metadata_survives_renaming_the_folder(tmp_path):
+  _write(tmp_path / "records.partial", [_record(i) for i in range(3)])  # as the distill stage writes
+  os.replace(tmp_path / "records.partial", tmp_path / "records")
+  assert sorted(_tfds_task_ids(tmp_path / "records")) == [f"task-{i}" for i in range(3)]
+
+
+def test_writer_that_wrote_nothing_closes_without_tfds_metadata(tmp_path):
+  records.RecordWriter(str(tmp_path), FP).close()
+  assert not (tmp_path / "dataset_info.json").exists()
 
 
 def _tokenizer(vocab):

@@ -52,11 +52,16 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Value checks of `config.ace` that need no files (main.plan runs them before any stage)."""
+  if cfg.tasks_per_batch < 1 or cfg.num_epochs < 1 or cfg.max_bullets < 1:
+    raise ValueError("config fields 'ace.tasks_per_batch', 'ace.num_epochs' and 'ace.max_bullets' must be >= 1")
+
+
 def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -> ace.Playbook:
   """Evolves the playbook with `policy`; returns it (also saved in stage_dir)."""
   cfg = config.ace
-  if cfg.tasks_per_batch < 1 or cfg.num_epochs < 1 or cfg.max_bullets < 1:
-    raise ValueError("config fields 'ace.tasks_per_batch', 'ace.num_epochs' and 'ace.max_bullets' must be >= 1")
+  check_config(cfg)
   env_config = cfg.env_config.to_dict()
   tasks = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
   if not tasks:
@@ -124,6 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax.policy.factory import make_policy
 
   cfg = config.ace
+  check_config(cfg)  # before loading a model
   policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
                        dtype=cfg.policy_dtype, field="ace.policy")
   run_with_policy(config, stage_dir, policy)

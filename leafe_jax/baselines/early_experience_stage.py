@@ -90,6 +90,18 @@ def _done_tasks(done_path: str, records_dir: str, writer_id: str) -> set[str]:
   return done
 
 
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Value checks of `config.early_experience` that need no files (main.plan runs them before any stage)."""
+  try:
+    parse_shard(cfg.shard)
+  except ValueError:  # its message names explore.shard
+    raise ValueError(f"config field 'early_experience.shard' must be 'i/n', 0 <= i < n; got {cfg.shard!r}") from None
+  if cfg.tasks_per_shard < 1:
+    raise ValueError(f"config field 'early_experience.tasks_per_shard' must be >= 1, got {cfg.tasks_per_shard}")
+  if cfg.env_workers < 0:
+    raise ValueError(f"config field 'early_experience.env_workers' must be >= 0, got {cfg.env_workers}")
+
+
 def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, tokenizer) -> dict:
   """Builds the configured tasks' records with `policy` (None when no method needs one); returns the stats."""
   from tqdm import tqdm
@@ -98,17 +110,14 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
   from leafe_jax.policy.chat import encode_turns
 
   cfg = config.early_experience
+  check_config(cfg)
   index, count = parse_shard(cfg.shard)
-  if cfg.tasks_per_shard < 1:
-    raise ValueError(f"config field 'early_experience.tasks_per_shard' must be >= 1, got {cfg.tasks_per_shard}")
   env = envs.make(cfg.env, **cfg.env_config.to_dict())
   if not isinstance(env, ExpertEnv):
     raise ValueError(f"early_experience.env {cfg.env!r} has no expert (gold_actions); the baseline needs one")
   tasks = env.tasks(cfg.split)[: cfg.num_tasks][index::count]
   if not tasks:
     raise ValueError(f"early_experience: split {cfg.split!r} of {cfg.env!r} gives no tasks for shard {cfg.shard}")
-  if cfg.env_workers < 0:
-    raise ValueError(f"config field 'early_experience.env_workers' must be >= 0, got {cfg.env_workers}")
   runner = EnvRunner(env, cfg.env, cfg.env_config.to_dict(), cfg.env_workers)
   builder = Builder(env, policy, settings_of(cfg), runner)
   os.makedirs(stage_dir, exist_ok=True)
@@ -153,7 +162,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax.policy.factory import make_policy, resolve_path
 
   cfg = config.early_experience
-  parse_shard(cfg.shard)  # fail on a bad shard before loading a model
+  check_config(cfg)  # before loading a model
   policy = None
   if "sr" in cfg.methods:
     policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),

@@ -102,14 +102,19 @@ def build_examples(env, cfg, trajectory: ExpertTrajectory, rng: random.Random) -
   return examples
 
 
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Value checks of `config.expert_data` that need no files (main.plan runs them before any stage)."""
+  if cfg.env != "sokoban":
+    raise ValueError(f"expert_data.env is {cfg.env!r}; only 'sokoban' has a built-in expert (the solver)")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   from transformers import AutoTokenizer
 
   from leafe_jax.data import records
 
   cfg = config.expert_data
-  if cfg.env != "sokoban":
-    raise ValueError(f"expert_data.env is {cfg.env!r}; only 'sokoban' has a built-in expert (the solver)")
+  check_config(cfg)
   if os.path.exists(os.path.join(stage_dir, "DONE")):
     logging.info("expert_data: %s is complete, skipping", stage_dir)
     return

@@ -10,7 +10,7 @@ Folder layout (several writers, e.g. one per explorer host, may share one folder
   <writer_id>-<NNNNN>.tfrecord       finished shards (written as `<...>.tfrecord.tmp`, renamed when complete)
   manifest-<writer_id>.json          each writer's own manifest part: the record of truth for its shards
   manifest.json                      merged view of all parts, rewritten after each part update
-  dataset_info.json, features.json   tfds metadata, written by `finalize_for_tfds`
+  dataset_info.json, features.json   tfds metadata, written by `finalize_for_tfds` (each writer's `close()`)
   leafe_records-train.tfrecord-XXXXX-of-YYYYY   tfds-named hard links to the shards (`finalize_for_tfds`)
 
 A writer only ever touches its own shards and its own manifest part, so concurrent hosts never clobber each
@@ -506,10 +506,15 @@ class RecordWriter:
     return counts
 
   def close(self) -> None:
+    """Finishes the open shard and refreshes the folder's tfds metadata (`finalize_for_tfds`)."""
     if not self._closed:
       self.finish_shard()
       self._closed = True
-      self._release_writer_lock()
+      try:
+        if read_manifest(self.folder)["total"]:
+          finalize_for_tfds(self.folder)
+      finally:
+        self._release_writer_lock()
 
   def __enter__(self) -> RecordWriter:
     return self
@@ -546,35 +551,48 @@ def finalize_for_tfds(folder: str) -> int:
   """Makes `folder` loadable by `tfds.builder_from_directory(folder)` (split "train"); returns the shard count.
 
   tfds wants shards named `<name>-<split>.tfrecord-XXXXX-of-YYYYY`, numbered globally, which independent
-  resumable writers cannot know while writing. So the shards keep their writer names and this function (run
-  once, by one process, after all writers closed) hard-links them under tfds names (copies on filesystems
-  without links) and writes `dataset_info.json`/`features.json` from the manifest counts. Rerunning it after
-  more records were written refreshes the links and metadata.
+  resumable writers cannot know while writing. So the shards keep their writer names and this function
+  hard-links them under tfds names (copies on filesystems without links) and writes
+  `dataset_info.json`/`features.json` from the manifest's finished shards. Every `RecordWriter.close()` runs it,
+  so the metadata covers all shards finished when the last writer closed. Idempotent: links that already point
+  at the right shard are kept; stale tfds names are removed. Serialized between processes by the folder lock.
   """
   import tensorflow_datasets as tfds
 
-  manifest = read_manifest(folder)
-  shards = [s for s in manifest["shards"] if s["count"] > 0]
-  if not shards:
-    raise EmptyRecordsError(f"records folder {folder} has no finished shards to describe for tfds")
-  for name in _list(folder):
-    if _TFDS_SHARD_RE.match(name):
-      tf.io.gfile.remove(_join(folder, name))
-  template = tfds.core.ShardedFileTemplate(data_dir=tfds.core.Path(folder), dataset_name=TFDS_NAME,
-                                           split=TFDS_SPLIT, filetype_suffix="tfrecord")
-  targets = template.sharded_filepaths(len(shards))
-  for shard, target in zip(shards, targets, strict=True):
-    src = _join(folder, shard["file"])
-    try:
-      if not _is_local(folder):
-        raise OSError("object stores have no links")
-      os.link(src, os.fspath(target))
-    except OSError:
-      tf.io.gfile.copy(src, os.fspath(target), overwrite=True)
-  split = tfds.core.SplitInfo(name=TFDS_SPLIT, shard_lengths=[s["count"] for s in shards],
-                              num_bytes=sum(s["num_bytes"] for s in shards))
-  tfds.folder_dataset.write_metadata(
-      data_dir=folder, features=tfds_features(), split_infos=[split], filename_template=template,
-      check_data=False,
-      description=f"LEAFE correction records (tokenizer {manifest['tokenizer']}); see leafe_jax/data/records.py.")
+  with _folder_lock(folder):
+    manifest = read_manifest(folder)
+    shards = [s for s in manifest["shards"] if s["count"] > 0]
+    if not shards:
+      raise EmptyRecordsError(f"records folder {folder} has no finished shards to describe for tfds")
+    template = tfds.core.ShardedFileTemplate(data_dir=tfds.core.Path(folder), dataset_name=TFDS_NAME,
+                                             split=TFDS_SPLIT, filetype_suffix="tfrecord")
+    targets = [os.fspath(t) for t in template.sharded_filepaths(len(shards))]
+    wanted = {os.path.basename(t) for t in targets}
+    for name in _list(folder):
+      if _TFDS_SHARD_RE.match(name) and name not in wanted:
+        tf.io.gfile.remove(_join(folder, name))
+    for shard, target in zip(shards, targets, strict=True):
+      _link_shard(_join(folder, shard["file"]), target, shard["num_bytes"])
+    split = tfds.core.SplitInfo(name=TFDS_SPLIT, shard_lengths=[s["count"] for s in shards],
+                                num_bytes=sum(s["num_bytes"] for s in shards))
+    tfds.folder_dataset.write_metadata(
+        data_dir=folder, features=tfds_features(), split_infos=[split], filename_template=template,
+        check_data=False,
+        description=f"LEAFE correction records (tokenizer {manifest['tokenizer']}); see leafe_jax/data/records.py.")
   return len(shards)
+
+
+def _link_shard(src: str, target: str, num_bytes: int) -> None:
+  """Makes `target` a hard link to (or, without links, a copy of) `src`, unless it already is one."""
+  if tf.io.gfile.exists(target):
+    if _is_local(target) and os.path.samefile(src, target):
+      return
+    if not _is_local(target) and tf.io.gfile.stat(target).length == num_bytes:
+      return  # an object-store copy made by an earlier call (same position and count, so the same shard)
+    tf.io.gfile.remove(target)
+  try:
+    if not _is_local(target):
+      raise OSError("object stores have no links")
+    os.link(src, target)
+  except OSError:
+    tf.io.gfile.copy(src, target, overwrite=True)
