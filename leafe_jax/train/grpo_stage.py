@@ -130,6 +130,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   import jax
   import optax
   import transformers
+  from tqdm import tqdm
 
   from leafe_jax import envs, parallel
   from leafe_jax.envs import pooled
@@ -198,7 +199,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   iteration = int(progress["iteration"])
   logging.info("grpo: iteration %d of %d, %d tasks x %d episodes per iteration, mesh %s", iteration,
                cfg.num_iterations, cfg.tasks_per_iteration, cfg.group_size, dict(mesh.shape))
-  with pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env:
+  with (tqdm(total=cfg.num_iterations, initial=iteration, desc="grpo", unit="iter") as bar,
+        pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
     while iteration < cfg.num_iterations:
       if budget and ledger.get("env_steps", 0) >= budget:
         logging.info("grpo: env step budget %d reached after %d iterations", budget, iteration)
@@ -247,6 +249,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       _append_iteration(stage_dir, iteration, scalars)
       logging.info("grpo: iteration %d/%d %s", iteration, cfg.num_iterations,
                    " ".join(f"{key} {value:.4g}" for key, value in scalars.items()))
+      bar.set_postfix(success=f"{scalars['success']:.3f}", env_steps=ledger["env_steps"], refresh=False)
+      bar.update(1)
       spent = bool(budget) and ledger["env_steps"] >= budget  # the next pass of the loop stops
       if iteration % cfg.checkpoint_every == 0 or iteration == cfg.num_iterations or spent:
         ckpt.save(iteration, state, {"iteration": iteration, "ledger": ledger})  # checkpoints keyed by iteration
