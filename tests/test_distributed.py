@@ -129,3 +129,32 @@ def test_two_processes_train_to_the_same_loss_as_one(tmp_path):
   np.testing.assert_allclose(losses_two[0], losses_one, rtol=1e-5)
   assert losses_one[-1] < losses_one[0]  # it trains
 
+
+
+_AGREE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    from leafe_jax.parallel import distributed
+
+    port, nproc, pid = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    cfg = distributed.default_config()
+    cfg.coordinator_address, cfg.num_processes, cfg.process_id = f"localhost:{port}", nproc, pid
+    distributed.initialize(cfg)
+    widths, lengths = distributed.HostMax("widths"), distributed.HostMax("lengths")
+    agreed = [[widths(10 * pid + r), lengths(100 - pid - r)] for r in range(6)]
+    gathered = distributed.allgather_json({"process": pid, "batches": [pid] * (pid + 1)})
+    print("RESULT " + json.dumps({"agreed": agreed, "gathered": gathered}), flush=True)
+    """
+)
+
+
+def test_host_max_and_allgather_json_agree_across_processes(tmp_path):
+  script = tmp_path / "agree.py"
+  script.write_text(_AGREE_SCRIPT)
+  results = [_result(p) for p in _launch(str(script), 2, _free_port())]
+  # Round r: widths 10*pid + r (max from process 1), lengths 100 - pid - r (max from process 0), never mixed up.
+  want = [[10 + r, 100 - r] for r in range(6)]
+  assert results[0]["agreed"] == results[1]["agreed"] == want
+  assert results[0]["gathered"] == results[1]["gathered"] == [{"process": 0, "batches": [0]},
+                                                              {"process": 1, "batches": [1, 1]}]

@@ -191,3 +191,22 @@ def test_bad_values_fail_before_any_work(tmp_path, fields, message):
   with pytest.raises(ValueError, match=message):
     stage.run(_config(**fields), str(tmp_path), str(tmp_path / "train"))
   assert not (tmp_path / "train").exists()
+
+
+@pytest.mark.parametrize("case", ["qwen2", "qwen3"])
+def test_abstract_params_of_an_hf_init_match_the_loaded_ones_without_loading(tmp_path, case):
+  # A resumed run takes its params from its own checkpoint: the HF checkpoint only gives their shapes then.
+  import jax
+
+  from leafe_jax import parallel
+  from test_models import save_tiny_hf
+
+  _, path = save_tiny_hf(tmp_path, case)
+  cfg = _config(init="hf", init_path=path, dtype="float32", param_dtype="float32").train
+  mesh = parallel.make_mesh((2, 1, 1), devices=jax.devices()[:2])
+  _, loaded, _ = stage.model_and_params(cfg, str(tmp_path), mesh, jax.random.PRNGKey(0))
+  _, shapes, _ = stage.model_and_params(cfg, str(tmp_path), mesh, jax.random.PRNGKey(0), abstract=True)
+  assert jax.tree.structure(shapes) == jax.tree.structure(loaded)
+  for want, got in zip(jax.tree.leaves(loaded), jax.tree.leaves(shapes)):
+    assert isinstance(got, jax.ShapeDtypeStruct)
+    assert (got.shape, got.dtype, got.sharding) == (want.shape, want.dtype, want.sharding)

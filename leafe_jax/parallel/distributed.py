@@ -11,6 +11,7 @@ Modes (config field `mode`):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Mapping
@@ -118,3 +119,38 @@ def allgather_json(value: Any) -> list[Any]:
   padded[: encoded.size] = encoded
   bytes_PxN = np.asarray(multihost_utils.process_allgather(padded))
   return [json.loads(bytes_PxN[p, :n].tobytes()) for p, n in enumerate(lengths_P)]
+
+
+# Instances of HostMax in creation order: every process creates them in the same order, so the ids agree.
+_HOST_MAX_IDS = itertools.count()
+
+
+class HostMax:
+  """The maximum of one integer per process, agreed on the hosts alone, once per call (a collective).
+
+  Goes through the `jax.distributed` coordination service's key-value store, not a device collective: a device
+  all-gather would queue behind the train step just dispatched and make the host wait for it every step
+  (`multihost_utils.process_allgather` does), where this lets the host prepare the next batch meanwhile.
+  """
+
+  def __init__(self, name: str, timeout_s: float = 600.0):
+    self._prefix = f"leafe_jax/{name}/{next(_HOST_MAX_IDS)}"
+    self._timeout_ms = int(timeout_s * 1000)
+    self._round = 0
+
+  def __call__(self, value: int) -> int:
+    if jax.process_count() == 1:
+      return int(value)
+    from jax._src import distributed as jax_distributed  # the client orbax and multihost_utils use too
+
+    client = jax_distributed.global_state.client
+    me, rnd = jax.process_index(), self._round
+    self._round += 1
+    client.key_value_set(f"{self._prefix}/{rnd}/{me}", str(int(value)))
+    values = [int(client.blocking_key_value_get(f"{self._prefix}/{rnd}/{p}", self._timeout_ms))
+              for p in range(jax.process_count())]
+    # Every process has read round rnd-2: each posted its round rnd-1 value after reading rnd-2, and we have
+    # seen all of those. So our key of rnd-2 can go (the store would otherwise grow by one key per step).
+    if rnd >= 2:
+      client.key_value_delete(f"{self._prefix}/{rnd - 2}/{me}")
+    return max(values)

@@ -134,9 +134,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     fail("num_epochs", "must be > 0 when num_steps is 0")
 
 
-def model_and_params(config, workdir, mesh, rng):
+def model_and_params(config, workdir, mesh, rng, *, abstract: bool = False):
   """(model, params sharded on mesh, params sharding) for the configured init (init, init_path, model, dtype,
-  param_dtype, remat_policy, attention_impl of a train or grpo section)."""
+  param_dtype, remat_policy, attention_impl of a train or grpo section).
+
+  abstract: params as sharded ShapeDtypeStructs, nothing loaded or initialised (a resumed run restores them from
+  its own checkpoint; loading a 70B HF checkpoint only to discard it would cost minutes).
+  """
   import jax
   import jax.numpy as jnp
 
@@ -151,6 +155,11 @@ def model_and_params(config, workdir, mesh, rng):
       overrides["attention_impl"] = config.attention_impl
     return dataclasses.replace(model_config, **overrides)
 
+  if config.init == "hf" and abstract:
+    model = models.Decoder(with_train_dtypes(models.config_from_hf(resolve_path(config.init_path, workdir))))
+    params_sharding = parallel.param_shardings(model, mesh)
+    shapes = jax.eval_shape(lambda key: models.init_params(model.config, key), rng)
+    return model, checkpoint.abstract_like(shapes, params_sharding), params_sharding
   if config.init == "hf":
     hf_model, params = models.from_hf(
         resolve_path(config.init_path, workdir), dtype=jnp.dtype(config.param_dtype), mesh=mesh
@@ -161,10 +170,12 @@ def model_and_params(config, workdir, mesh, rng):
   model = models.Decoder(model_config)
   params_sharding = parallel.param_shardings(model, mesh)
   init_fn = jax.jit(lambda key: models.init_params(model_config, key), out_shardings=params_sharding)
+  shapes = checkpoint.abstract_like(jax.eval_shape(init_fn, rng), params_sharding)
+  if abstract:
+    return model, shapes, params_sharding
   if config.init == "random":
     return model, init_fn(rng), params_sharding
-  abstract = checkpoint.abstract_like(jax.eval_shape(init_fn, rng), params_sharding)
-  return model, checkpoint.restore_params(resolve_path(config.init_path, workdir), abstract), params_sharding
+  return model, checkpoint.restore_params(resolve_path(config.init_path, workdir), shapes), params_sharding
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
@@ -175,6 +186,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
 
   import jax
   import transformers
+  from tqdm import tqdm
 
   from leafe_jax import parallel
   from leafe_jax.data import records
@@ -211,7 +223,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       os.path.join(stage_dir, "checkpoints"), keep=cfg.keep, async_save=cfg.async_checkpoint
   )
   latest = ckpt.latest_step()
-  model, params, params_sharding = model_and_params(cfg, workdir, mesh, init_rng)
+  model, params, params_sharding = model_and_params(cfg, workdir, mesh, init_rng, abstract=latest is not None)
   state_sharding = state_lib.shardings(tx, params, params_sharding, mesh)
   if latest is None:
     state = jax.jit(lambda p, r: state_lib.create(p, tx, r), out_shardings=state_sharding)(params, state_rng)
@@ -247,14 +259,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   step = int(jax.device_get(state.step))
   logging.info("train: step %d of %d, global batch %d x %d, mesh %s", step, total_steps, cfg.batch_size,
                cfg.seq_len, dict(mesh.shape))
+  widest = distributed.HostMax("train/targets_per_row")
   pending, window_start = [], time.perf_counter()
   trained = step < total_steps
+  bar = tqdm(total=total_steps, initial=step, desc=f"train {os.path.basename(stage_dir)}", unit="step",
+             disable=process_index != 0)
   while step < total_steps:
     local = {k: v for k, v in data.next().items() if k in BATCH_KEYS}
-    local[loss_lib.TARGET_INDEX] = _target_index(local, cfg)
+    local[loss_lib.TARGET_INDEX] = _target_index(local, cfg, widest)
     state, step_metrics = jitted(state, distributed.global_batch(local, mesh))
     pending.append(step_metrics)
     step += 1
+    bar.update(1)
     if step % cfg.log_every == 0 or step == total_steps:
       pending = jax.device_get(pending)
       scalars = _reduce(pending, records.KINDS)
@@ -264,11 +280,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       if peak is not None:
         scalars["mfu"] = tokens * flops_per_token / elapsed / (peak * jax.device_count())
       writer.write(step, scalars)
+      bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
       if process_index == 0:
         metrics.log_progress(step, total_steps, scalars)
       pending, window_start = [], time.perf_counter()
     if step % cfg.checkpoint_every == 0 or step == total_steps:
       ckpt.save(step, state, {"processes": distributed.allgather_json(data.state())})
+  bar.close()
   ckpt.close()
   writer.close()
   if cfg.export_hf:
@@ -278,16 +296,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       checkpoint.export_hf(model, state.params, tokenizer_dir, hf_dir)
 
 
-def _target_index(local: dict[str, np.ndarray], cfg: ml_collections.ConfigDict) -> np.ndarray:
+def _target_index(local: dict[str, np.ndarray], cfg: ml_collections.ConfigDict,
+                  widest: distributed.HostMax) -> np.ndarray:
   """This process's rows' target positions, at a width every process agrees on (the global batch is one array)."""
-  import jax
-  from jax.experimental import multihost_utils
-
   from leafe_jax.train import targets
 
-  most = targets.max_targets_per_row(local)
-  if jax.process_count() > 1:
-    most = int(np.max(multihost_utils.process_allgather(np.asarray(most))))
+  most = widest(targets.max_targets_per_row(local))
   return targets.target_index(local, targets.index_width(most, cfg.seq_len, tuple(cfg.logits_fractions)))
 
 
