@@ -19,17 +19,29 @@ CASES = {
     "llama": (LlamaConfig, {}),
     "llama3_rope_tied": (LlamaConfig, {"tie_word_embeddings": True, "rope_scaling": LLAMA3_ROPE}),
     "qwen2": (Qwen2Config, {}),
-    "qwen3": (Qwen3Config, {"head_dim": 16}),
+    # head_dim 32 != hidden 64 / 4 heads: q/o projections are [128, 64], heads x head_dim != d_model.
+    "qwen3": (Qwen3Config, {"head_dim": 32}),
 }
 
 
 def save_tiny_hf(tmp_path, case):
-  """A random 2-layer transformers model of family `case`, saved to tmp_path; returns (torch model, dir)."""
+  """A random 2-layer transformers model of family `case`, saved to tmp_path; returns (torch model, dir).
+
+  transformers initialises biases to 0 and RMSNorm weights to 1, which a swapped or dropped mapping of them
+  would not change: they are refilled with distinct random values (norm weights around 1, biases around 0).
+  """
   cls, extra = CASES[case]
   torch.manual_seed(0)
   hf_config = cls(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, **extra)
   model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager").eval()
+  generator = torch.Generator().manual_seed(1)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if name.endswith(".bias"):
+        param.copy_(0.5 * torch.randn(param.shape, generator=generator))
+      elif "norm" in name:
+        param.copy_(1.0 + 0.5 * torch.randn(param.shape, generator=generator))
   path = str(tmp_path / case)
   model.save_pretrained(path)
   return model, path

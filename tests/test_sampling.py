@@ -6,12 +6,20 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from leafe_jax import models, parallel
 from leafe_jax.sampling import Sampler
 from leafe_jax.sampling import sampler as sampler_lib
 
 PROMPTS = [[5, 6, 7], [9, 10, 11, 12, 13, 14], [3]]
+
+
+class Letters:
+  """Test-only tokenizer: token t -> one character."""
+
+  def decode(self, ids, skip_special_tokens=False):
+    return "".join(chr(ord("a") + t % 26) for t in ids)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +80,6 @@ def test_eos_ends_a_row_and_stop_strings_truncate_text(tiny):
                                                                                temperature=0.0)[0][0]
   assert with_eos.token_ids == tokens[:first] and with_eos.finish_reason == "eos"
 
-  class Letters:  # test-only tokenizer: token t -> one character
-    def decode(self, ids, skip_special_tokens=False):
-      return "".join(chr(ord("a") + t % 26) for t in ids)
-
   text = Letters().decode(tokens)
   stop = text[4:6]
   stopped = Sampler(model, params, tokenizer=Letters(), max_cache_len=64).generate(
@@ -84,10 +88,59 @@ def test_eos_ends_a_row_and_stop_strings_truncate_text(tiny):
   assert stop in Letters().decode(stopped.token_ids) and stop not in Letters().decode(stopped.token_ids[:-1])
 
 
-def test_prompt_longer_than_the_cache_names_both_lengths(tiny):
+def test_stop_strings_per_prompt_cut_each_row_at_its_own_stop_string(tiny):
   _, model, params = tiny
-  with pytest.raises(ValueError, match=r"prompt of 60 tokens \+ max_new_tokens=10 = 70 exceeds .*max_cache_len=64"):
-    Sampler(model, params, max_cache_len=64).generate([[1] * 60], max_new_tokens=10)
+  sampler = Sampler(model, params, tokenizer=Letters(), max_cache_len=64)
+  prompts = PROMPTS[:2]
+  texts = [row[0].text for row in sampler.generate(prompts, max_new_tokens=8, temperature=0.0)]
+  stops = [[texts[0][4:6]], [texts[1][2:4], "never"]]
+  assert stops[0][0] not in texts[1]  # else row 1 would stop at row 0's string too, hiding a mix-up
+  # A tuple of lists is what JaxPolicy.generate passes (tuple(stop)).
+  per_prompt = sampler.generate(prompts, max_new_tokens=8, temperature=0.0, stop_strings=tuple(stops))
+  for prompt, text, stop, (sample,) in zip(prompts, texts, stops, per_prompt):
+    assert sample.finish_reason == "stop" and sample.text == text[: text.find(stop[0])]
+    (alone,), = sampler.generate([prompt], max_new_tokens=8, temperature=0.0, stop_strings=stop)
+    assert alone == sample
+  no_stop_for_row_0 = sampler.generate(prompts, max_new_tokens=8, temperature=0.0, stop_strings=[[], stops[1]])
+  assert no_stop_for_row_0[0][0].finish_reason == "length" and no_stop_for_row_0[0][0].text == texts[0]
+  # A flat list is for every prompt.
+  flat = sampler.generate(prompts, max_new_tokens=8, temperature=0.0, stop_strings=stops[0])
+  assert [row[0].finish_reason for row in flat] == ["stop", "length"]
+  with pytest.raises(ValueError, match=r"one list per prompt \(2 lists\)"):
+    sampler.generate(prompts, stop_strings=[["a"]])
+
+
+def test_a_prompt_too_long_for_the_cache_is_named_with_its_index_and_lengths(tiny):
+  _, model, params = tiny
+  with pytest.raises(ValueError, match=r"prompt 1 of 60 tokens \+ max_new_tokens=10 = 70 exceeds .*max_cache_len=64"):
+    Sampler(model, params, max_cache_len=64).generate([[1] * 3, [1] * 60], max_new_tokens=[50, 10])
+
+
+def test_rows_that_each_fit_the_cache_generate_though_longest_prompt_plus_largest_budget_does_not(tiny):
+  """[60 tokens, budget 4] and [3 tokens, budget 60] each fit a 64-slot cache; together they run as two groups."""
+  _, model, params = tiny
+  sampler = Sampler(model, params, max_cache_len=64)
+  prompts, budgets = [list(range(1, 61)), [5, 6, 7]], [4, 60]
+  assert sampler._length_groups([60, 3], budgets) == [[1], [0]]
+  both = sampler.generate(prompts, max_new_tokens=budgets, temperature=0.0)
+  for prompt, budget, (sample,) in zip(prompts, budgets, both):
+    (alone,), = sampler.generate([prompt], max_new_tokens=budget, temperature=0.0)
+    assert sample.token_ids == alone.token_ids and len(sample.token_ids) == budget
+
+
+def test_no_length_group_needs_more_cache_than_max_cache_len():
+  sampler = Sampler(model=None, params=None, max_cache_len=96, prompt_buckets=(8, 32, 64))
+  rng = np.random.RandomState(0)
+  for _ in range(200):
+    count = rng.randint(1, 9)
+    new = [int(b) for b in rng.randint(1, 60, count)]
+    lengths = [int(rng.randint(1, 97 - b)) for b in new]  # every row fits on its own
+    groups = sampler._length_groups(lengths, new)
+    assert sorted(i for g in groups for i in g) == list(range(count))
+    for g in groups:
+      longest, most_new = max(lengths[i] for i in g), max(new[i] for i in g)
+      prompt_len, _ = sampler._bucketed(longest, most_new)
+      assert longest <= prompt_len and prompt_len + most_new <= 96, (lengths, new, g)
 
 
 def test_calls_within_one_bucket_reuse_the_compiled_program(tiny):
@@ -156,3 +209,62 @@ def test_a_long_prompt_runs_apart_from_short_ones_with_the_same_tokens(tiny):
       long, max_new_tokens=4, temperature=0.0)
   ids = lambda out: [row[0].token_ids for row in out]
   assert ids(mixed) == [ids(alone)[i] for i in (0, 1, 4, 2, 3)]
+
+
+# A known distribution over 5 token ids; by probability: 1 (0.5), 3 (0.25), 4 (0.15), 0 (0.07), 2 (0.03).
+PROBS = np.asarray([0.07, 0.5, 0.03, 0.25, 0.15])
+DRAWS = 4000  # per setting
+
+
+def _draw(top_k, temperatures, top_ps):
+  """Empirical token frequencies of DRAWS rows per (temperature, top_p) setting, from one `_choose` call."""
+  logits = np.tile(np.log(PROBS).astype(np.float32), (DRAWS * len(temperatures), 1))
+  temperature_B = np.repeat(np.asarray(temperatures, np.float32), DRAWS)
+  top_p_B = np.repeat(np.asarray(top_ps, np.float32), DRAWS)
+  tokens = sampler_lib._choose(jnp.asarray(logits), jnp.asarray(logits.max(-1)), jax.random.PRNGKey(0),
+                               jnp.asarray(temperature_B), jnp.asarray(top_p_B), greedy=False, top_k=top_k,
+                               nucleus=min(top_ps) < 1.0)
+  tokens = np.asarray(tokens).reshape(len(temperatures), DRAWS)
+  return np.stack([np.bincount(row, minlength=len(PROBS)) / DRAWS for row in tokens])
+
+
+def _assert_frequencies(got, expected):
+  # Each count is Binomial(DRAWS, p): its frequency has sd sqrt(p(1-p)/DRAWS) (<= 0.008 here); 5 sd is missed
+  # with chance ~6e-7 per entry (and the key is fixed, so the test is deterministic). p = 0 must never be drawn.
+  tolerance = 5 * np.sqrt(expected * (1 - expected) / DRAWS)
+  assert np.all(np.abs(got - expected) <= tolerance), (got, expected)
+
+
+TOP_PS = (0.3, 0.6, 0.8, 0.85, 1.0)
+
+
+@pytest.mark.parametrize("top_k, kept", [
+    (0, [{1}, {1, 3}, {1, 3, 4}, {1, 3, 4}, {0, 1, 2, 3, 4}]),
+    (2, [{1}, {1}, {1, 3}, {1, 3}, {1, 3}]),  # top-2 renormalised: 2/3, 1/3
+    # top-p applies to the top-k renormalised: 0.5/0.9 + 0.25/0.9 = 0.83 >= 0.8 already without token 4.
+    (3, [{1}, {1, 3}, {1, 3}, {1, 3, 4}, {1, 3, 4}]),
+])
+def test_top_k_and_top_p_draw_the_tokens_transformers_keeps_at_their_renormalised_probabilities(top_k, kept):
+  """The smallest most-likely set reaching top_p (at least one token), after top-k, as transformers' warpers."""
+  got = _draw(top_k, [1.0] * len(TOP_PS), TOP_PS)
+  for top_p, freq, want in zip(TOP_PS, got, kept):
+    scores = torch.tensor(np.log(PROBS), dtype=torch.float32)[None]
+    if top_k:
+      scores = TopKLogitsWarper(top_k)(None, scores)
+    if top_p < 1.0:
+      scores = TopPLogitsWarper(top_p)(None, scores)
+    expected = torch.softmax(scores, -1)[0].double().numpy()
+    assert set(np.flatnonzero(expected)) == want  # the hand-computed sets agree with transformers
+    assert set(np.flatnonzero(freq)) == want, (top_k, top_p)
+    _assert_frequencies(freq, expected)
+
+
+def test_temperature_shapes_the_draws_as_softmax_of_logits_over_temperature():
+  temperatures = (0.5, 1.0, 2.0, 0.0)
+  got = _draw(0, temperatures, [1.0] * len(temperatures))
+  for t, freq in zip(temperatures[:3], got):
+    expected = PROBS ** (1 / t) / np.sum(PROBS ** (1 / t))  # softmax(log p / t), by hand
+    scaled = TemperatureLogitsWarper(t)(None, torch.tensor(np.log(PROBS))[None])
+    np.testing.assert_allclose(torch.softmax(scaled, -1)[0].numpy(), expected, rtol=1e-12)
+    _assert_frequencies(freq, expected)
+  np.testing.assert_array_equal(got[3], np.eye(len(PROBS))[1])  # temperature 0: the argmax, every time

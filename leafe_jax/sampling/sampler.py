@@ -10,8 +10,9 @@ With `n > 1` each prompt is prefilled once and its cache rows are repeated `n` t
 Log-probs are those of the unmodified model distribution (log-softmax of the logits at temperature 1) for the
 chosen tokens, whatever temperature / top-p / top-k shaped the sampling: what importance ratios and RL need.
 
-Stop strings are applied on the host after generation (they need detokenization): the sample is cut at the
-shortest token prefix whose text contains a stop string, and the text ends just before the stop string.
+Stop strings (one list for every prompt, or one list per prompt) are applied on the host after generation (they
+need detokenization): the sample is cut at the shortest token prefix whose text contains a stop string, and the
+text ends just before the stop string.
 Generation of that row is not stopped early on device, so a stop string costs decode steps, not correctness.
 """
 
@@ -65,6 +66,20 @@ def _bucket(value: int, buckets: Sequence[int], cap: int | None = None) -> int:
 
 def _power_of_two(value: int) -> int:
   return 1 << max(value - 1, 0).bit_length()
+
+
+def _stops_per_prompt(stop_strings, count: int) -> list[tuple[str, ...]]:
+  """Stop strings given once for every prompt (a flat list, or one string) or as one list per prompt."""
+  if isinstance(stop_strings, str):
+    return [(stop_strings,)] * count
+  items = list(stop_strings)
+  nested = [not isinstance(s, str) for s in items]
+  if not any(nested):
+    return [tuple(items)] * count
+  if not all(nested) or len(items) != count:
+    raise ValueError(f"generate: stop_strings must be one list of strings, or one list per prompt "
+                     f"({count} lists); got {items!r}")
+  return [tuple(s) for s in items]
 
 
 def _first_max_index(logits_BxV, max_B):
@@ -184,12 +199,13 @@ class Sampler:
 
   def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1,
                max_new_tokens: int | Sequence[int] = 64, temperature: float | Sequence[float] = 1.0,
-               top_p: float | Sequence[float] = 1.0, top_k: int = 0, stop_strings: Sequence[str] = (),
-               seed: int = 0) -> list[list[Sample]]:
+               top_p: float | Sequence[float] = 1.0, top_k: int = 0,
+               stop_strings: Sequence[str] | Sequence[Sequence[str]] = (), seed: int = 0) -> list[list[Sample]]:
     """`n` samples for each prompt (lists of token ids); temperature 0 is greedy; same seed => same samples.
 
     `max_new_tokens`, `temperature` and `top_p` are one value for every prompt or one per prompt (an explorer
-    tick serves action and reflection prompts, with their own settings, in one call).
+    tick serves action and reflection prompts, with their own settings, in one call); `stop_strings` likewise
+    is one list of strings for every prompt or one list per prompt.
     """
     if not prompt_ids:
       return []
@@ -199,18 +215,19 @@ class Sampler:
     max_new = per_prompt(max_new_tokens, count, "max_new_tokens", int)
     temperatures = per_prompt(temperature, count, "temperature", float)
     top_ps = per_prompt(top_p, count, "top_p", float)
+    stops = _stops_per_prompt(stop_strings, count)
     if n < 1 or min(max_new) < 1:
       raise ValueError(f"generate: n={n} and max_new_tokens={min(max_new)} must both be >= 1")
-    longest, most_new = max(len(p) for p in prompt_ids), max(max_new)
-    if longest + most_new > self.max_cache_len:
-      raise ValueError(f"prompt of {longest} tokens + max_new_tokens={most_new} = "
-                       f"{longest + most_new} exceeds the cache length max_cache_len={self.max_cache_len}")
+    for i, (prompt, new) in enumerate(zip(prompt_ids, max_new)):
+      if len(prompt) + new > self.max_cache_len:
+        raise ValueError(f"prompt {i} of {len(prompt)} tokens + max_new_tokens={new} = {len(prompt) + new} "
+                         f"exceeds the cache length max_cache_len={self.max_cache_len}")
     samples: list[list[Sample]] = [[] for _ in prompt_ids]
     for g, rows in enumerate(self._length_groups([len(p) for p in prompt_ids], max_new)):
       key = jax.random.PRNGKey(seed) if g == 0 else jax.random.fold_in(jax.random.PRNGKey(seed), g)
       group = self._generate_group([prompt_ids[i] for i in rows], [max_new[i] for i in rows],
                                    [temperatures[i] for i in rows], [top_ps[i] for i in rows], n, top_k,
-                                   stop_strings, key)
+                                   [stops[i] for i in rows], key)
       for i, row_samples in zip(rows, group):
         samples[i] = row_samples
     return samples
@@ -227,13 +244,17 @@ class Sampler:
   def _length_groups(self, lengths: Sequence[int], max_new: Sequence[int]) -> list[list[int]]:
     """Prompt indices in groups that each run as one program: rows sorted by length join a group while its
     padded token slots stay within `max_padding_factor` x the slots its rows would take alone. Short action
-    prompts are not padded to (and do not hold KV cache for) a long reflection prompt of the same call."""
+    prompts are not padded to (and do not hold KV cache for) a long reflection prompt of the same call.
+
+    A group's longest prompt + largest budget must fit in the cache (every row of a program writes the same
+    slots), so a row that would push its group past `max_cache_len` starts a new group."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], max_new[i]))
     groups: list[list[int]] = []
     own = most_new = 0  # the current group's rows' own slots, summed, and its largest token budget
     for i in order:
       alone = self._slots(lengths[i], max_new[i])
-      if groups:  # rows come sorted by length: this one is the group's longest
+      fits = lengths[i] + max(most_new, max_new[i]) <= self.max_cache_len
+      if groups and fits:  # rows come sorted by length: this one is the group's longest
         padded = (len(groups[-1]) + 1) * self._slots(lengths[i], max(most_new, max_new[i]))
         if padded <= self.max_padding_factor * (own + alone):
           groups[-1].append(i)
@@ -243,7 +264,7 @@ class Sampler:
       own, most_new = alone, max_new[i]
     return [sorted(g) for g in groups]
 
-  def _generate_group(self, prompt_ids, max_new, temperatures, top_ps, n, top_k, stop_strings,
+  def _generate_group(self, prompt_ids, max_new, temperatures, top_ps, n, top_k, stops,
                       key) -> list[list[Sample]]:
     """One compiled program over these prompts (padded to the group's longest prompt and largest budget)."""
     count, longest, most_new = len(prompt_ids), max(len(p) for p in prompt_ids), max(max_new)
@@ -275,7 +296,7 @@ class Sampler:
                           cache_len=cache_len, out_len=out_len, n=int(n), greedy=greedy,
                           top_k=0 if greedy else int(top_k), nucleus=(not greedy) and min(top_ps) < 1.0)
     out, logp = np.asarray(out), np.asarray(logp)
-    samples = [self._finish(out[i, :max_new[i // n]], logp[i, :max_new[i // n]], stop_strings)
+    samples = [self._finish(out[i, :max_new[i // n]], logp[i, :max_new[i // n]], stops[i // n])
                for i in range(count * n)]
     return [samples[i * n:(i + 1) * n] for i in range(count)]
 
