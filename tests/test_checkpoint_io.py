@@ -52,6 +52,33 @@ def test_to_hf_reloads_in_transformers_with_identical_tensors(tmp_path, case):
   _assert_same_state(reloaded.state_dict(), reference.state_dict())
 
 
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_to_hf_splits_files_by_size_and_fetches_each_parameter_once(tmp_path, scan_layers):
+  reference, path = save_tiny_hf(tmp_path, "qwen2")
+  model, params = models.from_hf(path, scan_layers=scan_layers)
+  fetched = []
+
+  def fetch(leaf):
+    fetched.append(id(leaf))
+    return np.asarray(leaf)
+
+  out = str(tmp_path / "export")
+  models.to_hf(model, params, out, max_shard_bytes=40_000, fetch=fetch)
+  files = sorted(f for f in os.listdir(out) if f.endswith(".safetensors"))
+  with open(os.path.join(out, "model.safetensors.index.json")) as f:
+    index = json.load(f)
+  assert len(files) > 1 and sorted(set(index["weight_map"].values())) == files
+  # Each file stays under the limit unless it holds a single larger tensor.
+  for name in files:
+    tensors = safetensors_io.read_header(os.path.join(out, name))
+    assert len(tensors) == 1 or sum(t.end - t.start for t in tensors.values()) <= 40_000, name
+  assert len(fetched) == len(set(fetched)) == len(jax.tree.leaves(params))  # stacked layers: one fetch each
+  _assert_same_state(AutoModelForCausalLM.from_pretrained(out).state_dict(), reference.state_dict())
+  _, again = models.from_hf(out, scan_layers=scan_layers)
+  for want, got in zip(jax.tree.leaves(params), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_sharded_safetensors_index_loads_like_a_single_file(tmp_path):
   reference, path = save_tiny_hf(tmp_path, "llama")
   sharded = str(tmp_path / "sharded")

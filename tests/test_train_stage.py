@@ -43,11 +43,12 @@ def workdir(tmp_path):
   return tmp_path
 
 
-def _main(workdir, *overrides):
+def _main(workdir, *overrides, new_session=False):
   pythonpath = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=pythonpath)
   cmd = [sys.executable, "-m", "leafe_jax.main", f"--config={CONFIG}", f"--workdir={workdir}", *overrides]
-  return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=new_session)
 
 
 def _finish(proc):
@@ -67,35 +68,8 @@ def _exported(workdir):
   return tensors
 
 
-def test_sigkill_then_rerun_gives_bit_identical_params(tmp_path, workdir):
-  steps, every = "--config.train.num_steps=240", "--config.train.checkpoint_every=40"
-  reference = tmp_path / "uninterrupted"
-  os.makedirs(reference)
-  for name in ("tokenizer", "records"):
-    os.symlink(workdir / name, reference / name)
-  first = _main(reference, steps, every)
-
-  killed = _main(workdir, steps, every)
-  first_ckpt = workdir / "train" / "checkpoints" / "40"
-  deadline = time.time() + 240
-  while not first_ckpt.is_dir() and killed.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  assert killed.poll() is None, "the run ended before its first checkpoint was written:\n" + killed.stdout.read()
-  killed.send_signal(signal.SIGKILL)
-  killed.wait()
-  assert not (workdir / "train" / "hf").exists()
-
-  resumed_log = _finish(_main(workdir, steps, every))
-  assert "checkpoint: restored step" in resumed_log
-  _finish(first)
-  want, got = _exported(reference), _exported(workdir)
-  assert sorted(want) == sorted(got)
-  for name in want:
-    np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-  # The export is a complete HF directory: config, weights and tokenizer files.
-  hf = workdir / "train" / "hf"
-  assert (hf / "config.json").exists() and (hf / "tokenizer.json").exists()
-  transformers.AutoTokenizer.from_pretrained(str(hf))
+def _main_in_group(workdir, *overrides):
+  return _main(workdir, *overrides, new_session=True)
 
 
 def _launch_two(workdir, *overrides):
@@ -107,36 +81,59 @@ def _launch_two(workdir, *overrides):
                           start_new_session=True)
 
 
-def test_two_process_run_resumes_after_sigkill_bit_identical(tmp_path, workdir):
-  # Each process reads its own shards: the checkpoint must hold both data positions, not process 0's only.
-  steps, every = "--config.train.num_steps=160", "--config.train.checkpoint_every=40"
+def _kill_and_resume(tmp_path, workdir, launch, steps, every, between=None):
+  """An uninterrupted run and one SIGKILLed (its whole process group) after its first checkpoint, then rerun.
+
+  `between(workdir)` runs after the kill, before the rerun. Returns the rerun's log, once both runs have ended.
+  """
   reference = tmp_path / "uninterrupted"
   os.makedirs(reference)
   for name in ("tokenizer", "records"):
     os.symlink(workdir / name, reference / name)
-  first = _launch_two(reference, steps, every)
+  first = launch(reference, steps, every)
 
-  killed = _launch_two(workdir, steps, every)
-  first_ckpt = workdir / "train" / "checkpoints" / "40"
+  killed = launch(workdir, steps, every)
+  first_ckpt = workdir / "train" / "checkpoints" / every.rpartition("=")[2]
   deadline = time.time() + 240
   while not first_ckpt.is_dir() and killed.poll() is None and time.time() < deadline:
     time.sleep(0.05)
   assert killed.poll() is None, "the run ended before its first checkpoint was written:\n" + killed.stdout.read()
-  os.killpg(killed.pid, signal.SIGKILL)  # the launcher and both training processes
+  os.killpg(killed.pid, signal.SIGKILL)
   killed.wait()
+  assert not (workdir / "train" / "hf").exists()
+  if between is not None:
+    between(workdir)
 
-  # One process cannot take over the data positions of two: a clear error, not a silent reshuffle.
-  single = _main(workdir, steps, every)
-  out, _ = single.communicate(timeout=300)
-  assert single.returncode != 0 and "resume with the same number of processes" in out, out[-3000:]
-
-  resumed_log = _finish(_launch_two(workdir, steps, every))
+  resumed_log = _finish(launch(workdir, steps, every))
   assert "checkpoint: restored step" in resumed_log
   _finish(first)
   want, got = _exported(reference), _exported(workdir)
   assert sorted(want) == sorted(got)
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+  return resumed_log
+
+
+def test_sigkill_then_rerun_gives_bit_identical_params(tmp_path, workdir):
+  _kill_and_resume(tmp_path, workdir, _main_in_group, "--config.train.num_steps=240",
+                   "--config.train.checkpoint_every=40")
+  # The export is a complete HF directory: config, weights and tokenizer files.
+  hf = workdir / "train" / "hf"
+  assert (hf / "config.json").exists() and (hf / "tokenizer.json").exists()
+  transformers.AutoTokenizer.from_pretrained(str(hf))
+
+
+def test_two_process_run_resumes_after_sigkill_bit_identical(tmp_path, workdir):
+  # Each process reads its own shards: the checkpoint must hold both data positions, not process 0's only.
+  steps, every = "--config.train.num_steps=160", "--config.train.checkpoint_every=40"
+
+  def one_process_refuses(killed_dir):
+    # One process cannot take over the data positions of two: a clear error, not a silent reshuffle.
+    single = _main(killed_dir, steps, every)
+    out, _ = single.communicate(timeout=300)
+    assert single.returncode != 0 and "resume with the same number of processes" in out, out[-3000:]
+
+  _kill_and_resume(tmp_path, workdir, _launch_two, steps, every, between=one_process_refuses)
 
 
 def _config(**fields):
@@ -197,9 +194,9 @@ def test_bad_values_fail_before_any_work(tmp_path, fields, message):
 def test_abstract_params_of_an_hf_init_match_the_loaded_ones_without_loading(tmp_path, case):
   # A resumed run takes its params from its own checkpoint: the HF checkpoint only gives their shapes then.
   import jax
+  from test_models import save_tiny_hf
 
   from leafe_jax import parallel
-  from test_models import save_tiny_hf
 
   _, path = save_tiny_hf(tmp_path, case)
   cfg = _config(init="hf", init_path=path, dtype="float32", param_dtype="float32").train

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -141,27 +144,63 @@ def from_hf(path: str, dtype=jnp.float32, mesh=None, param_dtype=None, scan_laye
   return model, params
 
 
-def to_hf(model: Decoder, params: dict, path: str) -> None:
-  """Writes `params` as `model.safetensors` + `config.json` (+ `generation_config.json`) that transformers loads.
+# Largest safetensors file `to_hf` writes: bigger models are split into `model-0000i-of-0000n.safetensors` files
+# plus `model.safetensors.index.json`, which transformers and `from_hf` both read.
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
-  Tensors keep the dtype of `params`; unrolled and scanned (`layers`-stacked) params both work.
+
+def to_hf(model: Decoder, params: dict, path: str, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+          fetch: Callable[[Any], np.ndarray] | None = None, write: bool = True) -> None:
+  """Writes `params` as safetensors + `config.json` (+ `generation_config.json`) that transformers loads.
+
+  Tensors keep the dtype of `params`; unrolled and scanned (`layers`-stacked) params both work. Parameters are
+  fetched to the host one at a time (`fetch`, default `jax.device_get`) and written file by file, so the host
+  holds at most one file's tensors (plus, for scanned params, one stacked parameter). A multi-process export
+  passes a cross-process gather as `fetch` on every process and `write=False` on all but one.
   """
   config = model.config
-  os.makedirs(path, exist_ok=True)
-  params = jax.device_get(params)
-  tensors = {}
+  fetch = fetch or (lambda leaf: np.asarray(jax.device_get(leaf)))
+  planned = []
   for hf_name, ours, _, to_hf_fn, shape in registry.family(config.family).tensor_maps(config):
     spath, layer = _scanned_path(ours) if config.scan_layers else (ours, None)
     try:
-      value = np.asarray(_get(params, spath))
+      leaf = _get(params, spath)
     except (KeyError, TypeError) as e:
       raise CheckpointError(f"to_hf: parameter {'/'.join(spath)} (for {hf_name!r}) is missing from params") from e
-    value = value if layer is None else value[layer]
-    array = np.ascontiguousarray(to_hf_fn(value))
-    if array.shape != shape:
-      raise CheckpointError(f"to_hf: tensor {hf_name!r} has shape {array.shape}, expected {shape}")
-    tensors[hf_name] = array
-  safetensors_io.save(tensors, os.path.join(path, "model.safetensors"))
+    planned.append((spath, layer if layer is not None else -1, hf_name, to_hf_fn, shape,
+                    math.prod(shape) * np.dtype(leaf.dtype).itemsize))
+  planned.sort(key=lambda entry: (entry[0], entry[1]))  # a stacked parameter's layers one after another
+  files, size = [[]], 0
+  for entry in planned:
+    if files[-1] and size + entry[-1] > max_shard_bytes:
+      files.append([])
+      size = 0
+    files[-1].append(entry)
+    size += entry[-1]
+  names = (["model.safetensors"] if len(files) == 1 else
+           [f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i in range(len(files))])
+  if write:
+    os.makedirs(path, exist_ok=True)
+  fetched_path, fetched = None, None
+  for name, entries in zip(names, files):
+    tensors = {}
+    for spath, layer, hf_name, to_hf_fn, shape, _ in entries:
+      if spath != fetched_path:
+        fetched_path, fetched = spath, fetch(_get(params, spath))  # a collective when multi-process
+      value = fetched if layer < 0 else fetched[layer]
+      array = np.ascontiguousarray(to_hf_fn(value))
+      if array.shape != shape:
+        raise CheckpointError(f"to_hf: tensor {hf_name!r} has shape {array.shape}, expected {shape}")
+      tensors[hf_name] = array
+    if write:
+      safetensors_io.save(tensors, os.path.join(path, name))
+  if not write:
+    return
+  if len(files) > 1:
+    weight_map = {entry[2]: name for name, entries in zip(names, files) for entry in entries}
+    total = sum(entry[-1] for entry in planned)
+    _write_json({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+                os.path.join(path, "model.safetensors.index.json"))
   hf_config = registry.family(config.family).hf_config(config)
   _write_json(hf_config, os.path.join(path, "config.json"))
   generation = {key: hf_config[key] for key in ("bos_token_id", "eos_token_id") if key in hf_config}

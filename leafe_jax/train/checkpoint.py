@@ -14,6 +14,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -97,18 +98,25 @@ def copy_tokenizer_files(tokenizer_dir: str, out_dir: str) -> list[str]:
 
 
 def export_hf(model: Any, params: Any, tokenizer_dir: str, out_dir: str) -> None:
-  """Writes a complete HF directory (config, safetensors, tokenizer) atomically: `out_dir` appears when done."""
+  """Writes a complete HF directory (config, safetensors, tokenizer) atomically: `out_dir` appears when done.
+
+  Multi-process: every process takes part in gathering each parameter in turn (no host holds the whole model);
+  process 0 writes.
+  """
   from jax.experimental import multihost_utils
 
   from leafe_jax import models
 
+  primary = jax.process_index() == 0
+  fetch = None
   if jax.process_count() > 1:
-    params = multihost_utils.process_allgather(params, tiled=True)
-  if jax.process_index() == 0:
-    tmp_dir = out_dir + ".tmp"
+    fetch = lambda leaf: np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+  tmp_dir = out_dir + ".tmp"
+  if primary:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     os.makedirs(tmp_dir)
-    models.to_hf(model, params, tmp_dir)
+  models.to_hf(model, params, tmp_dir, fetch=fetch, write=primary)
+  if primary:
     copy_tokenizer_files(tokenizer_dir, tmp_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp_dir, out_dir)
