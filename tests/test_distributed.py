@@ -29,6 +29,7 @@ def _cfg(**fields):
         ({}, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, "cluster"),
         ({}, {"TPU_WORKER_HOSTNAMES": "t-0,t-1,t-2,t-3"}, "cluster"),
         ({}, {"TPU_WORKER_HOSTNAMES": "t-0"}, "off"),
+        ({}, {"TPU_PROCESS_ADDRESSES": "10.0.0.1:8476,10.0.0.2:8476"}, "cluster"),
         ({"coordinator_address": "10.0.0.1:1234"}, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, "explicit"),
         ({"mode": "off"}, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, "off"),
         ({"mode": "cluster"}, {}, "cluster"),
@@ -41,6 +42,28 @@ def test_mode_follows_config_then_environment(fields, env, want):
 def test_unknown_mode_is_refused_naming_the_field():
   with pytest.raises(ValueError, match="distributed.mode"):
     distributed.resolve_mode(_cfg(mode="mpi"), {})
+
+
+@pytest.mark.parametrize("detected", [True, False])
+def test_auto_on_a_tpu_vm_lets_jax_find_the_slice_else_runs_one_process(monkeypatch, detected):
+  calls = []
+
+  def fake_initialize(**kwargs):
+    calls.append(kwargs)
+    if not detected:
+      raise ValueError("coordinator_address should be defined.")
+
+  monkeypatch.setattr(distributed.jax.distributed, "initialize", fake_initialize)
+  monkeypatch.setattr(distributed.jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(distributed.jax, "process_count", lambda: 1)
+  monkeypatch.setattr(distributed, "_on_tpu_vm", lambda: False)
+  distributed.initialize(_cfg())
+  assert calls == []  # not a TPU VM, no cluster variables: nothing to join
+  monkeypatch.setattr(distributed, "_on_tpu_vm", lambda: True)
+  distributed.initialize(_cfg())
+  assert calls == [{"initialization_timeout": 300}]  # no coordinator given: JAX asks the metadata server
+  distributed.initialize(_cfg(mode="off"))
+  assert len(calls) == 1  # "off" means off, TPU VM or not
 
 
 def test_explicit_mode_without_process_id_is_refused():

@@ -3,7 +3,9 @@
 Every host runs the same program (DESIGN.md §4). `initialize` must run before anything touches a JAX backend.
 Modes (config field `mode`):
   "auto":     explicit coordinator address given -> "explicit"; a SLURM job with several tasks or a multi-host
-              Cloud TPU slice -> "cluster"; otherwise single process (no-op).
+              Cloud TPU slice named by its environment variables -> "cluster"; on any other Cloud TPU VM, JAX's
+              own detection (the GCE metadata server knows the slice's workers) with one process as the
+              fallback; otherwise single process (no-op).
   "cluster":  `jax.distributed.initialize()` with no arguments: JAX reads the TPU metadata / SLURM variables.
   "explicit": coordinator_address, num_processes, process_id from the config (local multi-process runs).
   "off":      never initialise (one process).
@@ -11,6 +13,7 @@ Modes (config field `mode`):
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import os
@@ -43,8 +46,19 @@ def _slurm_multi_task(env: Mapping[str, str]) -> bool:
 
 
 def _tpu_multi_host(env: Mapping[str, str]) -> bool:
-  hosts = env.get("TPU_WORKER_HOSTNAMES", "")
-  return len([h for h in hosts.split(",") if h.strip()]) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in env
+  for name in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES"):  # GKE sets them; JAX reads them in this order
+    if len([h for h in env.get(name, "").split(",") if h.strip()]) > 1:
+      return True
+  return "MEGASCALE_COORDINATOR_ADDRESS" in env
+
+
+# TPU chips show up as these device files on Cloud TPU VMs (v2-v5e: accel, v5p/v6e: vfio); a cheap check that
+# needs no JAX backend, which must not start before jax.distributed.initialize.
+_TPU_DEVICE_GLOBS = ("/dev/accel[0-9]*", "/dev/vfio/[0-9]*")
+
+
+def _on_tpu_vm() -> bool:
+  return any(glob.glob(pattern) for pattern in _TPU_DEVICE_GLOBS)
 
 
 def resolve_mode(config: ml_collections.ConfigDict, env: Mapping[str, str] | None = None) -> str:
@@ -64,9 +78,20 @@ def resolve_mode(config: ml_collections.ConfigDict, env: Mapping[str, str] | Non
 def initialize(config: ml_collections.ConfigDict) -> None:
   """Initialises `jax.distributed` per `config` (a `default_config()` section); safe to call twice."""
   mode = resolve_mode(config)
-  if mode == "off" or jax.distributed.is_initialized():
+  if jax.distributed.is_initialized():
     return
-  if mode == "cluster":
+  if mode == "off" and config.mode == "auto" and _on_tpu_vm():
+    # A slice created with `gcloud compute tpus tpu-vm create` sets no variables: its workers are known to the
+    # metadata server, which JAX's own cluster detection asks. Without it (one host, no metadata): one process.
+    try:
+      jax.distributed.initialize(initialization_timeout=config.initialization_timeout_s)
+    except ValueError as e:
+      logging.info("jax.distributed (auto): TPU VM without a detected cluster (%s); one process", e)
+      return
+    mode = "cluster (detected by JAX on a TPU VM)"
+  elif mode == "off":
+    return
+  elif mode == "cluster":
     jax.distributed.initialize(initialization_timeout=config.initialization_timeout_s)
   else:
     if not config.coordinator_address or config.num_processes < 1 or not 0 <= config.process_id < config.num_processes:
