@@ -18,7 +18,7 @@ Pipeline (each stage writes under --workdir and resumes from it):
  12. report           markdown table, Pass@k plot, ledger totals and one rendered tree.
 
 How it relates to the paper: the paper starts stage 1 from a GRPO-trained 7B-72B instruct model with
-verl-agent prompts; here the starting policy is a ~1M-parameter model warmed up on solver data with injected
+verl-agent prompts; here the starting policy is a ~0.3M-parameter model warmed up on solver data with injected
 mistakes, and the prompt is the compact Sokoban template (grid only). The mechanism, code path and record
 format are the paper configs' own.
 """
