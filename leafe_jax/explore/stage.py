@@ -89,7 +89,11 @@ def settings_of(cfg: ml_collections.ConfigDict) -> ExploreSettings:
 
 
 def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -> Ledger:
-  """Explores the configured tasks with `policy`; returns the ledger (also saved next to the trees)."""
+  """Explores the configured tasks with `policy`; returns the ledger (also saved next to the trees).
+
+  `policy`: a Policy, or a zero-argument function that makes one, called only if a task is left to explore (a
+  rerun of a finished stage loads no model).
+  """
   cfg = config.explore
   settings = settings_of(cfg)
   index, count = parse_shard(cfg.shard)
@@ -123,6 +127,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
         store.append(tree)
         bar.update(1)
 
+      if not hasattr(policy, "generate"):
+        policy = policy()
       try:
         Explorer(policy, make_env, cfg.env, settings, ledger).run(todo, on_tree)
       finally:
@@ -138,6 +144,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   cfg = config.explore
   parse_shard(cfg.shard)  # fail on a bad shard before loading a model
   os.makedirs(stage_dir, exist_ok=True)
-  policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
-                       dtype=cfg.policy_dtype, field="explore.policy")
-  run_with_policy(config, stage_dir, policy)
+  run_with_policy(config, stage_dir, lambda: make_policy(
+      cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
+      dtype=cfg.policy_dtype, field="explore.policy"))

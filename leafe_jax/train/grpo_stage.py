@@ -158,11 +158,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   total_steps = cfg.num_iterations * cfg.minibatches
   tx = optimizer.make_optimizer(cfg, total_steps)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(cfg.seed))
-  model, init_params, params_sharding = train_stage.model_and_params(cfg, workdir, mesh, init_rng)
-  state_sharding = state_lib.shardings(tx, init_params, params_sharding, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=cfg.keep,
                                  async_save=cfg.async_checkpoint)
   latest = ckpt.latest_step()
+  # A resumed run restores its params; the initial ones are still needed as the KL reference, if there is one.
+  model, init_params, params_sharding = train_stage.model_and_params(
+      cfg, workdir, mesh, init_rng, abstract=latest is not None and cfg.kl_coef <= 0)
+  state_sharding = state_lib.shardings(tx, init_params, params_sharding, mesh)
   progress = {"iteration": 0, "ledger": {}}
   if latest is None:
     state = jax.jit(lambda p, r: state_lib.create(p, tx, r), out_shardings=state_sharding)(init_params, state_rng)
@@ -197,6 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"))
   ledger = dict(progress["ledger"])
   iteration = int(progress["iteration"])
+  start_iteration = iteration
   logging.info("grpo: iteration %d of %d, %d tasks x %d episodes per iteration, mesh %s", iteration,
                cfg.num_iterations, cfg.tasks_per_iteration, cfg.group_size, dict(mesh.shape))
   with (tqdm(total=cfg.num_iterations, initial=iteration, desc="grpo", unit="iter") as bar,
@@ -258,8 +261,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   ckpt.close()
   writer.close()
   _write_ledger(stage_dir, iteration, ledger)
-  if cfg.export_hf:
-    checkpoint.export_hf(model, state.params, tokenizer_dir, os.path.join(stage_dir, "hf"))
+  trained = iteration > start_iteration
+  hf_dir = os.path.join(stage_dir, "hf")
+  # Re-export only if this invocation trained (a rerun of a finished stage keeps its export).
+  if cfg.export_hf and (trained or not os.path.exists(os.path.join(hf_dir, "config.json"))):
+    checkpoint.export_hf(model, state.params, tokenizer_dir, hf_dir)
 
 
 def tasks_within_budget(budget: int, ledger: dict, group_size: int, tasks: int) -> int:

@@ -61,18 +61,18 @@ class MetricsWriter:
   """TensorBoard scalars under `<stage_dir>/tb` (process 0 only) and one console line per log step."""
 
   def __init__(self, logdir: str, enabled: bool = True):
-    self._writer = None
-    if enabled:
-      import tensorflow as tf
-
-      os.makedirs(logdir, exist_ok=True)
-      self._writer = tf.summary.create_file_writer(logdir)
+    self._logdir, self._enabled = logdir, enabled
+    self._writer = None  # opened at the first write: a rerun of a finished stage leaves no empty event file
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
-    if self._writer is None:
+    if not self._enabled:
       return
     import tensorflow as tf
     from tensorflow.core.framework import summary_pb2
+
+    if self._writer is None:
+      os.makedirs(self._logdir, exist_ok=True)
+      self._writer = tf.summary.create_file_writer(self._logdir)
 
     # tf.summary.write with the "scalars" plugin tag is what tf.summary.scalar writes, without needing the
     # tensorboard package installed on the training hosts.
