@@ -28,14 +28,15 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP_RUN): requirements.txt | $(BIN)/python
-	# torch is installed first and pinned so that nothing pulls an unpinned (CUDA, multi-GB) build.
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -r requirements.txt
+$(STAMP_RUN): requirements.txt requirements-test.txt | $(BIN)/python
+	# No torch at run time; the constraint pins it anyway, should a dependency ever ask for it (an unpinned torch
+	# is a multi-GB CUDA build, the pinned 2.13.0 is the CPU build on local disk).
+	$(BIN)/pip install -q -r requirements.txt -c requirements-test.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
 $(STAMP_TEST): $(STAMP_RUN) requirements-test.txt requirements-envs.txt
+	# torch (the PyTorch reference of the parity tests and benchmarks) is pinned in requirements-test.txt.
 	$(BIN)/pip install -q -r requirements-test.txt
 	# fast-downward-textworld's sdist runs `python build.py`: the venv must be first on PATH for that build.
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pip install -q -c requirements-test.txt -r requirements-envs.txt
