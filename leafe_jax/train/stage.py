@@ -40,7 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
           "mesh": (-1, 1, 1),  # (data, fsdp, tensor) device counts; one -1 = all remaining devices
           "batch_size": 128,  # global batch, in rows of seq_len tokens (paper: 128, paper_notes §2.3)
           "micro_batches": 1,  # gradient accumulation: the step scans batch_size/micro_batches rows at a time
-          "seq_len": 2048,  # tokens per row; longer records are refused by the pipeline
+          "seq_len": 2048,  # tokens per row; longer records keep their last seq_len tokens (counted and logged)
           "pack": True,  # pack several records per row (segment ids keep attention and the loss per record)
           "lr": 1e-6,  # peak learning rate (paper: 1e-6, paper_notes §2.3)
           "warmup_steps": 0,  # linear warmup from 0 (paper: not given; Early Experience YAMLs use none)
