@@ -180,11 +180,13 @@ def explore_pooled(args, tasks: list[str]) -> dict:
 
 
 def _import_record_writers() -> None:
-  """Imports what the distill stage imports lazily (transformers, TensorFlow): import time is not record writing.
+  """Imports what the distill stage imports lazily (transformers, TensorFlow, tfds): import time is not record
+  writing.
 
   `import transformers` alone is lazy: the first `AutoTokenizer` access imports torch (about 2 s), which had
-  been timed as record writing.
+  been timed as record writing; tensorflow_datasets is imported when the writer closes (tfds metadata).
   """
+  import tensorflow_datasets  # noqa: F401
   from transformers import AutoTokenizer  # noqa: F401
 
   from leafe_jax.data import records  # noqa: F401
