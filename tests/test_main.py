@@ -148,3 +148,29 @@ def test_baseline_stages_check_their_values_in_plan():
     config.early_experience.shard = "2/2"
   with pytest.raises(config_schema.ConfigError, match="'early_experience': config field 'early_experience.shard'"):
     main.plan(config)
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value", "message"),
+    [
+        ("explore", "shard", "3/2", "explore.shard"),
+        ("explore", "env", "sokobann", "explore.env' 'sokobann' is not a registered environment"),
+        ("explore", "method", "bfs", "explore.method 'bfs' not in"),
+        ("eval", "ks", (1, 4096), "has k > eval.num_samples"),
+        ("eval", "env_workers", -1, "eval.env_workers' must be >= 0"),
+    ],
+)
+def test_explore_and_eval_values_are_checked_in_plan(section, field, value, message):
+  # A bad eval value used to surface only after explore and train had run.
+  from leafe_jax.eval import stage as eval_stage
+  from leafe_jax.explore import stage as explore_stage
+
+  config = _config()
+  with config.unlocked():
+    config.stages = ("explore", "train", "eval")
+    config.explore = explore_stage.default_config()
+    config.eval = eval_stage.default_config()
+  main.plan(config)
+  config[section][field] = value
+  with pytest.raises(config_schema.ConfigError, match=message):
+    main.plan(config)

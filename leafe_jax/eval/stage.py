@@ -68,12 +68,21 @@ def _load_done(path: str) -> dict[str, dict]:
   return done
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
-  cfg = config.eval
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Value checks of an eval section that need no files (`main.plan` runs them before any stage starts)."""
+  if not cfg.ks or min(cfg.ks) < 1:
+    raise ValueError(f"config field 'eval.ks' must list k >= 1, got {tuple(cfg.ks)}")
   if max(cfg.ks) > cfg.num_samples:
     raise ValueError(f"eval.ks {tuple(cfg.ks)} has k > eval.num_samples={cfg.num_samples}")
+  if cfg.env not in envs.names():
+    raise ValueError(f"config field 'eval.env' {cfg.env!r} is not a registered environment: {envs.names()}")
   if cfg.env_workers < 0:
     raise ValueError(f"config field 'eval.env_workers' must be >= 0, got {cfg.env_workers}")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
+  cfg = config.eval
+  check_config(cfg)
   os.makedirs(stage_dir, exist_ok=True)
   env_config = cfg.env_config.to_dict()
   task_ids = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]

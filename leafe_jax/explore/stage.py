@@ -88,6 +88,16 @@ def settings_of(cfg: ml_collections.ConfigDict) -> ExploreSettings:
       concurrency=cfg.concurrency, stop_on_success=cfg.stop_on_success, seed=cfg.seed)
 
 
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Value checks of an explore section that need no files (`main.plan` runs them before any stage starts)."""
+  parse_shard(cfg.shard)
+  if cfg.env not in envs.names():
+    raise ValueError(f"config field 'explore.env' {cfg.env!r} is not a registered environment: {envs.names()}")
+  if cfg.env_workers < 0:
+    raise ValueError(f"config field 'explore.env_workers' must be >= 0, got {cfg.env_workers}")
+  settings_of(cfg)  # ExploreSettings checks the method and the failure signals
+
+
 def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -> Ledger:
   """Explores the configured tasks with `policy`; returns the ledger (also saved next to the trees).
 
@@ -95,10 +105,9 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   rerun of a finished stage loads no model).
   """
   cfg = config.explore
+  check_config(cfg)
   settings = settings_of(cfg)
   index, count = parse_shard(cfg.shard)
-  if cfg.env_workers < 0:
-    raise ValueError(f"config field 'explore.env_workers' must be >= 0, got {cfg.env_workers}")
   env_config = cfg.env_config.to_dict()
   all_tasks = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
   tasks = all_tasks[index::count]
@@ -142,7 +151,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax.policy.factory import make_policy
 
   cfg = config.explore
-  parse_shard(cfg.shard)  # fail on a bad shard before loading a model
+  check_config(cfg)  # before loading a model
   os.makedirs(stage_dir, exist_ok=True)
   run_with_policy(config, stage_dir, lambda: make_policy(
       cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
