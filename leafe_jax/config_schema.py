@@ -1,5 +1,8 @@
 """Config validation: unknown or ill-typed fields fail before any work starts (DESIGN.md §3 "Config").
 
+Free-form sections that a stage turns into a dataclass (`train.model` -> ModelConfig) are checked against the
+dataclass's fields with `validate_dataclass_section`.
+
 Each stage module exposes `CONFIG_SECTION` (the top-level config key it reads) and `default_config()`
 (a ConfigDict with every field it knows and its default). A user config must use only those fields, with
 values of the default's type; `validate` names the first offending field with its dotted path.
@@ -7,6 +10,9 @@ values of the default's type; `validate` names the first offending field with it
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,3 +62,52 @@ def validate(config: Mapping[str, Any], schema: Mapping[str, Any], path: str = "
           f"config field {where!r} has type {type(value).__name__}, expected {type(default).__name__}"
           f" (value {value!r})"
       )
+
+
+def _fits(value: Any, hint: Any) -> bool:
+  """Whether a config value can fill a dataclass field annotated `hint` (unknown annotations: yes)."""
+  origin = typing.get_origin(hint)
+  if origin in (typing.Union, types.UnionType):
+    return any(_fits(value, h) for h in typing.get_args(hint))
+  if hint is type(None):
+    return value is None
+  if hint is bool:
+    return isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if hint is str:
+    return isinstance(value, str)
+  if hint is tuple or origin is tuple:
+    args = typing.get_args(hint)
+    pairs = bool(args) and typing.get_origin(args[0]) is tuple  # (key, value) pairs may be given as a dict
+    return isinstance(value, (tuple, list)) or pairs and isinstance(value, (Mapping, ml_collections.ConfigDict))
+  return True
+
+
+def validate_dataclass_section(section: ml_collections.ConfigDict, cls: type, path: str, *, complete: bool,
+                               why: str = "") -> None:
+  """Checks a free-form section that a stage turns into `cls(**section)`: known fields of fitting types, and
+  with `complete` every required field present and `cls` built without error (`why` says why it must be)."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  hints = typing.get_type_hints(cls)
+  name = cls.__name__
+  for key, value in section.items():
+    where = f"{path}.{key}"
+    if key not in fields:
+      raise ConfigError(f"{where}: unknown {name} field; known: {', '.join(fields)}")
+    if not _fits(value, hints[key]):
+      raise ConfigError(f"{where}: has type {type(value).__name__}, {name} expects {fields[key].type} "
+                        f"(value {value!r})")
+  if not complete:
+    return
+  required = [f for f, spec in fields.items()
+              if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING]
+  missing = [f for f in required if f not in section]
+  if missing:
+    raise ConfigError(f"{path} lacks {name} field(s) {', '.join(missing)}" + (f": {why}" if why else ""))
+  try:
+    cls(**section.to_dict())
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{path}: {e}") from e

@@ -6,12 +6,9 @@ r"""Entry point: runs the stages a config lists, each writing under --workdir an
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 import os
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 
 import ml_collections
@@ -83,57 +80,14 @@ def _merge(base: ml_collections.ConfigDict, overrides: ml_collections.ConfigDict
       base[key] = value
 
 
-def _fits(value: typing.Any, hint: typing.Any) -> bool:
-  """Whether a config value can fill a dataclass field annotated `hint` (unknown annotations: yes)."""
-  origin = typing.get_origin(hint)
-  if origin in (typing.Union, types.UnionType):
-    return any(_fits(value, h) for h in typing.get_args(hint))
-  if hint is type(None):
-    return value is None
-  if hint is bool:
-    return isinstance(value, bool)
-  if hint is int:
-    return isinstance(value, int) and not isinstance(value, bool)
-  if hint is float:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-  if hint is str:
-    return isinstance(value, str)
-  if hint is tuple or origin is tuple:
-    args = typing.get_args(hint)
-    pairs = bool(args) and typing.get_origin(args[0]) is tuple  # (key, value) pairs may be given as a dict
-    return isinstance(value, (tuple, list)) or pairs and isinstance(value, (Mapping, ml_collections.ConfigDict))
-  return True
-
-
 def _check_model(section: ml_collections.ConfigDict, path: str, complete: bool) -> None:
-  """Checks `<path>.model` against the fields of ModelConfig; `complete`: also that the stage can build it."""
-  model = section.get("model")
-  if not model:
-    model = ml_collections.ConfigDict()
+  """Checks `<path>.model` against ModelConfig; `complete`: also that the stage can build the model from it."""
   from leafe_jax.models.config import ModelConfig  # imports jax, as the train and grpo stage modules do
 
-  fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
-  hints = typing.get_type_hints(ModelConfig)
-  for key, value in model.items():
-    where = f"{path}.model.{key}"
-    if key not in fields:
-      raise config_schema.ConfigError(f"{where}: unknown ModelConfig field; known: {', '.join(fields)}")
-    if not _fits(value, hints[key]):
-      raise config_schema.ConfigError(
-          f"{where}: has type {type(value).__name__}, ModelConfig expects {fields[key].type} (value {value!r})")
   init = section.get("init", "random")
-  if not complete or init == "hf":
-    return
-  required = [name for name, f in fields.items()
-              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-  missing = [name for name in required if name not in model]
-  if missing:
-    raise config_schema.ConfigError(f"{path}.model lacks ModelConfig field(s) {', '.join(missing)}: with "
-                                    f"{path}.init={init!r} the model is built from this section")
-  try:
-    ModelConfig(**model.to_dict())
-  except (TypeError, ValueError) as e:
-    raise config_schema.ConfigError(f"{path}.model: {e}") from e
+  config_schema.validate_dataclass_section(
+      section.get("model") or ml_collections.ConfigDict(), ModelConfig, f"{path}.model",
+      complete=complete and init != "hf", why=f"with {path}.init={init!r} the model is built from this section")
 
 
 def _check_values(stage_id: str, module: ModuleType, stage_config: ml_collections.ConfigDict) -> None:
