@@ -92,10 +92,7 @@ def _done_tasks(done_path: str, records_dir: str, writer_id: str) -> set[str]:
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
   """Value checks of `config.early_experience` that need no files (main.plan runs them before any stage)."""
-  try:
-    parse_shard(cfg.shard)
-  except ValueError:  # its message names explore.shard
-    raise ValueError(f"config field 'early_experience.shard' must be 'i/n', 0 <= i < n; got {cfg.shard!r}") from None
+  parse_shard(cfg.shard, field="early_experience.shard")
   if cfg.tasks_per_shard < 1:
     raise ValueError(f"config field 'early_experience.tasks_per_shard' must be >= 1, got {cfg.tasks_per_shard}")
   if cfg.env_workers < 0:
@@ -111,7 +108,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
 
   cfg = config.early_experience
   check_config(cfg)
-  index, count = parse_shard(cfg.shard)
+  index, count = parse_shard(cfg.shard, field="early_experience.shard")
   env = envs.make(cfg.env, **cfg.env_config.to_dict())
   if not isinstance(env, ExpertEnv):
     raise ValueError(f"early_experience.env {cfg.env!r} has no expert (gold_actions); the baseline needs one")

@@ -68,13 +68,14 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def parse_shard(shard: str) -> tuple[int, int]:
+def parse_shard(shard: str, field: str = "explore.shard") -> tuple[int, int]:
+  """(i, n) of an "i/n" shard spec; `field` names the config field in the error."""
   try:
     index, count = (int(x) for x in shard.split("/"))
   except ValueError:
-    raise ValueError(f"config field 'explore.shard' must look like 'i/n', got {shard!r}") from None
+    raise ValueError(f"config field '{field}' must look like 'i/n', got {shard!r}") from None
   if not 0 <= index < count:
-    raise ValueError(f"config field 'explore.shard' {shard!r}: need 0 <= i < n")
+    raise ValueError(f"config field '{field}' {shard!r}: need 0 <= i < n")
   return index, count
 
 
@@ -151,7 +152,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax.policy.factory import make_policy
 
   cfg = config.explore
-  check_config(cfg)  # before loading a model
   os.makedirs(stage_dir, exist_ok=True)
   run_with_policy(config, stage_dir, lambda: make_policy(
       cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),

@@ -155,18 +155,14 @@ def model_and_params(config, workdir, mesh, rng, *, abstract: bool = False):
       overrides["attention_impl"] = config.attention_impl
     return dataclasses.replace(model_config, **overrides)
 
-  if config.init == "hf" and abstract:
-    model = models.Decoder(with_train_dtypes(models.config_from_hf(resolve_path(config.init_path, workdir))))
-    params_sharding = parallel.param_shardings(model, mesh)
-    shapes = jax.eval_shape(lambda key: models.init_params(model.config, key), rng)
-    return model, checkpoint.abstract_like(shapes, params_sharding), params_sharding
-  if config.init == "hf":
+  if config.init == "hf" and not abstract:
     hf_model, params = models.from_hf(
         resolve_path(config.init_path, workdir), dtype=jnp.dtype(config.param_dtype), mesh=mesh
     )
     model = models.Decoder(with_train_dtypes(hf_model.config))
     return model, params, parallel.param_shardings(model, mesh)
-  model_config = with_train_dtypes(models.ModelConfig(**config.model.to_dict()))
+  model_config = with_train_dtypes(models.config_from_hf(resolve_path(config.init_path, workdir))
+                                   if config.init == "hf" else models.ModelConfig(**config.model.to_dict()))
   model = models.Decoder(model_config)
   params_sharding = parallel.param_shardings(model, mesh)
   init_fn = jax.jit(lambda key: models.init_params(model_config, key), out_shardings=params_sharding)
