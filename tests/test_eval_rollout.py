@@ -11,7 +11,7 @@ from leafe_jax.envs.sokoban import SokobanEnv, solve
 from leafe_jax.envs.sokoban.level import LURD
 from leafe_jax.eval import rollout
 from leafe_jax.eval import stage as eval_stage
-from leafe_jax.policy.base import Completion
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion
 
 ENV_CONFIG = {"dim": (6, 6), "num_boxes": 1, "max_steps": 10, "compact_prompt": True}
 _ACTION_OF = {letter: action for action, letter in LURD.items()}
@@ -172,3 +172,35 @@ def test_a_killed_pool_worker_fails_only_its_episodes():
   assert [o.errors for o in outcomes] == [1, 1]
   # Every episode on the surviving worker solved its task; the lost ones count as failures.
   assert [o.c for o in outcomes] == [1, 1] and [o.n for o in outcomes] == [2, 2]
+
+
+
+class _OverflowAfter(OraclePolicy):
+  """The oracle, but from its call `calls` on, no prompt fits its context."""
+
+  def __init__(self, task_ids, calls):
+    super().__init__(task_ids)
+    self.overflow_from = calls
+
+  def generate(self, prompts, **kwargs):
+    out = super().generate(prompts, **kwargs)
+    if len(self.calls) <= self.overflow_from:
+      return out
+    return [[Completion(text="", finish_reason=PROMPT_TOO_LONG)] for _ in prompts]
+
+
+def test_a_prompt_too_long_ends_the_episode_unsuccessful_counted_and_its_env_released():
+  tasks, released = _tasks(2), []
+
+  class ReleasedEnv(SokobanEnv):
+    def release(self):
+      released.append(id(self))
+
+  outcomes = rollout.run_episodes(
+      _OverflowAfter(tasks, calls=1), lambda: ReleasedEnv(**ENV_CONFIG), tasks, num_samples=3, max_steps=10,
+      sampling=rollout.SamplingParams(), history_length=0, seed=0,
+  )
+  for o in outcomes:
+    assert o.n == 3 and o.errors == 0 and o.prompts_too_long == o.n - o.c
+    assert all(steps == 1 for steps, ok in zip(o.steps, o.successes) if not ok)  # one step, then the overflow
+  assert sum(o.prompts_too_long for o in outcomes) > 0 and len(set(released)) == 6

@@ -19,6 +19,7 @@ from leafe_jax.explore import distill, engine, reflection, show
 from leafe_jax.explore import stage as explore_stage
 from leafe_jax.explore.ledger import Ledger
 from leafe_jax.explore.tree import TreeStore, load_trees
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion
 from leafe_jax.policy.scripted import ScriptedPolicy
 
 CORRIDOR = load_xsb("#######\n#@ $ .#\n#######")[0]  # right x3 solves it
@@ -465,3 +466,38 @@ def test_reflections_sample_at_the_reflection_temperature():
   _explore(policy, _corridor_env, ["level"], _settings(temperature=0.7, reflection_temperature=0.0))
   assert (True, 0.0) in seen and (False, 0.7) in seen
   assert set(seen) == {(True, 0.0), (False, 0.7)}
+
+
+class _TooLongPolicy(ScriptedPolicy):
+  """The corridor policy, but prompts for which `too_long(content)` holds do not fit its context."""
+
+  def __init__(self, too_long):
+    super().__init__(_corridor_policy().respond)
+    self.too_long = too_long
+
+  def generate(self, prompts, **kwargs):
+    out = super().generate(prompts, **kwargs)
+    return [[Completion(text="", finish_reason=PROMPT_TOO_LONG)] if self.too_long(m[-1]["content"]) else row
+            for m, row in zip(prompts, out)]
+
+
+def test_an_action_prompt_too_long_ends_its_rollout_unreflected_and_is_counted():
+  env = _corridor_env()
+  env.reset("level")
+  after_one = env.step("right").observation
+  policy = _TooLongPolicy(lambda content: content.startswith(after_one) and not content.endswith("reflect:"))
+  (tree,), ledger = _explore(policy, _corridor_env, ["level"], _settings())
+  (root,) = tree.nodes
+  assert root.outcome == PROMPT_TOO_LONG and [t.action for t in root.turns] == ["right"]
+  assert not root.reflections and ledger.total["reflections"] == 0
+  assert ledger.total["prompts_too_long"] == 1 and ledger.total["env_steps"] == 1
+  assert ledger.total["invalid_actions"] == 0 and ledger.total["errors"] == 0
+
+
+def test_a_reflection_prompt_too_long_gives_no_branch_and_is_not_unparsable():
+  (tree,), ledger = _explore(_TooLongPolicy(lambda content: content.endswith("reflect:")), _corridor_env, ["level"],
+                             _settings())
+  (root,) = tree.nodes
+  assert root.outcome == "failure" and len(root.reflections) == 1 and not root.reflections[0].queued
+  assert ledger.total["prompts_too_long"] == 1 and ledger.total["unparsable_reflections"] == 0
+  assert ledger.total["branches"] == 0 and ledger.total["reflections"] == 1

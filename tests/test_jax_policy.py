@@ -5,6 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
+from leafe_jax.policy.base import PROMPT_TOO_LONG
+from leafe_jax.policy.chat import encode_prompt
 from leafe_jax.policy.factory import make_policy
 
 PROMPTS = [
@@ -54,3 +56,17 @@ def test_policy_on_a_mesh_gives_the_single_device_samples(hf_dir, mesh_shape):
 def test_bad_policy_mesh_names_the_field(hf_dir):
   with pytest.raises(ValueError, match="config field 'eval.policy_mesh'"):
     make_policy(hf_dir, "/unused", mesh_shape=(3, 1), field="eval.policy")
+
+
+def test_a_prompt_that_does_not_fit_the_cache_is_answered_prompt_too_long_and_the_rest_are_served(hf_dir):
+  policy = make_policy(hf_dir, "/unused", max_cache_len=64)
+  long_prompt = [{"role": "user", "content": "#####\n#_P_#\n#_X_#\n" * 12 + "action:"}]
+  assert len(encode_prompt(policy.tokenizer, long_prompt)) + 8 > 64
+  alone = policy.generate(PROMPTS, n=2, temperature=[0.0, 0.0], max_new_tokens=8)
+  mixed = policy.generate([PROMPTS[0], long_prompt, PROMPTS[1]], n=2, temperature=[0.0, 1.0, 0.0],
+                          max_new_tokens=[8, 8, 8])
+  assert [c.finish_reason for c in mixed[1]] == [PROMPT_TOO_LONG] * 2
+  assert all(c.text == "" and c.token_ids == () for c in mixed[1])
+  assert [[c.token_ids for c in row] for row in (mixed[0], mixed[2])] == [[c.token_ids for c in row] for row in alone]
+  (only,) = policy.generate([long_prompt], max_new_tokens=8)
+  assert [c.finish_reason for c in only] == [PROMPT_TOO_LONG]

@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
 from leafe_jax.policy import chat
+from leafe_jax.policy.base import PROMPT_TOO_LONG
 from leafe_jax.policy.chat import encode_prompt, encode_turn
 from leafe_jax.policy.openai_policy import OpenAIPolicy, PolicyServerError
 
@@ -58,10 +59,19 @@ def test_batched_encode_turns_equals_transformers_tokenize_true_per_turn(tokeniz
 class _Handler(http.server.BaseHTTPRequestHandler):
   requests: list = []
   fail_first = 0
+  refusals: dict = {}  # prompt content -> the HTTP 400 message answered for it
 
   def do_POST(self):
     payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
     type(self).requests.append(payload)
+    refusal = type(self).refusals.get(payload["messages"][-1]["content"])
+    if refusal is not None:
+      body = json.dumps({"object": "error", "message": refusal, "code": 400}).encode()
+      self.send_response(400)
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+      return
     if type(self).fail_first > 0:
       type(self).fail_first -= 1
       self.send_response(503)
@@ -92,6 +102,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def server():
   _Handler.requests = []
   _Handler.fail_first = 0
+  _Handler.refusals = {}
   httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()
@@ -130,3 +141,17 @@ def test_openai_policy_gives_up_with_a_clear_error(server):
   policy = OpenAIPolicy(server, "m", retry_backoff_s=0.0, max_retries=1)
   with pytest.raises(PolicyServerError, match="no answer after 2 tries"):
     policy.generate([[{"role": "user", "content": "x"}]], n=1)
+
+
+def test_openai_policy_answers_a_context_length_refusal_prompt_too_long_and_serves_the_rest(server):
+  # vLLM's wording of the refusal; other 400s stay errors.
+  _Handler.refusals = {"long": "This model's maximum context length is 4096 tokens. However, you requested 5000 "
+                               "tokens (4990 in the messages, 10 in the completion).",
+                       "bad": "temperature must be non-negative"}
+  policy = OpenAIPolicy(server, "m", retry_backoff_s=0.0, max_retries=3)
+  out = policy.generate([[{"role": "user", "content": c}] for c in ("a", "long", "b")], n=2)
+  assert [c.text for c in out[0]] == ["a-0", "a-1"] and [c.text for c in out[2]] == ["b-0", "b-1"]
+  assert [(c.finish_reason, c.text) for c in out[1]] == [(PROMPT_TOO_LONG, "")] * 2
+  assert sum(r["messages"][-1]["content"] == "long" for r in _Handler.requests) == 1  # not retried
+  with pytest.raises(PolicyServerError, match="HTTP 400: .*temperature must be non-negative"):
+    policy.generate([[{"role": "user", "content": "bad"}]])

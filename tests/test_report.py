@@ -64,3 +64,14 @@ def test_report_without_results_or_ledgers_is_a_clear_error(tmp_path):
     report_stage.run(_config(explore_dir=""), str(tmp_path), str(tmp_path / "report"))
   with pytest.raises(FileNotFoundError, match="explore_is has no ledger"):
     report_stage.run(_config(sampler_dirs=("explore_is",)), str(tmp_path), str(tmp_path / "report"))
+
+
+def test_table_rows_follow_the_order_the_config_lists_its_eval_stages(tmp_path):
+  for stage, method in (("eval_ace", "ACE"), ("eval_base", "Base"), ("eval_leafe", "LEAFE"), ("eval_extra", "X")):
+    _write_json(tmp_path / stage / "results.json", {"method": method, "model": "m", "tasks": {"a": {"n": 1, "c": 0}}})
+  config = _config(ks=(1,), explore_dir="", records_dir="")
+  config.stages = ("eval@base", "eval@leafe", "train@ace", "eval@ace", "report")
+  report_stage.run(config, str(tmp_path), str(tmp_path / "report"))
+  rows = [line.split(" | ")[0].strip("| ") for line in (tmp_path / "report" / "report.md").read_text().splitlines()
+          if line.startswith("| ") and "Method" not in line]
+  assert rows == ["Base", "LEAFE", "ACE", "X"]  # listed stages first, in order; then the rest by dir name

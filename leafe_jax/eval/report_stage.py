@@ -27,11 +27,16 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _load_results(workdir: str, pattern: str) -> list[dict]:
-  results = []
+def _load_results(workdir: str, pattern: str, stages=()) -> list[dict]:
+  """The results.json of every stage dir matching `pattern`: those of `stages` (ids such as "eval@base", whose
+  dir is eval_base) first, in that order (the order the config lists its methods, as the paper's tables do),
+  then any other matching dir by name."""
   if not pattern:
-    return results
-  for path in sorted(glob.glob(os.path.join(workdir, pattern, "results.json"))):
+    return []
+  paths = sorted(glob.glob(os.path.join(workdir, pattern, "results.json")))
+  position = {os.path.join(workdir, entry.replace("@", "_"), "results.json"): i for i, entry in enumerate(stages)}
+  results = []
+  for path in sorted(paths, key=lambda p: (position.get(p, len(position)), p)):
     with open(path) as f:
       results.append(json.load(f))
   return results
@@ -110,7 +115,7 @@ def _samplers_section(rows: list[dict], stage_dir: str) -> list[str]:
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   cfg = config.report
   os.makedirs(stage_dir, exist_ok=True)
-  results = _load_results(workdir, cfg.eval_glob)
+  results = _load_results(workdir, cfg.eval_glob, tuple(config.get("stages", ())))
   samplers = sampler_rows(workdir, cfg.sampler_dirs)
   if not results and not samplers:
     raise FileNotFoundError(f"report: no {cfg.eval_glob}/results.json under {workdir}: run the eval stages first")

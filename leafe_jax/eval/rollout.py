@@ -15,7 +15,7 @@ from absl import logging
 from leafe_jax.envs import Env, pooled
 from leafe_jax.envs.pool import EpisodeError
 from leafe_jax.envs.prompts import build_action_prompt, parse_action
-from leafe_jax.policy.base import Completion, Policy
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Policy
 
 
 def _parse(env: Env, text: str) -> str | None:
@@ -48,6 +48,7 @@ class Episode:
   invalid_actions: int = 0
   generated_tokens: int = 0
   error: str | None = None  # why the env was lost (the episode then counts as unsuccessful)
+  prompt_too_long: bool = False  # ended because its prompt outgrew the policy's context (unsuccessful)
   # With keep_turns: each turn's prompt (messages) and the completion the policy returned for it.
   turns: list[tuple[list, Completion]] = dataclasses.field(default_factory=list)
 
@@ -63,6 +64,7 @@ class TaskOutcome:
   successes: tuple[bool, ...]
   steps: tuple[int, ...]
   errors: int = 0  # samples whose env was lost (included in n as unsuccessful)
+  prompts_too_long: int = 0  # samples ended by a prompt the policy's context could not hold (likewise)
 
   @property
   def n(self) -> int:
@@ -93,7 +95,8 @@ def run_episodes(policy: Policy, make_env: Callable[[], Env], task_ids: Sequence
     by_task[episode.task_id].append(episode)
   return [
       TaskOutcome(t, tuple(e.success for e in eps), tuple(e.steps for e in eps),
-                  sum(e.error is not None for e in eps)) for t, eps in by_task.items()
+                  sum(e.error is not None for e in eps), sum(e.prompt_too_long for e in eps))
+      for t, eps in by_task.items()
   ]
 
 
@@ -157,6 +160,17 @@ def play_episodes(
         stop=sampling.stop,
         seed=seed * 1_000_003 + tick,
     )
+    for episode, (completion,) in zip(live, completions):
+      if completion.finish_reason == PROMPT_TOO_LONG:
+        # Its later prompts would only be longer: the episode ends here, unsuccessful (as a model whose context
+        # overflows fails the task), counted apart from env errors.
+        logging.warning("eval: task %s sample %d: prompt after step %d exceeds the policy's context; counted as "
+                        "unsuccessful", episode.task_id, episode.sample_index, episode.steps)
+        episode.prompt_too_long, episode.done = True, True
+    pooled.release_all([e.env for e in live if e.done])
+    prompts = [p for e, p in zip(live, prompts) if not e.done]
+    completions = [c for e, c in zip(live, completions) if not e.done]
+    live = [e for e in live if not e.done]
     env_actions = []
     for episode, prompt, (completion,) in zip(live, prompts, completions):
       episode.generated_tokens += len(completion.token_ids)

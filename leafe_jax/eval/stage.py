@@ -3,7 +3,8 @@
 Results are appended per chunk of tasks to `<stage_dir>/outcomes.jsonl` (flushed and fsynced), so a killed
 evaluation resumes at the next unfinished chunk; `<stage_dir>/results.json` is written when all are done.
 With `env_workers` > 0 the envs step in an EnvPool of that many processes; a sample whose env is lost counts as
-unsuccessful and in the row's `errors`.
+unsuccessful and in the row's `errors`; a sample whose prompt outgrows the policy's context (`max_cache_len`)
+ends there, unsuccessful, and counts in `prompts_too_long` (both totals are in results.json).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
             playbook=playbook,
         )
         for o in outcomes:
-          row = {"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps), "errors": o.errors}
+          row = {"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps), "errors": o.errors,
+                 "prompts_too_long": o.prompts_too_long}
           out.write(json.dumps(row) + "\n")
           done[o.task_id] = row
         out.flush()
@@ -140,6 +142,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       "num_samples": cfg.num_samples,
       "pass_at": {str(k): float(passk.pass_at_k(n, c, k).mean()) for k in cfg.ks},
       "tasks": {t: {"n": done[t]["n"], "c": done[t]["c"]} for t in task_ids},
+      # Unsuccessful samples that were cut short rather than failed by the policy (rows written before this
+      # counter existed have none).
+      "errors": sum(done[t].get("errors", 0) for t in task_ids),
+      "prompts_too_long": sum(done[t].get("prompts_too_long", 0) for t in task_ids),
   }
   durable.write_json(os.path.join(stage_dir, "results.json"), results)
   logging.info("eval %s: %s", cfg.method, results["pass_at"])

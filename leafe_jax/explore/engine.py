@@ -11,7 +11,10 @@ the branch is dropped and counted as a divergence (never trained on). Envs may l
 (`leafe_jax.envs.pooled.PooledEnv`): each tick steps all of a pool's envs in ONE pool call and each round of
 rollout starts replays them in one more, so the workers run concurrently. A pooled episode lost to a crashed or
 hung worker ends its rollout as "error" (counted in the ledger's `errors`); its request goes back to the end of
-the task's queue while the attempt budget allows, and every other rollout goes on. Methods:
+the task's queue while the attempt budget allows, and every other rollout goes on. An action prompt that does not
+fit the policy's context (Completion.finish_reason PROMPT_TOO_LONG) ends its rollout with outcome
+"prompt_too_long", unreflected; such a reflection prompt gives no branch. Both are counted (`prompts_too_long`).
+Methods:
   leafe  reflect every K steps or on failure, branch from tau with experience e (paper §2.2 / Algorithm 1);
   is     independent sampling: fresh rollouts from the start, no reflection (paper Table 3, IS);
   ir     iterative refinement: retry from the start with the previous attempt's outcome in the prompt (IR).
@@ -31,7 +34,7 @@ from leafe_jax.envs.prompts import build_action_prompt, parse_action
 from leafe_jax.explore import reflection as reflection_lib
 from leafe_jax.explore.ledger import Ledger
 from leafe_jax.explore.tree import Node, Reflection, Tree, Turn
-from leafe_jax.policy.base import Policy
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Policy
 
 METHODS = ("leafe", "is", "ir")
 FAILURE_SIGNALS = ("irreversible", "done_without_success", "step_limit")
@@ -82,7 +85,9 @@ class Rollout:
   done: bool = False
   success: bool = False
   failed: bool = False
-  errored: bool = False  # the env was lost mid-rollout (pooled env: crashed or hung worker, env exception)
+  # The rollout was cut short and its node's outcome is already set: the env was lost mid-rollout (pooled env:
+  # crashed or hung worker, env exception), or its prompt outgrew the policy's context.
+  errored: bool = False
   reflection_due: str | None = None  # "failure" | "periodic"
 
   @property
@@ -231,6 +236,11 @@ class Explorer:
 
   def _act(self, live: list[TaskState], prompts: list, shows: list[bool], completions: list) -> None:
     """Parses every live rollout's action and steps all envs in one batched call (one call per pool)."""
+    fits = [c.finish_reason != PROMPT_TOO_LONG for c in completions]
+    for task in (t for t, ok in zip(live, fits) if not ok):
+      self._prompt_too_long(task, "action")
+    live, prompts, shows, completions = ([x for x, ok in zip(xs, fits) if ok]
+                                         for xs in (live, prompts, shows, completions))
     actions, env_actions = [], []
     for task, completion in zip(live, completions):
       self.ledger.add("generated_tokens", len(completion.token_ids), task.task_id)
@@ -251,6 +261,17 @@ class Explorer:
         continue
       self._record(task, Turn(task.active.t + 1, task.active.observations[-1], messages, clean, completion.text,
                               action or "", float(step.reward)), env_action, step)
+
+  def _prompt_too_long(self, task: TaskState, prompt: str) -> None:
+    """Counts a prompt the policy could not take; an action prompt's rollout ends there (its next prompts would
+    only be longer), unreflected, with outcome "prompt_too_long"."""
+    self.ledger.add("prompts_too_long", task_id=task.task_id)
+    rollout = task.active
+    logging.warning("explore: task %s node %d: %s prompt after step %d exceeds the policy's context", task.task_id,
+                    rollout.node.node_id, prompt, rollout.t)
+    if prompt == "action":
+      rollout.node.outcome = PROMPT_TOO_LONG
+      rollout.errored = rollout.done = True
 
   def _record(self, task: TaskState, turn: Turn, env_action: str, step) -> None:
     """Appends one executed turn to the active rollout; decides done, failure and whether a reflection is due."""
@@ -287,9 +308,12 @@ class Explorer:
     r = task.active
     self.ledger.add("reflections", task_id=task.task_id)
     self.ledger.add("generated_tokens", len(completion.token_ids), task.task_id)
-    parsed = reflection_lib.parse_reflection(completion.text, r.t)
+    too_long = completion.finish_reason == PROMPT_TOO_LONG
+    parsed = None if too_long else reflection_lib.parse_reflection(completion.text, r.t)
     queued = False
-    if parsed is None:
+    if too_long:
+      self._prompt_too_long(task, "reflection")
+    elif parsed is None:
       self.ledger.add("unparsable_reflections", task_id=task.task_id)
     elif task.attempts + len(task.queue) < self.s.max_attempts:
       tau, experience = parsed
@@ -303,7 +327,7 @@ class Explorer:
 
   def _finish_rollout(self, task: TaskState) -> None:
     r = task.active
-    if r.errored:  # outcome and re-queued request were set when the env was lost
+    if r.errored:  # outcome (and a re-queued request, for a lost env) already set
       r.node.final_observation = r.observations[-1]
       task.active = None
       return

@@ -20,6 +20,7 @@ COUNTERS = (
     "branches",  # branch requests queued
     "divergences",  # replays whose observations differed from the recorded ones (branch dropped)
     "errors",  # env errors (crashed worker, exception in the env)
+    "prompts_too_long",  # prompts that did not fit the policy's context (action: rollout ended; reflection: no branch)
 )
 
 

@@ -17,7 +17,7 @@ from absl import app, flags
 from leafe_jax.explore.tree import Node, Tree, load_trees
 
 _COLOURS = {"success": "#7fc97f", "failure": "#f0a0a0", "diverged": "#c0c0c0", "error": "#fdc086",
-            "running": "#ffffff"}
+            "prompt_too_long": "#fdc086", "running": "#ffffff"}
 _SNIPPET = 40  # characters of an experience shown on an edge
 
 

@@ -9,6 +9,11 @@ from typing import Protocol, TypedDict, TypeVar, runtime_checkable
 
 T = TypeVar("T", int, float)
 
+# `Completion.finish_reason` of a prompt that does not fit the model's context with its token budget: nothing was
+# generated. Clients return it (for each of the prompt's samples) instead of failing the whole batched call, so
+# that one over-long prompt ends its own rollout or episode, counted, and not a run of hours.
+PROMPT_TOO_LONG = "prompt_too_long"
+
 
 class Message(TypedDict):
   role: str  # "system" | "user" | "assistant"
@@ -22,7 +27,7 @@ class Completion:
   text: str
   token_ids: tuple[int, ...] = ()
   logprobs: tuple[float, ...] = ()
-  finish_reason: str = "stop"  # "stop" (eos or stop string) | "length"
+  finish_reason: str = "stop"  # "stop" (eos or stop string) | "length" | PROMPT_TOO_LONG (nothing generated)
   # The end-of-sequence token that ended the completion (not in token_ids), where the client knows it; a model
   # trained on the completion (RL) must also learn to emit it.
   stop_token_id: int | None = None
@@ -44,6 +49,8 @@ class Policy(Protocol):
 
   `temperature`, `top_p` and `max_new_tokens` are one value for every prompt or a sequence with one per prompt:
   the explorer serves a tick's action and reflection prompts, whose settings differ, in ONE call.
+  A prompt that does not fit the model's context gets completions with finish_reason PROMPT_TOO_LONG (no text,
+  no tokens); the other prompts of the call are served as usual.
   """
 
   def generate(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+from absl import logging
 
-from leafe_jax.policy.base import Completion, Message
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt
 from leafe_jax.policy.chat import encode_prompt
 
 _FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -82,15 +84,25 @@ class JaxPolicy:
     if not prompts:
       return []
     prompt_ids = [encode_prompt(self.tokenizer, messages) for messages in prompts]
+    count = len(prompt_ids)
+    budgets = per_prompt(max_new_tokens, count, "max_new_tokens", int)
+    limit = self.sampler.max_cache_len
+    fits = [i for i, (ids, new) in enumerate(zip(prompt_ids, budgets)) if len(ids) + new <= limit]
+    for i in sorted(set(range(count)) - set(fits)):
+      logging.warning("policy: prompt %d of %d tokens + max_new_tokens=%d exceeds the cache length %d; answered "
+                      "%s", i, len(prompt_ids[i]), budgets[i], limit, PROMPT_TOO_LONG)
+    pick = lambda values: values if isinstance(values, numbers.Number) else [values[i] for i in fits]
     samples = self.sampler.generate(
-        prompt_ids,
+        [prompt_ids[i] for i in fits],
         n=n,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
+        max_new_tokens=[budgets[i] for i in fits],
+        temperature=pick(temperature),
+        top_p=pick(top_p),
         stop_strings=tuple(stop),
         seed=seed,
-    )
+    ) if fits else []
+    too_long = [Completion(text="", finish_reason=PROMPT_TOO_LONG)] * n
+    served = dict(zip(fits, samples))
     return [
         [
             Completion(
@@ -100,7 +112,7 @@ class JaxPolicy:
                 finish_reason=_FINISH_REASONS.get(s.finish_reason, s.finish_reason),
                 stop_token_id=s.eos_id,
             )
-            for s in per_prompt
-        ]
-        for per_prompt in samples
+            for s in served[i]
+        ] if i in served else list(too_long)
+        for i in range(count)
     ]

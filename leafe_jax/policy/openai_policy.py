@@ -8,16 +8,28 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from leafe_jax.policy.base import Completion, Message, per_prompt
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt
 
 
 class PolicyServerError(RuntimeError):
   """The server answered with an error, or did not answer within the retries."""
+
+
+class ContextLengthError(PolicyServerError):
+  """The server refused a request because prompt + max_tokens exceed the model's context (HTTP 400)."""
+
+
+# How OpenAI-compatible servers word that refusal: OpenAI's error code, vLLM's and SGLang's messages
+# ("This model's maximum context length is 4096 tokens. However, you requested ..."), TGI's ("must have less
+# than N tokens", "Input validation error: `inputs` tokens + `max_new_tokens` must be <= N").
+_CONTEXT_LENGTH = re.compile(r"context_length_exceeded|context length|"
+                             r"max_new_tokens` must be|must have less than \d+ tokens|prompt is too long", re.I)
 
 
 class OpenAIPolicy:
@@ -57,7 +69,8 @@ class OpenAIPolicy:
       except urllib.error.HTTPError as e:
         detail = e.read().decode(errors="replace")[:500]
         if e.code < 500:  # a client error will not go away by retrying
-          raise PolicyServerError(f"{self.url}: HTTP {e.code}: {detail}") from e
+          error = ContextLengthError if e.code == 400 and _CONTEXT_LENGTH.search(detail) else PolicyServerError
+          raise error(f"{self.url}: HTTP {e.code}: {detail}") from e
         last_error = e
       except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
         last_error = e
@@ -78,7 +91,10 @@ class OpenAIPolicy:
     }
     if stop:
       payload["stop"] = list(stop)
-    answer = self._post(payload)
+    try:
+      answer = self._post(payload)
+    except ContextLengthError:
+      return [Completion(text="", finish_reason=PROMPT_TOO_LONG) for _ in range(n)]
     choices = sorted(answer.get("choices", []), key=lambda c: c.get("index", 0))
     if len(choices) != n:
       raise PolicyServerError(f"{self.url}: asked for n={n} choices, got {len(choices)}")
