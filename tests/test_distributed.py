@@ -167,7 +167,9 @@ _AGREE_SCRIPT = textwrap.dedent(
     widths, lengths = distributed.HostMax("widths"), distributed.HostMax("lengths")
     agreed = [[widths(10 * pid + r), lengths(100 - pid - r)] for r in range(6)]
     gathered = distributed.allgather_json({"process": pid, "batches": [pid] * (pid + 1)})
-    print("RESULT " + json.dumps({"agreed": agreed, "gathered": gathered}), flush=True)
+    distributed._coordination_client = lambda: None  # as on a JAX that moved the private client
+    fallback = [widths(10 * pid + r) for r in range(3)]
+    print("RESULT " + json.dumps({"agreed": agreed, "gathered": gathered, "fallback": fallback}), flush=True)
     """
 )
 
@@ -179,5 +181,7 @@ def test_host_max_and_allgather_json_agree_across_processes(tmp_path):
   # Round r: widths 10*pid + r (max from process 1), lengths 100 - pid - r (max from process 0), never mixed up.
   want = [[10 + r, 100 - r] for r in range(6)]
   assert results[0]["agreed"] == results[1]["agreed"] == want
+  # Without the key-value store's client the device all-gather agrees on the same values.
+  assert results[0]["fallback"] == results[1]["fallback"] == [10 + r for r in range(3)]
   assert results[0]["gathered"] == results[1]["gathered"] == [{"process": 0, "batches": [0]},
                                                               {"process": 1, "batches": [1, 1]}]

@@ -150,13 +150,29 @@ def allgather_json(value: Any) -> list[Any]:
 _HOST_MAX_IDS = itertools.count()
 
 
+def _coordination_client():
+  """The `jax.distributed` coordination-service client (what orbax and multihost_utils use too), or None where
+  this JAX does not expose it: it is private API, so a JAX upgrade may move it."""
+  try:
+    from jax._src import distributed as jax_distributed
+  except ImportError:
+    return None
+  client = getattr(getattr(jax_distributed, "global_state", None), "client", None)
+  needed = ("key_value_set", "blocking_key_value_get", "key_value_delete")
+  return client if client is not None and all(hasattr(client, m) for m in needed) else None
+
+
 class HostMax:
   """The maximum of one integer per process, agreed on the hosts alone, once per call (a collective).
 
   Goes through the `jax.distributed` coordination service's key-value store, not a device collective: a device
   all-gather would queue behind the train step just dispatched and make the host wait for it every step
   (`multihost_utils.process_allgather` does), where this lets the host prepare the next batch meanwhile.
+  Where the store's client is not reachable (see `_coordination_client`) it falls back to that all-gather: the
+  same values, one host sync per call.
   """
+
+  _warned = False  # the fallback is logged once per process
 
   def __init__(self, name: str, timeout_s: float = 600.0):
     self._prefix = f"leafe_jax/{name}/{next(_HOST_MAX_IDS)}"
@@ -166,9 +182,14 @@ class HostMax:
   def __call__(self, value: int) -> int:
     if jax.process_count() == 1:
       return int(value)
-    from jax._src import distributed as jax_distributed  # the client orbax and multihost_utils use too
+    client = _coordination_client()
+    if client is None:
+      from jax.experimental import multihost_utils
 
-    client = jax_distributed.global_state.client
+      if not HostMax._warned:
+        HostMax._warned = True
+        logging.warning("HostMax: no coordination-service client in this JAX; agreeing by a device all-gather")
+      return int(np.max(multihost_utils.process_allgather(np.asarray(int(value)))))
     me, rnd = jax.process_index(), self._round
     self._round += 1
     client.key_value_set(f"{self._prefix}/{rnd}/{me}", str(int(value)))
