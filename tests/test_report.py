@@ -75,3 +75,14 @@ def test_table_rows_follow_the_order_the_config_lists_its_eval_stages(tmp_path):
   rows = [line.split(" | ")[0].strip("| ") for line in (tmp_path / "report" / "report.md").read_text().splitlines()
           if line.startswith("| ") and "Method" not in line]
   assert rows == ["Base", "LEAFE", "ACE", "X"]  # listed stages first, in order; then the rest by dir name
+
+
+def test_samples_cut_short_are_listed_under_the_table(tmp_path):
+  _write_json(tmp_path / "eval_base" / "results.json", {"method": "Base", "model": "m", "errors": 0,
+              "prompts_too_long": 0, "tasks": {"a": {"n": 2, "c": 1}}})
+  _write_json(tmp_path / "eval_leafe" / "results.json", {"method": "LEAFE", "model": "m", "errors": 1,
+              "prompts_too_long": 3, "tasks": {"a": {"n": 2, "c": 0}, "b": {"n": 2, "c": 0}}})
+  report_stage.run(_config(ks=(1,), explore_dir="", records_dir=""), str(tmp_path), str(tmp_path / "report"))
+  text = (tmp_path / "report" / "report.md").read_text()
+  assert "* LEAFE (m): 1 env errors, 3 prompts too long of 4 samples, counted as unsuccessful." in text
+  assert "* Base" not in text

@@ -42,6 +42,19 @@ def _load_results(workdir: str, pattern: str, stages=()) -> list[dict]:
   return results
 
 
+def _cut_short_lines(results: list[dict]) -> list[str]:
+  """A line per eval whose samples were cut short (env lost, prompt over the context): counted as unsuccessful
+  in the table, they say the setup, not the policy, failed those samples."""
+  lines = []
+  for r in results:
+    cut = {"env errors": r.get("errors", 0), "prompts too long": r.get("prompts_too_long", 0)}
+    if any(cut.values()):
+      total = sum(t["n"] for t in r["tasks"].values())
+      what = ", ".join(f"{v} {k}" for k, v in cut.items() if v)
+      lines.append(f"* {r['method']} ({r['model']}): {what} of {total} samples, counted as unsuccessful.")
+  return [*lines, ""] if lines else []
+
+
 def _records_section(folder: str) -> list[str]:
   """Counts per record kind and target tokens of the distilled records (what stage 2 trained on)."""
   path = os.path.join(folder, "manifest.json")
@@ -128,6 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     tables.write_table(table, stage_dir)
     png = plots.plot_pass_at_k(by_method, os.path.join(stage_dir, "pass_at_k.png"))
     lines += ["## Pass@k on held-out tasks", "", tables.to_markdown(table), ""]
+    lines += _cut_short_lines(results)
     lines += [f"![Pass@k]({os.path.basename(png)})", ""]
   if samplers:
     lines += _samplers_section(samplers, stage_dir)
