@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib
 import os
+import sys
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -38,6 +39,11 @@ STAGES: dict[str, str] = {
     "eval": "leafe_jax.eval.stage",
     "report": "leafe_jax.eval.report_stage",
 }
+
+# Stages that run as one SPMD program over every process of a multi-process launch (SLURM, a TPU pod, an
+# explicit coordinator). Every other stage is one host's work: launched on each process it would run the same
+# tasks once per process and write the same files.
+_MULTI_PROCESS_STAGES = ("train",)
 
 # Top-level fields that belong to no single stage.
 _GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}}
@@ -107,6 +113,30 @@ def _check_values(stage_id: str, module: ModuleType, stage_config: ml_collection
     raise config_schema.ConfigError(f"stage {stage_id!r}: {e}") from e
 
 
+def _multi_process(config: ml_collections.ConfigDict) -> str:
+  """Why this invocation is one process of several ("" if it is not): the launch environment or the train
+  section's distributed settings, or an already initialised jax.distributed with more than one process."""
+  jax = sys.modules.get("jax")  # not imported yet: jax.distributed cannot be running
+  if jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1:
+    return f"jax.distributed runs {jax.process_count()} processes"
+  from leafe_jax.parallel import distributed
+
+  section = config.get("train", {}).get("distributed") or distributed.default_config()
+  try:
+    mode = distributed.resolve_mode(section)
+  except ValueError:  # reported by the train stage's own checks
+    return ""
+  return f"train.distributed resolves to mode {mode!r} here" if mode in ("cluster", "explicit") else ""
+
+
+def _refuse_single_host_stages(stage_ids: Sequence[str], why: str) -> None:
+  raise config_schema.ConfigError(
+      f"stages {list(stage_ids)} run on one host, but this is a multi-process launch ({why}): every process "
+      f"would run them on the same tasks and write the same files. Run only {list(_MULTI_PROCESS_STAGES)} stages "
+      "on the processes of a multi-process launch (e.g. --config.stages='(\"train@leafe\",)') and the others "
+      "on one host (README, 'At scale')")
+
+
 def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_collections.ConfigDict]]:
   """Validates the config and every variant, and returns (stage_id, module, stage_config) per stage.
 
@@ -145,6 +175,10 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_co
     planned.append((f"{name}_{variant}" if variant else name, module, stage_config))
   for stage_id, module, stage_config in planned:
     _check_values(stage_id, module, stage_config)
+  single_host = [stage_id for stage_id, module, _ in planned if module.CONFIG_SECTION not in _MULTI_PROCESS_STAGES]
+  why = _multi_process(config) if single_host else ""
+  if why:
+    _refuse_single_host_stages(single_host, why)
   return planned
 
 
@@ -153,6 +187,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   planned = plan(config)
   os.makedirs(workdir, exist_ok=True)
   for stage_id, module, stage_config in planned:
+    # A train stage may have started jax.distributed (a TPU VM slice found by JAX itself, which no variable
+    # announces): the stages after it are then refused before they start.
+    if module.CONFIG_SECTION not in _MULTI_PROCESS_STAGES and (why := _multi_process(config)):
+      _refuse_single_host_stages([stage_id], why)
     logging.info("=== stage %s", stage_id)
     module.run(stage_config, workdir, os.path.join(workdir, stage_id))
 

@@ -174,3 +174,45 @@ def test_explore_and_eval_values_are_checked_in_plan(section, field, value, mess
   config[section][field] = value
   with pytest.raises(config_schema.ConfigError, match=message):
     main.plan(config)
+
+
+def _explore_then_train_config():
+  from leafe_jax.explore import stage as explore_stage
+
+  config = _config()
+  with config.unlocked():
+    config.stages = ("explore", "train")
+    config.explore = explore_stage.default_config()
+  return config
+
+
+def test_a_multi_process_launch_refuses_single_host_stages_before_any_work(tmp_path, monkeypatch):
+  monkeypatch.setenv("SLURM_JOB_ID", "7")
+  monkeypatch.setenv("SLURM_NTASKS", "2")
+  with pytest.raises(config_schema.ConfigError, match=r"stages \['explore'\] run on one host, but this is a "
+                     r"multi-process launch \(train.distributed resolves to mode 'cluster' here\)"):
+    main.run(_explore_then_train_config(), str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
+  assert [stage_id for stage_id, _, _ in main.plan(_config())] == ["train"]  # train alone is fine
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  assert [stage_id for stage_id, _, _ in main.plan(_explore_then_train_config())] == ["explore", "train"]
+
+
+def test_stages_after_a_train_that_started_several_processes_are_refused(tmp_path, monkeypatch):
+  # A train stage on a TPU VM slice starts jax.distributed itself (no variable announces the slice); stand in
+  # for that after the plan, as the real thing needs several hosts.
+  import jax
+
+  from leafe_jax.train import stage as train_stage
+
+  config = _config()
+  with config.unlocked():
+    config.stages = ("train", "report")
+
+  def fake_train(*args):
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(jax, "process_count", lambda: 4)
+
+  monkeypatch.setattr(train_stage, "run", fake_train)
+  with pytest.raises(config_schema.ConfigError, match=r"stages \['report'\] run on one host.*jax.distributed runs 4"):
+    main.run(config, str(tmp_path / "work"))
