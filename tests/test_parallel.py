@@ -84,3 +84,20 @@ def test_sharded_load_of_scanned_layers_matches_the_unsharded_load(qwen2_dir):
   assert kernel.addressable_shards[0].data.shape == (2, 32, 24)  # each device holds only its slice
   for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(plain)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_large_parameter_the_mesh_cannot_shard_is_logged_as_replicated(monkeypatch, caplog):
+  from leafe_jax.models.decoder import Decoder
+  from leafe_jax.parallel import mesh as mesh_lib
+
+  # 6 query heads on a tensor axis of 4 (as Qwen2.5-7B's 28 heads on 8); d_ff 96 and the vocabulary divide.
+  config = models.ModelConfig(vocab_size=128, d_model=64, num_layers=1, num_heads=6, num_kv_heads=2, head_dim=16,
+                              d_ff=96)
+  mesh = parallel.make_mesh((1, 2, 4))
+  monkeypatch.setattr(mesh_lib, "REPLICATION_WARNING_ELEMENTS", 0)
+  with caplog.at_level("WARNING"):
+    shardings = parallel.param_shardings(Decoder(config), mesh)
+  warned = [r.getMessage() for r in caplog.records if "replicated there" in r.getMessage()]
+  assert shardings["layers_0"]["self_attn"]["q_proj"]["kernel"].spec == PartitionSpec("fsdp", None, None)
+  assert any("q_proj" in m and "dim 1 (heads) is not divisible by its mesh axes' 4 devices" in m for m in warned)
+  assert any("o_proj" in m for m in warned) and not any("mlp" in m or "embed_tokens" in m for m in warned)

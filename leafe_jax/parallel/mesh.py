@@ -7,6 +7,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from absl import logging
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -55,6 +56,22 @@ def _mesh_axes_of(logical: str | None) -> tuple[str, ...]:
   raise KeyError(f"logical axis {logical!r} has no rule in parallel.rules.LOGICAL_RULES")
 
 
+# A parameter at least this large that its rules shard but the mesh does not divide is logged: it is then
+# replicated on every device (e.g. Qwen2.5-7B's 28 query heads on a tensor axis of 8), which may not fit.
+REPLICATION_WARNING_ELEMENTS = 1 << 20
+
+
+def replicated_dims(logical: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> list[tuple[int, str, int]]:
+  """(dim, logical name, mesh size) of each dimension the rules shard but the mesh axes do not divide."""
+  spec = logical_to_spec(logical, shape, mesh)
+  out = []
+  for dim, (size, name, placed) in enumerate(zip(shape, tuple(logical) + (None,) * len(shape), spec)):
+    axes = tuple(a for a in _mesh_axes_of(name) if mesh.shape[a] > 1)
+    if axes and placed is None and size % math.prod(mesh.shape[a] for a in axes):
+      out.append((dim, name, math.prod(mesh.shape[a] for a in axes)))
+  return out
+
+
 def logical_to_spec(logical: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
   """Mesh PartitionSpec for one array; a dimension the mesh axes do not divide stays replicated."""
   out, used = [], set()
@@ -87,7 +104,15 @@ def param_shardings(model, mesh: Mesh):
   """NamedShardings of `model`'s parameters (plain tree, as init_params returns) from their logical axes."""
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jax.numpy.zeros((1, 1), jax.numpy.int32)))
   params = boxed["params"]
-  return logical_sharding(nn.get_partition_spec(params), mesh, nn.meta.unbox(params))
+  logical, shapes = nn.get_partition_spec(params), nn.meta.unbox(params)
+  is_spec = lambda x: isinstance(x, PartitionSpec)
+  for (path, spec), array in zip(jax.tree_util.tree_flatten_with_path(logical, is_leaf=is_spec)[0],
+                                 jax.tree.leaves(shapes)):
+    if math.prod(array.shape) >= REPLICATION_WARNING_ELEMENTS:
+      for dim, name, size in replicated_dims(spec, tuple(array.shape), mesh):
+        logging.warning("param %s %s: dim %d (%s) is not divisible by its mesh axes' %d devices; replicated "
+                        "there", jax.tree_util.keystr(path), tuple(array.shape), dim, name, size)
+  return logical_sharding(logical, mesh, shapes)
 
 
 def batch_shards(mesh: Mesh) -> int:
