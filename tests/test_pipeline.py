@@ -120,21 +120,42 @@ def test_scan_counts_truncation(folder):
   assert host.num_targets == kept and host.num_targets_lost == total - kept
 
 
+def _host_shares(folder, count):
+  return [_segments(pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, pack=False, num_epochs=1,
+                                          process_index=index, process_count=count).as_numpy_iterator())
+          for index in range(count)]
+
+
 def test_hosts_read_disjoint_shards_covering_everything(folder):
-  per_host = []
-  for index in range(2):
-    ds = pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, pack=False, num_epochs=1,
-                               process_index=index, process_count=2)
-    per_host.append(_segments(ds.as_numpy_iterator()))
+  per_host = _host_shares(folder, 2)
+  for index in range(2):  # 40 records in shards of 10: host 0 reads shards 0 and 1, host 1 shards 2 and 3
     assert pipeline.scan(folder, SEQ_LEN, index, 2).files == tuple(
-        os.path.join(folder, f"host0-{i:05d}.tfrecord") for i in range(index, 4, 2))
+        os.path.join(folder, f"host0-{i:05d}.tfrecord") for i in (2 * index, 2 * index + 1))
   assert not set(per_host[0]) & set(per_host[1])
   assert per_host[0] + per_host[1] == _expected_segments(folder)
 
 
-def test_host_without_shards_is_an_error(folder):
-  with pytest.raises(ValueError, match="4 finished shards.*process_count=5"):
-    pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, process_index=4, process_count=5)
+@pytest.mark.parametrize("count", [3, 5, 7])
+def test_uneven_shards_split_into_host_shares_one_record_apart(tmp_path, count):
+  # 25 records in shards of 10, 10 and 5 (a writer's last shard is partial): whole shards per host would give
+  # 15 and 10 on 2 hosts and nothing to a fourth; record ranges give every host floor or ceil of 25 / count.
+  path = str(tmp_path / "records")
+  with records.RecordWriter(path, FP, shard_size=10, writer_id="host0") as w:
+    for i in range(25):
+      w.write(_record(i, 4 + i % 5))
+  per_host = _host_shares(path, count)
+  assert sorted(sum(share.values()) for share in per_host) == sorted([25 // count + 1] * (25 % count)
+                                                                     + [25 // count] * (count - 25 % count))
+  assert sum(per_host, collections.Counter()) == _expected_segments(path)
+  hosts = [pipeline.scan(path, SEQ_LEN, index, count) for index in range(count)]
+  assert [h.num_records for h in hosts] == [sum(share.values()) for share in per_host]
+  # A host reads only the shards its share lies in.
+  assert all(len(h.files) <= 2 for h in hosts)
+
+
+def test_more_processes_than_records_is_an_error(folder):
+  with pytest.raises(ValueError, match="holds 40 records, fewer than process_count=41"):
+    pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, process_index=0, process_count=41)
 
 
 def test_same_seed_same_stream_and_exact_resume(folder):

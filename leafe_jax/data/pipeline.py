@@ -20,7 +20,11 @@ of `pack_window` examples. Examples longer than seq_len are truncated from the L
 are kept: the targets of `cf` records are the final action, and `reh` keeps its latest turns); the number of
 truncated examples and of target tokens lost is counted per host by the up-front scan and logged.
 
-Multi-host: host i of n reads the finished shards i::n (sorted by name), so hosts read disjoint shards.
+Multi-host: the finished shards, in file-name order, form one sequence of N records; host i of n takes records
+[i·N/n, (i+1)·N/n) of it, so hosts hold disjoint shares that differ by at most one record (whole shards per host
+would not: shards differ in size, every writer's last one is partial, and an epoch is as long as the smallest
+share). A host reads only the shards its share lies in, from the first record of its share to the last (at most
+the two boundary shards are shared with the neighbouring hosts).
 Every created dataset is deterministic given its arguments; `DataIterator` resumes it exactly.
 """
 
@@ -49,22 +53,37 @@ BATCH_KEYS = ("input_ids_BxT", "loss_mask_BxT", "weight_BxT", "segment_ids_BxT",
 
 
 @dataclasses.dataclass(frozen=True)
+class ShardRange:
+  """Records [skip, skip + take) of one finished shard (`shard`: its manifest entry)."""
+
+  shard: dict
+  skip: int
+  take: int
+
+  @property
+  def whole(self) -> bool:
+    return self.skip == 0 and self.take == self.shard["count"]
+
+
+@dataclasses.dataclass(frozen=True)
 class HostRecords:
   """This host's share of a records folder, validated by `scan`."""
 
   folder: str
   tokenizer: str
   files: tuple[str, ...]
+  ranges: tuple[tuple[str, int, int], ...]  # (file path, skip, take) per shard, in read order
   num_records: int  # after the kinds filter
-  num_stored: int  # all records in this host's shards (before the kinds filter)
+  num_stored: int  # all records of this host's share (before the kinds filter)
   num_truncated: int  # records longer than seq_len (left-truncated)
   num_targets: int  # target tokens the trainer will see (after truncation and first-position clearing)
   num_targets_lost: int  # target tokens cut by truncation or sitting at a segment's first position
   data_fingerprint: str  # hash of the shard list and counts, for resume checks
 
 
-def host_shards(folder: str, process_index: int = 0, process_count: int = 1) -> tuple[dict, list[dict]]:
-  """(merged manifest, this host's finished shards): shards i::n of the non-empty shards sorted by file name."""
+def host_shards(folder: str, process_index: int = 0, process_count: int = 1) -> tuple[dict, list[ShardRange]]:
+  """(merged manifest, this host's share): records [i·N/n, (i+1)·N/n) of the non-empty shards' records in
+  file-name order, as one range per shard it touches."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is outside [0, process_count={process_count})")
   if not tf.io.gfile.isdir(folder):
@@ -74,11 +93,17 @@ def host_shards(folder: str, process_index: int = 0, process_count: int = 1) -> 
   if not shards:
     raise records.EmptyRecordsError(f"records folder {folder} has no finished shards with records "
                                     f"(manifest total = {manifest['total']})")
-  mine = shards[process_index::process_count]
-  if not mine:
-    raise ValueError(f"records folder {folder} has {len(shards)} finished shards, fewer than process_count="
-                     f"{process_count}: process {process_index} would read nothing. Write smaller shards "
-                     "(RecordWriter shard_size) or use fewer processes.")
+  total = sum(s["count"] for s in shards)
+  begin, end = process_index * total // process_count, (process_index + 1) * total // process_count
+  if begin == end:
+    raise ValueError(f"records folder {folder} holds {total} records, fewer than process_count={process_count}: "
+                     f"process {process_index} would read nothing. Use fewer processes.")
+  mine, offset = [], 0
+  for shard in shards:
+    first, last = max(begin, offset), min(end, offset + shard["count"])
+    if first < last:
+      mine.append(ShardRange(shard, first - offset, last - first))
+    offset += shard["count"]
   return manifest, mine
 
 
@@ -91,9 +116,11 @@ def _scan_features() -> dict:
   }
 
 
-def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int,
-               kinds: Sequence[str] | None) -> tuple[int, int, int, int]:
-  """Reads one shard fully; returns (records kept, truncated, targets seen, targets lost)."""
+def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int, kinds: Sequence[str] | None,
+               skip: int = 0, take: int | None = None) -> tuple[int, int, int, int]:
+  """Reads one shard fully (every record is checked); returns (records kept, truncated, targets seen, targets
+  lost) of its records [skip, skip + take) (default: all)."""
+  stop = expected_count if take is None else skip + take
   ds = tf.data.TFRecordDataset(path).batch(_SCAN_BATCH).map(lambda s: tf.io.parse_example(s, _scan_features()))
   index = kept = truncated = seen = lost = 0
   known = np.array([k.encode() for k in records.KINDS], dtype=object)
@@ -114,7 +141,8 @@ def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int,
       if not np.array_equal(lengths, batch["loss_mask"].row_lengths().numpy()):
         i = int(np.flatnonzero(lengths != batch["loss_mask"].row_lengths().numpy())[0])
         raise records.RecordError(f"shard {path} record #{index + i}: 'loss_mask' and 'input_ids' differ in length")
-      select = np.isin(kind_b, wanted)
+      record_ids = np.arange(index, index + len(lengths))
+      select = np.isin(kind_b, wanted) & (record_ids >= skip) & (record_ids < stop)
       mask = batch["loss_mask"].flat_values.numpy()
       ends = np.cumsum(lengths)
       begins = ends - lengths
@@ -149,29 +177,34 @@ def scan(folder: str, seq_len: int, process_index: int = 0, process_count: int =
     unknown = sorted(set(kinds) - set(records.KINDS))
     if unknown:
       raise ValueError(f"kinds {unknown} are unknown; known kinds: {records.KINDS}")
-  manifest, shards = host_shards(folder, process_index, process_count)
+  manifest, ranges = host_shards(folder, process_index, process_count)
   tokenizer = manifest["tokenizer"]
   if expected_tokenizer is not None and tokenizer != expected_tokenizer:
     raise records.TokenizerMismatchError(f"records folder {folder} holds records of tokenizer {tokenizer}; "
                                          f"the trainer expects tokenizer {expected_tokenizer}")
   wanted = records.KINDS if kinds is None else tuple(kinds)
-  num_records = sum(s["counts"][k] for s in shards for k in wanted)
+  files = tuple(os.path.join(folder, r.shard["file"]) for r in ranges)
+  num_records = truncated = seen = lost = 0
+  for r, path in zip(ranges, files):
+    if verify or not r.whole:  # a part of a shard has no per-kind counts in the manifest: count it
+      n, t, s, lo = _scan_file(path, r.shard["count"], tokenizer, seq_len, kinds, r.skip, r.take)
+      if r.whole and n != sum(r.shard["counts"][k] for k in wanted):
+        raise records.CorruptShardError(path, 0, f"it holds {n} records of kinds {list(wanted)}; the manifest "
+                                        f"counts {r.shard['counts']}")
+      num_records, truncated, seen, lost = num_records + n, truncated + t, seen + s, lost + lo
+    else:
+      num_records += sum(r.shard["counts"][k] for k in wanted)
+  if not verify:
+    truncated = seen = lost = -1
   if num_records == 0:
     raise records.EmptyRecordsError(f"records folder {folder}: process {process_index} of {process_count} has no "
                                     f"records of kinds {list(wanted)} (counts {manifest['counts']})")
-  files = tuple(os.path.join(folder, s["file"]) for s in shards)
-  truncated = seen = lost = -1
-  if verify:
-    truncated = seen = lost = 0
-    for shard, path in zip(shards, files):
-      n, t, s, lo = _scan_file(path, shard["count"], tokenizer, seq_len, kinds)
-      if n != sum(shard["counts"][k] for k in wanted):
-        raise records.CorruptShardError(path, 0, f"it holds {n} records of kinds {list(wanted)}; the manifest "
-                                        f"counts {shard['counts']}")
-      truncated, seen, lost = truncated + t, seen + s, lost + lo
-  desc = json.dumps([(s["file"], s["count"], s["num_bytes"]) for s in shards]).encode()
-  return HostRecords(folder=folder, tokenizer=tokenizer, files=files, num_records=num_records,
-                     num_stored=sum(s["count"] for s in shards),
+  # Whole shards are described as before ranges existed, so a single-process run's saved position still fits.
+  desc = json.dumps([(r.shard["file"], r.shard["count"], r.shard["num_bytes"])
+                     + (() if r.whole else (r.skip, r.take)) for r in ranges]).encode()
+  return HostRecords(folder=folder, tokenizer=tokenizer, files=files,
+                     ranges=tuple((path, r.skip, r.take) for r, path in zip(ranges, files)),
+                     num_records=num_records, num_stored=sum(r.take for r in ranges),
                      num_truncated=truncated, num_targets=seen, num_targets_lost=lost,
                      data_fingerprint=hashlib.sha256(desc).hexdigest()[:16])
 
@@ -264,7 +297,9 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
       t.set_shape([None, seq_len])
     return dict(zip(BATCH_KEYS, out))
 
-  ds = tf.data.TFRecordDataset(list(host.files))
+  paths, skips, takes = (list(column) for column in zip(*host.ranges))
+  ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(skips, tf.int64), tf.constant(takes, tf.int64)))
+  ds = ds.flat_map(lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take))
   # Records are shuffled serialized, before the kinds filter: the full buffer covers every stored record.
   buffer = host.num_stored if shuffle_buffer is None else shuffle_buffer
   if buffer > 1:
@@ -290,10 +325,11 @@ def make_dataset(folder: str, seq_len: int, batch_size: int, pack: bool = True, 
                  verify: bool = True) -> tf.data.Dataset:
   """A deterministic tf.data.Dataset of per-process batches (dict of BATCH_KEYS, static [batch_size, seq_len]).
 
-  Reads only finished shards listed by the manifest (host i gets shards i::n), checks them up front (see
-  `scan`), shuffles records with `seed` (a full shuffle of the host's records unless `shuffle_buffer` caps it;
-  a new order every epoch), repeats `num_epochs` times (None: forever), keeps `kinds` (None: all), then packs
-  (pack=True) or pads (pack=False) into rows and batches with drop_remainder=True.
+  Reads only finished shards listed by the manifest (host i of n gets records [i·N/n, (i+1)·N/n) of them, in
+  file-name order), checks them up front (see `scan`), shuffles records with `seed` (a full shuffle of the
+  host's records unless `shuffle_buffer` caps it; a new order every epoch), repeats `num_epochs` times (None:
+  forever), keeps `kinds` (None: all), then packs (pack=True) or pads (pack=False) into rows and batches with
+  drop_remainder=True.
   """
   host = scan(folder, seq_len, process_index, process_count, expected_tokenizer, kinds, verify)
   _log_host(host, process_index, process_count)

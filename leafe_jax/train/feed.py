@@ -1,8 +1,11 @@
-"""The trainer's batch feed: one or more records folders, mixed by record count, with a resumable position.
+"""The trainer's batch feed: one or more records folders, mixed so that an epoch is one pass over each, with a
+resumable position.
 
 Each folder is a `data.pipeline.DataIterator` (deterministic, infinite, resumable by batch count). With several
-folders, batch n comes from the folder whose share of batches so far lags its share of records the most: a
-deterministic interleave, so the state is just each folder's iterator state.
+folders, batch n comes from the folder whose share of batches so far lags its share of an epoch's batches the
+most (a deterministic interleave, so the state is just each folder's iterator state). The shares are batches,
+not records: packed rows hold many short records or few long ones, so record shares would read a folder of short
+records several times per epoch and leave one of long records unfinished.
 """
 
 from __future__ import annotations
@@ -42,28 +45,39 @@ class TrainFeed:
         pipeline.DataIterator(folder, seed=seed + i, num_epochs=None, **self._kwargs)
         for i, folder in enumerate(self._folders)
     ]
+    self._seeds = [seed + i for i in range(len(self._folders))]
     # Scans (validates) every folder now: bad records fail before any device work.
-    counts = np.array([it.host.num_records for it in self._iterators], np.float64)
-    self._share = counts / counts.sum()
+    self.num_records = sum(iterator.host.num_records for iterator in self._iterators)
+    self._epoch_batches: list[int] | None = None  # per folder, counted on first use (reads the data once)
+    self._share = np.ones(1) if len(self._iterators) == 1 else None
     self._taken = np.zeros(len(self._iterators), np.int64)
 
   def next(self) -> dict[str, np.ndarray]:
+    if self._share is None:
+      counts = np.array(self.folder_batches_per_epoch(), np.float64)
+      self._share = counts / counts.sum()
     n = self._taken.sum() + 1
     source = int(np.argmax(n * self._share - self._taken))
     self._taken[source] += 1
     return next(self._iterators[source])
 
+  def folder_batches_per_epoch(self) -> list[int]:
+    """Full batches of one pass over each folder's records, in its first epoch's order (reads the data once)."""
+    if self._epoch_batches is None:
+      kwargs = {k: v for k, v in self._kwargs.items()
+                if k not in ("expected_tokenizer", "process_index", "process_count")}
+      self._epoch_batches = [
+          sum(1 for _ in pipeline.build_dataset(it.host, seed=seed, num_epochs=1, **kwargs).as_numpy_iterator())
+          for it, seed in zip(self._iterators, self._seeds)]
+      empty = [f for f, n in zip(self._folders, self._epoch_batches) if n == 0]
+      if empty and len(self._folders) > 1:
+        raise ValueError(f"train: records folders {empty} give no full batch per epoch; lower train.batch_size "
+                         "or add records")
+    return self._epoch_batches
+
   def batches_per_epoch(self) -> int:
     """Full batches in one pass over every folder's records (reads the data once)."""
-    total = 0
-    for iterator in self._iterators:
-      kwargs = dict(self._kwargs)
-      kwargs.pop("expected_tokenizer")
-      kwargs.pop("process_index")
-      kwargs.pop("process_count")
-      dataset = pipeline.build_dataset(iterator.host, seed=0, num_epochs=1, **kwargs)
-      total += sum(1 for _ in dataset.as_numpy_iterator())
-    return total
+    return sum(self.folder_batches_per_epoch())
 
   def state(self) -> dict[str, Any]:
     return {"folders": list(self._folders), "iterators": [it.state() for it in self._iterators]}

@@ -1,0 +1,56 @@
+"""The trainer's feed over several records folders: one epoch is one pass over each folder, and it resumes."""
+
+import collections
+
+import numpy as np
+
+from leafe_jax.data import records
+from leafe_jax.train.feed import TrainFeed
+
+FP = "tok-feed"
+SEQ_LEN = 16
+
+
+def _folder(path, length, first_id, n=40):
+  """n records of `length` tokens; each ends with its own id (first_id + i), the only target."""
+  with records.RecordWriter(str(path), FP, shard_size=16, writer_id="w") as writer:
+    for i in range(n):
+      writer.write(records.CorrectionRecord(input_ids=[5] * (length - 1) + [first_id + i],
+                                            loss_mask=[0] * (length - 1) + [1], weight=1.0, kind="cf",
+                                            task_id=f"t{first_id + i}", tokenizer=FP))
+  return str(path)
+
+
+def _feed(folders, seed=3):
+  return TrainFeed(folders, seq_len=SEQ_LEN, batch_size=2, pack=True, seed=seed, kinds=None, process_index=0,
+                   process_count=1, expected_tokenizer=FP)
+
+
+def test_an_epoch_reads_every_folder_once_whatever_its_records_lengths(tmp_path):
+  # 40 short records pack 4 to a row (5 batches), 40 long ones 1 to a row (20 batches): a share by record
+  # count would read the short folder 2.6 times and the long one 0.6 times per epoch.
+  short, long = _folder(tmp_path / "short", 4, 1000), _folder(tmp_path / "long", 16, 2000)
+  feed = _feed([short, long])
+  assert feed.folder_batches_per_epoch() == [5, 20] and feed.batches_per_epoch() == 25
+  seen = collections.Counter()
+  for _ in range(feed.batches_per_epoch()):
+    batch = feed.next()
+    ids = batch["input_ids_BxT"][batch["loss_mask_BxT"] > 0]
+    seen.update(int(t) for t in ids)
+  assert sorted(seen) == list(range(1000, 1040)) + list(range(2000, 2040))
+  assert set(seen.values()) == {1}
+
+
+def test_a_restored_feed_continues_with_the_same_batches(tmp_path):
+  folders = [_folder(tmp_path / "short", 4, 1000), _folder(tmp_path / "long", 16, 2000)]
+  whole = _feed(folders)
+  reference = [whole.next() for _ in range(12)]
+  first = _feed(folders)
+  for _ in range(7):
+    first.next()
+  resumed = _feed(folders)
+  resumed.restore(first.state())
+  for want in reference[7:]:
+    got = resumed.next()
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
