@@ -39,7 +39,7 @@ def _assert_same_state(reloaded, original):
     assert torch.equal(reloaded[name], tensor), name
 
 
-@pytest.mark.parametrize("case", ["llama3_rope_tied", "qwen2", "qwen3"])
+@pytest.mark.parametrize("case", ["llama3_rope_tied", "qwen2", "qwen3", "llama_attention_bias"])
 def test_to_hf_reloads_in_transformers_with_identical_tensors(tmp_path, case):
   reference, path = save_tiny_hf(tmp_path, case)
   model, params = models.from_hf(path, scan_layers=case == "qwen2")  # one case exports the stacked layout
@@ -144,6 +144,19 @@ def test_missing_or_misshaped_tensor_is_named_before_anything_loads(tmp_path):
   tensors["model.norm.weight"] = np.zeros((65,), np.float32)
   safetensors_io.save(tensors, file)
   with pytest.raises(models.CheckpointError, match=r"'model.norm.weight' has shape \(65,\), expected \(64,\)"):
+    models.from_hf(path)
+
+
+def test_a_checkpoint_tensor_the_model_would_not_use_is_refused(tmp_path):
+  # E.g. an o_proj bias under a config that says there is none: loading it would silently change the outputs.
+  _, path = save_tiny_hf(tmp_path, "llama")
+  file = os.path.join(path, "model.safetensors")
+  tensors = {name: np.asarray(safetensors_io.load(info)) for name, info in safetensors_io.read_header(file).items()}
+  tensors["model.layers.0.self_attn.o_proj.bias"] = np.ones((64,), np.float32)
+  tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones((8,), np.float32)  # old RoPE buffer: harmless
+  safetensors_io.save(tensors, file)
+  with pytest.raises(models.CheckpointError, match=r"1 tensors of the checkpoint have no place in a llama model "
+                     r".*\['model.layers.0.self_attn.o_proj.bias'\]"):
     models.from_hf(path)
 
 

@@ -21,6 +21,9 @@ CASES = {
     "qwen2": (Qwen2Config, {}),
     # head_dim 32 != hidden 64 / 4 heads: q/o projections are [128, 64], heads x head_dim != d_model.
     "qwen3": (Qwen3Config, {"head_dim": 32}),
+    # attention_bias: biases on q, k, v AND o_proj in these two families (Qwen2 has q/k/v biases only).
+    "llama_attention_bias": (LlamaConfig, {"attention_bias": True}),
+    "qwen3_attention_bias": (Qwen3Config, {"attention_bias": True}),
 }
 
 

@@ -94,6 +94,12 @@ def _scanned_path(path: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
   return path, None
 
 
+def _ignorable(name: str, config) -> bool:
+  """Tensors some checkpoints carry that the model does not need: RoPE buffers (recomputed from the config) and
+  an LM head saved beside tied embeddings."""
+  return name.endswith("rotary_emb.inv_freq") or (config.tie_embeddings and name == "lm_head.weight")
+
+
 def from_hf(path: str, dtype=jnp.float32, mesh=None, param_dtype=None, scan_layers: bool = False):
   """(Decoder, params) from a local HF directory; params placed in their shardings on `mesh` when given.
 
@@ -114,6 +120,12 @@ def from_hf(path: str, dtype=jnp.float32, mesh=None, param_dtype=None, scan_laye
       raise CheckpointError(f"{path}: tensor {hf_name!r} is missing from the checkpoint")
     if index[hf_name].shape != shape:
       raise CheckpointError(f"{path}: tensor {hf_name!r} has shape {index[hf_name].shape}, expected {shape}")
+  # A tensor the layout does not read means a variant this code does not implement (e.g. a bias it would drop):
+  # refused rather than silently giving other outputs than the checkpoint's model.
+  unused = sorted(name for name in set(index) - {e.hf_name for e in entries} if not _ignorable(name, config))
+  if unused:
+    raise CheckpointError(f"{path}: {len(unused)} tensors of the checkpoint have no place in a {config.family} model "
+                          f"with this config (unsupported variant?): {unused[:5]}")
   shardings = None if mesh is None else parallel.param_shardings(model, mesh)
 
   def build(read, shape: tuple[int, ...], spath: tuple[str, ...]):

@@ -39,6 +39,7 @@ class ModelConfig:
   rope_scaling: tuple[tuple[str, Any], ...] | None = None
   norm_eps: float = 1e-6
   qkv_bias: bool = False
+  o_bias: bool = False  # a bias on the attention output projection (Llama / Qwen3 `attention_bias`; not Qwen2)
   qk_norm: bool = False
   tie_embeddings: bool = False
   max_position_embeddings: int = 4096

@@ -47,6 +47,9 @@ def llama_tensor_maps(config: ModelConfig) -> list[TensorMap]:
                              lambda b, heads=heads: b.reshape(heads, h), lambda x: x.reshape(-1), (heads * h,)))
     out.append(TensorMap(f"{hf}self_attn.o_proj.weight", (layer, "self_attn", "o_proj", "kernel"),
                          lambda w: w.T.reshape(n, h, d), lambda x: x.reshape(n * h, d).T, (d, n * h)))
+    if config.o_bias:
+      out.append(TensorMap(f"{hf}self_attn.o_proj.bias", (layer, "self_attn", "o_proj", "bias"), _same, _same,
+                           (d,)))
     if config.qk_norm:
       for name in ("q_norm", "k_norm"):
         out.append(TensorMap(f"{hf}self_attn.{name}.weight", (layer, "self_attn", name, "scale"), _same, _same,

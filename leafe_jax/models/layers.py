@@ -189,9 +189,10 @@ class Attention(nn.Module):
                                                 mask_BxTxS, cfg.compute_dtype)
     out_LxNxH = out_BxTxKxGxH.reshape(b * t, n, h)
     out_LxD = nn.DenseGeneral(
-        cfg.d_model, axis=(-2, -1), use_bias=False, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
-        kernel_init=_init(("heads", "head_dim", "embed")), dot_general=dot_general_f32_accumulate,
-        name="o_proj")(out_LxNxH)
+        cfg.d_model, axis=(-2, -1), use_bias=cfg.o_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
+        kernel_init=_init(("heads", "head_dim", "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        dot_general=dot_general_f32_accumulate, name="o_proj")(out_LxNxH)
     return out_LxD.reshape(b, t, cfg.d_model), new_kv
 
 

@@ -7,10 +7,14 @@ MODEL_TYPE = "llama"
 
 
 def config_from_hf(hf: dict):
-  return common_config(hf, MODEL_TYPE, qkv_bias=bool(hf.get("attention_bias", False)))
+  return common_config(hf, MODEL_TYPE, qkv_bias=bool(hf.get("attention_bias", False)),
+                       o_bias=bool(hf.get("attention_bias", False)))
 
 
 def hf_config(config) -> dict:
+  if config.qkv_bias != config.o_bias:
+    raise ValueError(f"{MODEL_TYPE}: attention_bias sets the q/k/v and the o_proj biases together; this model has "
+                     f"qkv_bias={config.qkv_bias}, o_bias={config.o_bias}")
   return {**common_hf_config(config, MODEL_TYPE, "LlamaForCausalLM"), "attention_bias": config.qkv_bias,
           "mlp_bias": False}
 

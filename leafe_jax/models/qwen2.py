@@ -13,6 +13,9 @@ def config_from_hf(hf: dict):
 
 
 def hf_config(config) -> dict:
+  if config.o_bias or not config.qkv_bias:
+    raise ValueError(f"qwen2: the layout has q/k/v biases and no o_proj bias; this model has "
+                     f"qkv_bias={config.qkv_bias}, o_bias={config.o_bias}")
   return {**common_hf_config(config, MODEL_TYPE, "Qwen2ForCausalLM"), "use_sliding_window": False}
 
 
