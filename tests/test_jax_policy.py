@@ -70,3 +70,8 @@ def test_a_prompt_that_does_not_fit_the_cache_is_answered_prompt_too_long_and_th
   assert [[c.token_ids for c in row] for row in (mixed[0], mixed[2])] == [[c.token_ids for c in row] for row in alone]
   (only,) = policy.generate([long_prompt], max_new_tokens=8)
   assert [c.finish_reason for c in only] == [PROMPT_TOO_LONG]
+  # One stop list per prompt: the served prompts keep their own.
+  per_prompt = policy.generate([PROMPTS[0], long_prompt, PROMPTS[1]], temperature=0.0, max_new_tokens=8,
+                               stop=[["never-a"], ["never-b"], ["never-c"]])
+  assert [row[0].finish_reason for row in per_prompt][1] == PROMPT_TOO_LONG
+  assert [row[0].token_ids for row in (per_prompt[0], per_prompt[2])] == [row[0].token_ids for row in alone]

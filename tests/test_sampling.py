@@ -268,3 +268,27 @@ def test_temperature_shapes_the_draws_as_softmax_of_logits_over_temperature():
     np.testing.assert_allclose(torch.softmax(scaled, -1)[0].numpy(), expected, rtol=1e-12)
     _assert_frequencies(freq, expected)
   np.testing.assert_array_equal(got[3], np.eye(len(PROBS))[1])  # temperature 0: the argmax, every time
+
+
+def test_top_p_zero_is_greedy_and_a_top_k_above_the_vocabulary_keeps_everything(tiny):
+  # transformers' TopPLogitsWarper(0.0) keeps the most likely token, and its top-k caps k at the vocabulary.
+  _, model, params = tiny
+  sampler = Sampler(model, params, max_cache_len=64)
+  ids = lambda out: [[s.token_ids for s in row] for row in out]
+  greedy = sampler.generate(PROMPTS, max_new_tokens=8, temperature=0.0)
+  assert ids(sampler.generate(PROMPTS, max_new_tokens=8, temperature=1.0, top_p=0.0, seed=4)) == ids(greedy)
+  assert (ids(sampler.generate(PROMPTS, max_new_tokens=8, temperature=1.0, top_k=1000, seed=4))
+          == ids(sampler.generate(PROMPTS, max_new_tokens=8, temperature=1.0, top_k=0, seed=4)))
+
+
+def test_a_stop_string_inside_another_stops_where_it_completes(tiny):
+  # As a streaming server: generation stops at the first token that completes any stop string (here the inner
+  # one), and the text ends before the earliest stop string of what was generated up to there.
+  _, model, params = tiny
+  sampler = Sampler(model, params, tokenizer=Letters(), max_cache_len=64)
+  (greedy,), = sampler.generate([PROMPTS[0]], max_new_tokens=8, temperature=0.0)
+  text = greedy.text
+  outer, inner = text[2:7], text[3:5]  # inner completes at token 5, outer at token 7
+  assert text.find(outer) == 2 and text.find(inner) == 3
+  (sample,), = sampler.generate([PROMPTS[0]], max_new_tokens=8, temperature=0.0, stop_strings=[outer, inner])
+  assert sample.token_ids == greedy.token_ids[:5] and sample.text == text[:3] and sample.finish_reason == "stop"

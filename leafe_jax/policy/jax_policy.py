@@ -92,13 +92,14 @@ class JaxPolicy:
       logging.warning("policy: prompt %d of %d tokens + max_new_tokens=%d exceeds the cache length %d; answered "
                       "%s", i, len(prompt_ids[i]), budgets[i], limit, PROMPT_TOO_LONG)
     pick = lambda values: values if isinstance(values, numbers.Number) else [values[i] for i in fits]
+    flat_stops = isinstance(stop, str) or all(isinstance(x, str) for x in stop)
     samples = self.sampler.generate(
         [prompt_ids[i] for i in fits],
         n=n,
         max_new_tokens=[budgets[i] for i in fits],
         temperature=pick(temperature),
         top_p=pick(top_p),
-        stop_strings=tuple(stop),
+        stop_strings=stop if flat_stops else [stop[i] for i in fits],  # per-prompt lists: the served prompts
         seed=seed,
     ) if fits else []
     too_long = [Completion(text="", finish_reason=PROMPT_TOO_LONG)] * n

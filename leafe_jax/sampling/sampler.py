@@ -100,6 +100,7 @@ def _choose(logits_BxV, max_B, key, temperature_B, top_p_B, *, greedy: bool, top
   if greedy:
     return argmax_B
   logits_BxV = logits_BxV / jnp.maximum(temperature_B, _MIN_TEMPERATURE)[:, None]
+  top_k = min(top_k, logits_BxV.shape[-1])  # as transformers: a k above the vocabulary keeps every token
   if top_k > 0:
     # top_k values come sorted (descending): the nucleus below needs only them, not a full-vocab sort.
     sorted_BxK = jax.lax.top_k(logits_BxV, top_k)[0]
@@ -109,8 +110,10 @@ def _choose(logits_BxV, max_B, key, temperature_B, top_p_B, *, greedy: bool, top
       sorted_BxK = -jnp.sort(-logits_BxV, axis=-1)
     probs_BxK = jax.nn.softmax(sorted_BxK, axis=-1)
     mass_before_BxK = jnp.cumsum(probs_BxK, axis=-1) - probs_BxK
-    # The smallest logit still inside the nucleus; the most likely token is always kept.
-    threshold_B = jnp.min(jnp.where(mass_before_BxK < top_p_B[:, None], sorted_BxK, jnp.inf), axis=-1)
+    # The smallest logit still inside the nucleus; the most likely token is always kept (also at top_p = 0,
+    # where no mass is below the threshold: transformers keeps it too).
+    inside_BxK = (mass_before_BxK < top_p_B[:, None]) | (jnp.arange(sorted_BxK.shape[-1]) == 0)
+    threshold_B = jnp.min(jnp.where(inside_BxK, sorted_BxK, jnp.inf), axis=-1)
     # A row with top_p >= 1 keeps every token (rounding can push the cumulated mass of its tail to 1).
     threshold_B = jnp.where(top_p_B >= 1.0, -jnp.inf, threshold_B)
     logits_BxV = jnp.where(logits_BxV < threshold_B[:, None], -jnp.inf, logits_BxV)
@@ -313,10 +316,12 @@ class Sampler:
     ids, lps = ids[:end], [float(x) for x in logprobs[:end]]
     text = self._decode(ids)
     if stop_strings and self.tokenizer is not None:
-      hits = [(text.find(s), s) for s in stop_strings if s and s in text]
+      hits = [s for s in stop_strings if s and s in text]
       if hits:
-        cut, _ = min(hits)
-        # The shortest token prefix whose text reaches the stop string.
-        k = next(k for k in range(1, len(ids) + 1) if any(s in self._decode(ids[:k]) for _, s in hits))
-        ids, lps, text, reason, eos_id = ids[:k], lps[:k], text[:cut], "stop", None
+        # As a streaming server stops: at the shortest token prefix whose text completes a stop string; the
+        # text ends before the earliest stop string in that prefix's text.
+        k = next(k for k in range(1, len(ids) + 1) if any(s in self._decode(ids[:k]) for s in hits))
+        prefix = self._decode(ids[:k])
+        cut = min(prefix.find(s) for s in hits if s in prefix)
+        ids, lps, text, reason, eos_id = ids[:k], lps[:k], prefix[:cut], "stop", None
     return Sample(tuple(ids), tuple(lps), text, reason, eos_id)
