@@ -196,3 +196,50 @@ def test_an_irreversible_step_ends_the_rollout_with_a_failure_reflection():
   # Without the irreversible signal the rollout goes on to the step limit.
   root = _deadlock_run(("step_limit",))
   assert len(root.turns) == 6 and [(r.after_step, r.trigger) for r in root.reflections] == [(6, "failure")]
+
+
+# --- over-long prompts under IS / IR, budget-spent reruns, bad settings ------------------------------------------
+@pytest.mark.parametrize("method", ["is", "ir"])
+def test_is_and_ir_start_over_after_a_prompt_too_long(method):
+  from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion
+
+  overflowed = []
+
+  class OverflowOnce(ScriptedPolicy):
+    """The context overflows once: on the first attempt's second action prompt."""
+
+    def generate(self, prompts, **kwargs):
+      out = super().generate(prompts, **kwargs)
+      if len(self.calls) == 2 and not overflowed:
+        overflowed.append(True)
+        return [[Completion(text="", finish_reason=PROMPT_TOO_LONG)] for _ in prompts]
+      return out
+
+  policy = OverflowOnce(lambda messages: "<action>left</action>")
+  (tree,), ledger = _explore(policy, _corridor_env, ["level"], _settings(method=method))
+  assert tree.nodes[0].outcome == PROMPT_TOO_LONG and ledger.total["prompts_too_long"] == 1
+  assert len(tree.nodes) == 4 and all(n.outcome == "failure" for n in tree.nodes[1:])  # max_attempts = 4
+
+
+def test_a_rerun_after_the_budget_was_spent_loads_no_policy(tmp_path):
+  config = ml_collections.ConfigDict({"explore": explore_stage.default_config()})
+  cfg = config.explore
+  cfg.env_config = ml_collections.ConfigDict({"max_steps": 2, "compact_prompt": True})
+  cfg.split, cfg.num_tasks, cfg.method, cfg.max_attempts, cfg.max_steps, cfg.history_length = (
+      "levels:small", 5, "is", 1, 2, 0)
+  cfg.env_step_budget, cfg.concurrency = 4, 1  # two tasks of 2 steps, then the budget is spent
+  built = []
+
+  def factory():
+    built.append(True)
+    return _policy(lambda c: "left")
+
+  first = explore_stage.run_with_policy(config, str(tmp_path), factory)
+  again = explore_stage.run_with_policy(config, str(tmp_path), factory)
+  assert len(built) == 1 and first.total == again.total and first.interaction >= 4
+
+
+@pytest.mark.parametrize("field", ["concurrency", "max_attempts", "max_steps"])
+def test_settings_below_one_are_refused(field):
+  with pytest.raises(ValueError, match=f"explore.{field} must be >= 1, got 0"):
+    _settings(**{field: 0})

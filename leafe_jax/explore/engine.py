@@ -62,6 +62,9 @@ class ExploreSettings:
   def __post_init__(self):
     if self.method not in METHODS:
       raise ValueError(f"explore.method {self.method!r} not in {METHODS}")
+    for name in ("concurrency", "max_attempts", "max_steps"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"explore.{name} must be >= 1, got {getattr(self, name)}")
     unknown = set(self.failure_signals) - set(FAILURE_SIGNALS)
     if unknown:
       raise ValueError(f"explore.failure_signals has unknown {sorted(unknown)}; known: {FAILURE_SIGNALS}")
@@ -327,15 +330,18 @@ class Explorer:
 
   def _finish_rollout(self, task: TaskState) -> None:
     r = task.active
-    if r.errored:  # outcome (and a re-queued request, for a lost env) already set
-      r.node.final_observation = r.observations[-1]
+    r.node.final_observation = r.observations[-1]
+    too_long = r.node.outcome == PROMPT_TOO_LONG
+    if r.errored and not too_long:  # a lost env: outcome set and its request re-queued already
       task.active = None
       return
-    r.node.outcome = "success" if r.success else "failure"
-    r.node.final_observation = r.observations[-1]
+    if not too_long:
+      r.node.outcome = "success" if r.success else "failure"
     if r.success:
       task.succeeded = True
       self.ledger.add("successes", task_id=task.task_id)
+    # IS and IR start over from the first step, whose prompt is short again: an over-long prompt ends that
+    # attempt only, as a failure does.
     retry = (self.s.method == "is" or (self.s.method == "ir" and not r.success))
     if retry and task.attempts + len(task.queue) < self.s.max_attempts:
       experience = None

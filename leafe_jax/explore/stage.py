@@ -128,7 +128,9 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
     # take the calls from the last saved ledger (a run killed before saving its ledger loses only its own count).
     with open(ledger_path) as f:
       ledger.total["policy_calls"] += json.load(f)["total"].get("policy_calls", 0)
-  if todo:
+  if todo and not ledger.budget_left():
+    logging.info("explore: interaction budget %d spent; %d tasks not started", cfg.env_step_budget, len(todo))
+  elif todo:
     from tqdm import tqdm
 
     with (tqdm(total=len(tasks), initial=len(done), desc=f"explore ({cfg.method})", unit="task") as bar,
