@@ -90,13 +90,25 @@ def test_env_step_budget_stops_new_rollouts_and_tasks_once_spent(budget):
   assert sum(t.ledger["env_steps"] for t in trees) == ledger.total["env_steps"]
 
 
-def test_env_step_budget_also_stops_queued_branches():
+def test_env_step_budget_also_stops_branches_and_the_reflections_that_would_ask_for_them():
   act = lambda content: "right" if "hint:" in content else "left"
   reflect = lambda content: reflection.format_reflection(1, "go right")
   trees, ledger = _explore(_policy(act, reflect), _corridor_env, ["level"], _settings(), budget=3)
-  (root,) = trees[0].nodes  # the root's reflection queued a branch, but the budget was spent
-  assert root.reflections[0].queued and ledger.total["branches"] == 1
+  (root,) = trees[0].nodes  # the root failed as the budget ran out: no branch could run, so none is asked for
+  assert not root.reflections and ledger.total["reflections"] == ledger.total["branches"] == 0
   assert ledger.total["rollouts"] == 1 and ledger.interaction == 3
+  # With budget left the same failure reflects and branches.
+  trees, ledger = _explore(_policy(act, reflect), _corridor_env, ["level"], _settings(), budget=4)
+  assert trees[0].nodes[0].reflections[0].queued and ledger.total["rollouts"] == 2
+
+
+def test_no_reflection_is_asked_for_once_the_attempt_budget_is_used_up():
+  reflect = lambda content: reflection.format_reflection(1, "go left")  # every branch fails again
+  trees, ledger = _explore(_policy(lambda c: "left", reflect), _corridor_env, ["level"],
+                           _settings(max_attempts=2, max_depth=5))
+  root, branch = trees[0].nodes
+  assert root.reflections[0].queued and not branch.reflections  # the branch is the last attempt
+  assert ledger.total["reflections"] == 1 and ledger.total["rollouts"] == 2
 
 
 # --- shards ------------------------------------------------------------------------------------------------------

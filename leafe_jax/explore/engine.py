@@ -15,7 +15,8 @@ the task's queue while the attempt budget allows, and every other rollout goes o
 fit the policy's context (Completion.finish_reason PROMPT_TOO_LONG) ends its rollout with outcome
 "prompt_too_long", unreflected; such a reflection prompt gives no branch. Both are counted (`prompts_too_long`).
 Methods:
-  leafe  reflect every K steps or on failure, branch from tau with experience e (paper §2.2 / Algorithm 1);
+  leafe  reflect every K steps or on failure, branch from tau with experience e (paper §2.2 / Algorithm 1); a
+         reflection is asked for only while a branch could still run (attempts and interaction budget left);
   is     independent sampling: fresh rollouts from the start, no reflection (paper Table 3, IS);
   ir     iterative refinement: retry from the start with the previous attempt's outcome in the prompt (IR).
 """
@@ -141,6 +142,12 @@ class Explorer:
         and not (self.s.stop_on_success and task.succeeded)):
       return task.queue.popleft()
     return None
+
+  def _may_branch(self, task: TaskState) -> bool:
+    """Whether a branch requested now could still run: attempts left, interaction budget left, and the task not
+    ended by its success. A reflection is only asked for then (else it would cost a policy request for nothing)."""
+    return (task.attempts + len(task.queue) < self.s.max_attempts and self.ledger.budget_left()
+            and not (self.s.stop_on_success and task.succeeded))
 
   def _new_node(self, task: TaskState, request: BranchRequest) -> Node:
     node = Node(len(task.tree.nodes), request.parent, request.depth, request.rollback_step, request.experience,
@@ -293,7 +300,7 @@ class Explorer:
     rollout.failed = not step.success and any(signals[s] for s in self.s.failure_signals)
     if rollout.failed:
       rollout.done = True
-    if self.s.method == "leafe" and rollout.node.depth < self.s.max_depth:
+    if self.s.method == "leafe" and rollout.node.depth < self.s.max_depth and self._may_branch(task):
       if rollout.failed:
         rollout.reflection_due = "failure"
       elif self.s.reflect_every > 0 and not rollout.done and rollout.t % self.s.reflect_every == 0:
