@@ -112,12 +112,18 @@ def test_no_reflection_is_asked_for_once_the_attempt_budget_is_used_up():
 
 
 # --- shards ------------------------------------------------------------------------------------------------------
-def test_shards_cover_every_task_exactly_once(tmp_path):
+def _small_levels_config(num_tasks):
+  """An explore stage config: IS, one 2-step attempt on each of the first `num_tasks` small levels."""
   config = ml_collections.ConfigDict({"explore": explore_stage.default_config()})
   cfg = config.explore
   cfg.env_config = ml_collections.ConfigDict({"max_steps": 2, "compact_prompt": True})
   cfg.split, cfg.num_tasks, cfg.method, cfg.max_attempts, cfg.max_steps, cfg.history_length = (
-      "levels:small", 100, "is", 1, 2, 0)
+      "levels:small", num_tasks, "is", 1, 2, 0)
+  return config, cfg
+
+
+def test_shards_cover_every_task_exactly_once(tmp_path):
+  config, cfg = _small_levels_config(100)
   all_tasks = SokobanEnv().tasks("levels:small")
   count = 3  # 5 tasks: uneven shards
   per_shard = []
@@ -234,11 +240,7 @@ def test_is_and_ir_start_over_after_a_prompt_too_long(method):
 
 
 def test_a_rerun_after_the_budget_was_spent_loads_no_policy(tmp_path):
-  config = ml_collections.ConfigDict({"explore": explore_stage.default_config()})
-  cfg = config.explore
-  cfg.env_config = ml_collections.ConfigDict({"max_steps": 2, "compact_prompt": True})
-  cfg.split, cfg.num_tasks, cfg.method, cfg.max_attempts, cfg.max_steps, cfg.history_length = (
-      "levels:small", 5, "is", 1, 2, 0)
+  config, cfg = _small_levels_config(5)
   cfg.env_step_budget, cfg.concurrency = 4, 1  # two tasks of 2 steps, then the budget is spent
   built = []
 
