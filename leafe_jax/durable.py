@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from absl import logging
+
 
 def write_lines(path: str, lines: Iterable[str]) -> None:
   """Replaces `path` by `lines` (each with its own newline)."""
@@ -25,3 +27,25 @@ def write_lines(path: str, lines: Iterable[str]) -> None:
 def write_json(path: str, obj: Any, *, sort_keys: bool = False) -> None:
   """Replaces `path` by `obj` as indented JSON."""
   write_lines(path, [json.dumps(obj, indent=1, sort_keys=sort_keys)])
+
+
+def cut_torn_tail(path: str) -> None:
+  """Cuts what a kill mid-write or a machine crash left of the unfinished tail of an append-only JSON-lines file,
+  so that the next append starts a line of its own; the lines cut are redone by the caller's resume.
+
+  A kill leaves a last line without its newline. A crash before an fsync can also leave a hole (zero bytes) in
+  the unsynced part, with later lines after it; json never writes a raw NUL, so the file is cut at the start of
+  the first line that holds one.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    hole = data.find(b"\0")
+    if hole >= 0:
+      end = data.rfind(b"\n", 0, hole) + 1
+      logging.warning("%s: zero bytes from offset %d (a crash before an fsync); cutting %d bytes, redone", path,
+                      hole, len(data) - end)
+      f.truncate(end)
+    elif data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)

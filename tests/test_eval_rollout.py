@@ -123,6 +123,12 @@ def test_eval_stage_writes_pass_at_k_and_resumes_without_redoing_tasks(tmp_path,
   assert made == [config.eval.policy]
   lines = (stage_dir / "outcomes.jsonl").read_text().splitlines()
   assert len(lines) == 3
+  # A kill mid-write leaves a torn last line: the rerun cuts it and redoes that task only.
+  with open(stage_dir / "outcomes.jsonl", "w") as f:
+    f.write("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])
+  eval_stage.run(config, str(tmp_path), str(stage_dir))
+  assert (stage_dir / "outcomes.jsonl").read_text().splitlines() == lines and len(made) == 2
+  assert json.loads((stage_dir / "results.json").read_text()) == results
 
 
 def test_eval_stage_refuses_k_larger_than_n(tmp_path):

@@ -23,6 +23,8 @@ def test_group_advantages_normalise_within_the_group_with_bessels_std():
   std = np.sqrt(4 * 0.25 / 3)  # sample std of the rewards around their mean 0.5
   np.testing.assert_allclose(got, [0.5 / std, -0.5 / std, -0.5 / std, 0.5 / std], rtol=1e-5)
   np.testing.assert_array_equal(grpo.group_advantages([0.0, 0.0, 0.0]), [0.0, 0.0, 0.0])
+  # Exactly 0 also where the mean rounds (three rewards of -0.1): an all-equal group is skipped, not trained.
+  assert not np.any(grpo.group_advantages([-0.1, -0.1, -0.1]))
   np.testing.assert_allclose(grpo.group_advantages([0.7]), [0.7], rtol=1e-6)  # no baseline in a group of one
 
 
@@ -110,6 +112,29 @@ def test_clipped_loss_with_kl_equals_numpy():
       jnp.asarray(logits), {k: jnp.asarray(v) for k, v in batch.items()})
   np.testing.assert_allclose(float(loss), _numpy_grpo_loss(logits, batch, 0.2, 0.05), rtol=1e-5)
   assert 0.0 < float(aux["clip_fraction"]) < 1.0 and float(aux["tokens"]) == 5.0
+
+
+def test_a_reference_far_above_the_policy_gives_a_finite_gradient():
+  # log(ref / policy) of 100 nats: exp overflows unless the log-ratio is clamped first (then 0 * inf = NaN).
+  rows, _ = grpo.build_rows([grpo.Turn((1, 2), (3, 4), 1.0)], 6, 0)
+  batch = {k: jnp.asarray(v) for k, v in grpo.gather_targets(rows, width=6).items()}
+  logits = jnp.zeros((1, 6, 9), jnp.float32).at[:, :, 3].set(-120.0)
+  batch["old_logprob_BxN"] = jnp.full((1, 6), -2.0)
+  batch["ref_logprob_BxN"] = jnp.zeros((1, 6))
+  apply_fn = lambda params, ids, logits_positions=None, **_: jnp.take_along_axis(
+      params, logits_positions[..., None], axis=1)
+  grads = jax.grad(lambda p: grpo.make_policy_loss_fn(apply_fn, 0.2, 0.01)(p, batch)[0])(logits)
+  assert np.isfinite(np.asarray(grads)).all()
+
+
+def test_minibatches_share_the_real_rows_and_are_filled_with_the_padding_ones():
+  rng = np.random.default_rng(0)
+  for num_real, num_rows, minibatches in ((5, 8, 4), (1, 8, 2), (8, 8, 2), (9, 16, 4)):
+    picks = grpo.minibatch_rows(num_real, num_rows, minibatches, rng)
+    assert all(len(p) == num_rows // minibatches for p in picks)
+    assert sorted(np.concatenate(picks).tolist()) == list(range(num_rows))  # every row once
+    real = [int(np.sum(p < num_real)) for p in picks]
+    assert max(real) - min(real) <= 1 and sum(real) == num_real  # no minibatch of padding alone (if avoidable)
 
 
 def test_one_update_raises_the_rewarded_response_and_lowers_the_other():

@@ -122,6 +122,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
   writer_id = f"ee{index}"
   done_path = os.path.join(stage_dir, f"done-{index}-of-{count}.jsonl")
   stats_path = os.path.join(stage_dir, "stats.json" if count == 1 else f"stats-{index}-of-{count}.json")
+  durable.cut_torn_tail(done_path)  # else the next line would be appended to a torn one
   done = _done_tasks(done_path, records_dir, writer_id)
   if os.path.exists(stats_path):
     with open(stats_path) as f:

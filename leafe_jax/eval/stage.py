@@ -90,6 +90,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if not task_ids:
     raise ValueError(f"eval: environment {cfg.env!r} split {cfg.split!r} has no tasks")
   outcomes_path = os.path.join(stage_dir, "outcomes.jsonl")
+  durable.cut_torn_tail(outcomes_path)  # a chunk cut short by a kill is redone
   done = _load_done(outcomes_path)
   # Chunks are fixed slices of the task list, so a resumed run samples each task with the same seed.
   chunks = [task_ids[i : i + cfg.tasks_per_chunk] for i in range(0, len(task_ids), cfg.tasks_per_chunk)]
@@ -124,11 +125,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
             max_live=cfg.max_live_episodes,
             playbook=playbook,
         )
-        for o in outcomes:
-          row = {"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps), "errors": o.errors,
-                 "prompts_too_long": o.prompts_too_long}
-          out.write(json.dumps(row) + "\n")
-          done[o.task_id] = row
+        rows = [{"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps), "errors": o.errors,
+                 "prompts_too_long": o.prompts_too_long} for o in outcomes]
+        out.write("".join(json.dumps(row) + "\n" for row in rows))  # one write per chunk
+        done.update((row["task_id"], row) for row in rows)
         out.flush()
         os.fsync(out.fileno())
         bar.update(len(chunk))

@@ -8,7 +8,7 @@ import os
 import time
 from typing import Any
 
-from absl import logging
+from leafe_jax import durable
 
 
 @dataclasses.dataclass
@@ -121,30 +121,10 @@ class TreeStore:
     self.path = path
     self.fsync_every, self.fsync_s = fsync_every, fsync_s
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    self._drop_torn_tail()
+    durable.cut_torn_tail(path)  # what a kill or a crash left of an unfinished tree; those tasks are redone
     self._new_file = not os.path.exists(path)  # its directory entry needs an fsync too
     self._unsynced = 0
     self._synced_at = time.monotonic()
-
-  def _drop_torn_tail(self) -> None:
-    """Cuts what a kill mid-write or a machine crash left of the unfinished tail; those tasks are redone.
-
-    A kill leaves a last line without its newline. A crash before an fsync can also leave a hole (zero bytes)
-    in the unsynced part, with later lines after it; json never writes a raw NUL, so the file is cut at the
-    start of the first line that holds one.
-    """
-    if not os.path.exists(self.path):
-      return
-    with open(self.path, "rb+") as f:
-      data = f.read()
-      hole = data.find(b"\0")
-      if hole >= 0:
-        end = data.rfind(b"\n", 0, hole) + 1
-        logging.warning("%s: zero bytes from offset %d (a crash before an fsync); cutting %d bytes, those "
-                        "tasks are redone", self.path, hole, len(data) - end)
-        f.truncate(end)
-      elif data and not data.endswith(b"\n"):
-        f.truncate(data.rfind(b"\n") + 1)
 
   def load(self) -> list[Tree]:
     return list(load_trees(self.path)) if os.path.exists(self.path) else []

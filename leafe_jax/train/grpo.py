@@ -31,6 +31,7 @@ from leafe_jax.train import targets
 # Batch keys of a GRPO minibatch, besides the SFT row keys (input_ids, segment_ids, positions) and TARGET_INDEX.
 TOKEN_KEYS = ("valid_BxN", "advantage_BxN", "old_logprob_BxN", "ref_logprob_BxN")
 KL_CLAMP = 10.0  # the low-variance KL estimate is clamped to [-10, 10] per token, as verl does
+LOG_RATIO_CLAMP = 20.0  # log(ref / policy) is clamped to [-20, 20] before its exp, as verl does
 STD_EPS = 1e-6  # Â = (r - mean) / (std + STD_EPS), verl's epsilon
 
 
@@ -42,7 +43,19 @@ def group_advantages(rewards: Sequence[float]) -> np.ndarray:
   r = np.asarray(rewards, np.float64)
   if r.size == 1:
     return r.astype(np.float32)
+  if r.max() == r.min():  # exactly 0: r - r.mean() need not be (e.g. three rewards of -0.1), and 0 is skipped
+    return np.zeros(r.shape, np.float32)
   return ((r - r.mean()) / (r.std(ddof=1) + STD_EPS)).astype(np.float32)
+
+
+def minibatch_rows(num_real: int, num_rows: int, minibatches: int, rng: np.random.Generator) -> list[np.ndarray]:
+  """Row indices of each minibatch: the `num_real` rows shuffled and dealt round-robin, so every minibatch gets
+  its share (a minibatch of padding alone would still move the params by AdamW's momentum), each then filled up
+  to num_rows / minibatches with the padding rows num_real..num_rows-1."""
+  per = num_rows // minibatches
+  real, padding = rng.permutation(num_real), iter(range(num_real, num_rows))
+  return [np.concatenate([real[m::minibatches], [next(padding) for _ in range(per - len(real[m::minibatches]))]])
+          .astype(np.int64) for m in range(minibatches)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +169,9 @@ def make_policy_loss_fn(apply_fn: Callable[..., jax.Array], clip_eps: float, kl_
     advantage_BxN = batch["advantage_BxN"]
     surrogate_BxN = jnp.minimum(ratio_BxN * advantage_BxN,
                                 jnp.clip(ratio_BxN, 1.0 - clip_eps, 1.0 + clip_eps) * advantage_BxN)
-    log_ref_ratio_BxN = batch["ref_logprob_BxN"] - logp_BxN
+    # Clamped before the exp (as verl): exp of a log-ratio above ~88 is inf, and 0 * inf a NaN gradient even where
+    # the KL term is clipped or masked.
+    log_ref_ratio_BxN = jnp.clip(batch["ref_logprob_BxN"] - logp_BxN, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     kl_BxN = jnp.clip(jnp.exp(log_ref_ratio_BxN) - log_ref_ratio_BxN - 1.0, -KL_CLAMP, KL_CLAMP)
     pg_loss = -jnp.sum(surrogate_BxN * valid_BxN) / count
     kl = jnp.sum(kl_BxN * valid_BxN) / count

@@ -222,7 +222,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       if turns:
         rows, truncated = grpo.build_rows(turns, cfg.seq_len, policy.pad_id, pack=cfg.pack)
         # Padded with empty rows to a bucketed count (a multiple of shards x minibatches): few compiled shapes.
-        rows_needed = grpo.bucket_rows(len(rows["input_ids_BxT"]), shards * cfg.minibatches)
+        num_real = len(rows["input_ids_BxT"])
+        rows_needed = grpo.bucket_rows(num_real, shards * cfg.minibatches)
         rows = grpo.pad_rows(rows, rows_needed)
         width = targets.index_width(targets.max_targets_per_row(rows), cfg.seq_len, tuple(cfg.logits_fractions))
         host = grpo.gather_targets(rows, width)
@@ -231,11 +232,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         host["old_logprob_BxN"] = np.asarray(logprob_fn(state.params, device_batch))
         host["ref_logprob_BxN"] = (host["old_logprob_BxN"] if ref_params is None
                                    else np.asarray(logprob_fn(ref_params, device_batch)))
-        order = rng.permutation(rows_needed)
-        per = rows_needed // cfg.minibatches
         step_metrics = []
-        for m in range(cfg.minibatches):
-          pick = order[m * per:(m + 1) * per]
+        for pick in grpo.minibatch_rows(num_real, rows_needed, cfg.minibatches, rng):
           minibatch = {k: jax.device_put(v[pick], batch_sharding) for k, v in host.items()}
           state, aux = jitted_update(state, minibatch)
           step_metrics.append(jax.device_get(aux))
