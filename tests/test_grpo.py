@@ -273,3 +273,16 @@ def test_the_last_iteration_plays_only_the_tasks_the_remaining_budget_allows():
   assert grpo_stage.tasks_within_budget(5000, {}, 8, 32) == 32  # nothing played yet: no estimate
   assert grpo_stage.tasks_within_budget(5000, ledger, 8, 32) == 17  # (5000 - 1600) / 200
   assert grpo_stage.tasks_within_budget(1650, ledger, 8, 32) == 1  # at least one
+
+
+def test_the_budget_from_a_sharded_explore_run_sums_its_shard_ledgers(tmp_path):
+  from leafe_jax.train import grpo_stage
+
+  for i, (steps, replayed) in enumerate(((30, 4), (25, 6))):
+    (tmp_path / f"ledger-shard-{i}-of-2.json").write_text(
+        json.dumps({"total": {"env_steps": steps, "replayed_steps": replayed}}))
+  assert grpo_stage.ledger_budget(str(tmp_path)) == 30 + 4 + 25 + 6
+  assert grpo_stage.ledger_budget(str(tmp_path / "ledger-shard-0-of-2.json")) == 34
+  (tmp_path / "trees").mkdir()
+  with pytest.raises(FileNotFoundError, match="holds no ledger"):
+    grpo_stage.ledger_budget(str(tmp_path / "trees"))

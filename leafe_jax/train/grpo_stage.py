@@ -13,6 +13,7 @@ Single process only: multi-host rollouts are not implemented.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
@@ -49,8 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.group_size = 8  # episodes per task, the GRPO group (verl-agent env.rollout.n = 8)
   c.num_iterations = 150  # iterations (verl-agent total_epochs 150 with one batch each)
   c.env_step_budget = 0  # > 0: stop once this many env steps were taken (equal interaction budget); 0 = off
-  # An explore stage's ledger.json (relative to workdir): its env steps + replayed steps become the budget
-  # (overrides env_step_budget), so GRPO and LEAFE spend the same interaction. "" = not used.
+  # An explore stage's ledger.json, or its stage dir (a sharded run's ledger-shard-*.json are summed), relative to
+  # workdir: its env steps + replayed steps become the budget (overrides env_step_budget), so GRPO and LEAFE
+  # spend the same interaction. "" = not used.
   c.budget_from_ledger = ""
   c.max_steps = 15  # episode horizon (verl-agent Sokoban max_steps)
   c.history_length = 2  # (observation, action) pairs in the action prompt, as explore/eval
@@ -279,12 +281,22 @@ def tasks_within_budget(budget: int, ledger: dict, group_size: int, tasks: int) 
 
 
 def ledger_budget(path: str) -> int:
-  """The interaction an explore stage spent: env steps + replayed steps of its ledger.json totals."""
-  if not os.path.exists(path):
+  """The interaction an explore stage spent: env steps + replayed steps of its ledger totals. `path` is one
+  ledger.json, or an explore stage dir, whose ledger*.json files (one per shard of a sharded run) are summed."""
+  if os.path.isdir(path):
+    files = sorted(glob.glob(os.path.join(path, "ledger*.json")))
+    if not files:
+      raise FileNotFoundError(f"grpo.budget_from_ledger: {path} holds no ledger*.json (run the explore stage first)")
+  elif os.path.exists(path):
+    files = [path]
+  else:
     raise FileNotFoundError(f"grpo.budget_from_ledger: {path} does not exist (run the explore stage first)")
-  with open(path) as f:
-    total = json.load(f)["total"]
-  return int(total.get("env_steps", 0)) + int(total.get("replayed_steps", 0))
+  spent = 0
+  for file in files:
+    with open(file) as f:
+      total = json.load(f)["total"]
+    spent += int(total.get("env_steps", 0)) + int(total.get("replayed_steps", 0))
+  return spent
 
 
 def _append_iteration(stage_dir: str, iteration: int, scalars: dict) -> None:
