@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from leafe_jax import parallel
 from leafe_jax.parallel import distributed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,3 +186,12 @@ def test_host_max_and_allgather_json_agree_across_processes(tmp_path):
   assert results[0]["fallback"] == results[1]["fallback"] == [10 + r for r in range(3)]
   assert results[0]["gathered"] == results[1]["gathered"] == [{"process": 0, "batches": [0]},
                                                               {"process": 1, "batches": [1, 1]}]
+
+
+@pytest.mark.parametrize(("shape", "held"), [((1, 8, 1), 8), ((2, 2, 2), 8), ((1, 1, 8), 16), ((2, 1, 4), 8)])
+def test_rows_each_process_holds_show_whether_the_batch_axes_span_the_processes(shape, held):
+  # Devices 0-3 as process 0 and 4-7 as process 1 (the real thing needs two hosts). A tensor axis over all 8
+  # devices replicates the rows: process 0 would hold all 16, not its own 8, and must be refused.
+  mesh = parallel.make_mesh(shape)
+  process_of = lambda device: device.id // 4
+  assert [distributed.rows_held(mesh, 16, p, process_of) for p in (0, 1)] == [held, held]

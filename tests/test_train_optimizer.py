@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -36,6 +37,25 @@ def test_adamw_decays_matrices_not_norm_scales():
   np.testing.assert_array_equal(updates["scale"], np.zeros(2))
 
 
+def test_stacked_norm_scales_and_biases_of_a_scanned_model_are_not_decayed():
+  from leafe_jax import models
+
+  config = stage.default_config()
+  config.update({"lr": 1.0, "weight_decay": 0.1, "clip_norm": 0.0})
+  model_config = models.ModelConfig(vocab_size=32, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1,
+                                    head_dim=8, d_ff=32, qkv_bias=True, scan_layers=True)
+  params = models.init_params(model_config, jax.random.PRNGKey(0))
+  tx = optimizer.make_optimizer(config, total_steps=10)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  layer = updates["layers"]
+  assert params["layers"]["input_layernorm"]["scale"].shape == (2, 16)  # stacked: 2-D, yet a norm scale
+  for leaf in (layer["input_layernorm"]["scale"], layer["post_attention_layernorm"]["scale"],
+               layer["self_attn"]["q_proj"]["bias"], updates["norm"]["scale"]):
+    assert not np.any(np.asarray(leaf))
+  np.testing.assert_allclose(layer["mlp"]["up_proj"]["kernel"], -0.1 * params["layers"]["mlp"]["up_proj"]["kernel"],
+                             rtol=1e-6)
+
+
 def test_mfu_peak_table_and_cpu_is_not_applicable():
   assert metrics.peak_flops("TPU v5 lite") == 197e12
   assert metrics.peak_flops("TPU v5p") == 459e12
@@ -45,9 +65,16 @@ def test_mfu_peak_table_and_cpu_is_not_applicable():
   assert "MFU n/a" in line and "loss 1.2500" in line
 
 
-def test_flops_per_token_is_6n_plus_attention():
-  cfg = ml_collections.ConfigDict({"num_layers": 2, "num_heads": 4, "head_dim": 8})
-  assert metrics.train_flops_per_token(1000, cfg, 16) == 6 * 1000 + 12 * 2 * 4 * 8 * 16
+def test_flops_per_token_count_the_matmul_weights_the_head_where_it_runs_and_attention():
+  # Hand count: 2 layers of 4 heads x 8, D 32, V 10; 1000 parameters in all.
+  base = {"num_layers": 2, "num_heads": 4, "head_dim": 8, "vocab_size": 10, "d_model": 32}
+  attention = 12 * 2 * 4 * 8 * 16
+  untied = ml_collections.ConfigDict({**base, "tie_embeddings": False})
+  # Untied: the input embedding (a lookup) is not a matmul; the head (320) runs at every position.
+  assert metrics.train_flops_per_token(1000, untied, 16) == 6 * (1000 - 320) + attention
+  assert metrics.train_flops_per_token(1000, untied, 16, logits_fraction=0.25) == 6 * (1000 - 640 + 80) + attention
+  tied = ml_collections.ConfigDict({**base, "tie_embeddings": True})  # the table is the head: counted once
+  assert metrics.train_flops_per_token(1000, tied, 16) == 6 * 1000 + attention
 
 
 def test_kind_sums_reduce_to_per_kind_mean_loss_and_accuracy():

@@ -116,6 +116,29 @@ def initialize(config: ml_collections.ConfigDict) -> None:
   )
 
 
+def rows_held(mesh: Mesh, global_rows: int, process_index: int, process_of=lambda device: device.process_index) -> int:
+  """Distinct rows of a `global_rows` batch that process `process_index`'s devices hold under
+  `parallel.batch_sharding(mesh)`."""
+  from leafe_jax.parallel import batch_sharding
+
+  index_map = batch_sharding(mesh).devices_indices_map((global_rows,))
+  spans = {(s[0].start or 0, global_rows if s[0].stop is None else s[0].stop)
+           for device, s in index_map.items() if process_of(device) == process_index}
+  return sum(stop - start for start, stop in spans)
+
+
+def check_batch_layout(mesh: Mesh, global_rows: int, field: str = "train.mesh") -> None:
+  """Refuses a mesh whose batch axes ("data", "fsdp") do not split the rows across processes: each process
+  feeds its own rows (`global_batch`), which such a mesh would treat as replicas of one another."""
+  count, held = jax.process_count(), rows_held(mesh, global_rows, jax.process_index())
+  if count > 1 and held != global_rows // count:
+    raise ValueError(
+        f"{field} {tuple(mesh.shape.values())}: on {count} processes the batch axes (data x fsdp = "
+        f"{mesh.shape['data'] * mesh.shape['fsdp']}) leave process {jax.process_index()}'s devices holding "
+        f"{held} of {global_rows} rows, not its own {global_rows // count}: each process feeds different rows, "
+        "so the batch must be split across processes (e.g. fsdp or data over every process's devices)")
+
+
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles each process's rows into global arrays sharded by `parallel.batch_sharding(mesh)`.
 

@@ -38,10 +38,18 @@ def count_params(params: Any) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def train_flops_per_token(num_params: int, model_config: Any, seq_len: int) -> float:
-  """6·N (matmuls, forward + backward) plus the attention score/value term 12·L·H·Dh·T (PaLM, appendix B)."""
+def train_flops_per_token(num_params: int, model_config: Any, seq_len: int, logits_fraction: float = 1.0) -> float:
+  """Model FLOPs per token of a train step: 6·N over the matmul weights (forward + backward), plus the attention
+  score/value term 12·L·H·Dh·T (PaLM, appendix B).
+
+  The input embedding is a lookup, not a matmul: untied, its V·D parameters are left out of N. The LM head
+  (V·D, the embedding itself when tied) runs only at `logits_fraction` of the positions (train.logits_fractions:
+  the positions that predict a target), and is counted there only.
+  """
+  head = model_config.vocab_size * model_config.d_model
+  body = num_params - (head if model_config.tie_embeddings else 2 * head)
   attention = 12 * model_config.num_layers * model_config.num_heads * model_config.head_dim * seq_len
-  return 6.0 * num_params + attention
+  return 6.0 * (body + logits_fraction * head) + attention
 
 
 def reduce_kind_sums(sums: Mapping[str, np.ndarray], kinds: Sequence[str]) -> dict[str, float]:

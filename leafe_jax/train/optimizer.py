@@ -30,9 +30,17 @@ def make_schedule(lr: float, warmup_steps: int, total_steps: int, schedule: str)
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
+# Parameter leaf names that are never decayed: norm scales and biases (also when nn.scan stacks them to [L, d]).
+NO_DECAY_LEAVES = ("scale", "bias")
+
+
 def _decay_mask(params: Any) -> Any:
-  """Weight decay on matrices only: norms scales and biases (ndim < 2) are not decayed."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on the weight matrices and embeddings only, chosen by leaf name, not rank (under nn.scan a
+  stack of norm scales is 2-D)."""
+  def decayed(path, _):
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None)) not in NO_DECAY_LEAVES
+  return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:

@@ -211,6 +211,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   total_steps = cfg.num_steps if cfg.num_steps > 0 else _epoch_steps(data) * cfg.num_epochs
 
   mesh = parallel.make_mesh(resolve_mesh_shape(tuple(cfg.mesh), jax.device_count()))
+  distributed.check_batch_layout(mesh, cfg.batch_size)
   rng = jax.random.PRNGKey(cfg.seed)
   init_rng, state_rng = jax.random.split(rng)
   tx = optimizer.make_optimizer(cfg, total_steps)
@@ -251,12 +252,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
 
   writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"), enabled=process_index == 0)
   peak = metrics.peak_flops(jax.devices()[0].device_kind)
-  flops_per_token = metrics.train_flops_per_token(metrics.count_params(state.params), model.config, cfg.seq_len)
+  num_params = metrics.count_params(state.params)
   step = int(jax.device_get(state.step))
   logging.info("train: step %d of %d, global batch %d x %d, mesh %s", step, total_steps, cfg.batch_size,
                cfg.seq_len, dict(mesh.shape))
   widest = distributed.HostMax("train/targets_per_row")
-  pending, window_start = [], time.perf_counter()
+  pending, fractions, window_start = [], [], time.perf_counter()  # fractions: of positions with logits, per step
   trained = step < total_steps
   bar = tqdm(total=total_steps, initial=step, desc=f"train {os.path.basename(stage_dir)}", unit="step",
              disable=process_index != 0)
@@ -265,6 +266,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     local[loss_lib.TARGET_INDEX] = _target_index(local, cfg, widest)
     state, step_metrics = jitted(state, distributed.global_batch(local, mesh))
     pending.append(step_metrics)
+    fractions.append(local[loss_lib.TARGET_INDEX].shape[1] / cfg.seq_len)
     step += 1
     bar.update(1)
     if step % cfg.log_every == 0 or step == total_steps:
@@ -274,12 +276,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       elapsed = time.perf_counter() - window_start
       scalars["tokens_per_s"] = tokens / elapsed
       if peak is not None:
-        scalars["mfu"] = tokens * flops_per_token / elapsed / (peak * jax.device_count())
+        flops = sum(int(m["real_tokens"]) * metrics.train_flops_per_token(num_params, model.config, cfg.seq_len, f)
+                    for m, f in zip(pending, fractions))
+        scalars["mfu"] = flops / elapsed / (peak * jax.device_count())
       writer.write(step, scalars)
       bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
       if process_index == 0:
         metrics.log_progress(step, total_steps, scalars)
-      pending, window_start = [], time.perf_counter()
+      pending, fractions, window_start = [], [], time.perf_counter()
     if step % cfg.checkpoint_every == 0 or step == total_steps:
       ckpt.save(step, state, {"processes": distributed.allgather_json(data.state())})
   bar.close()
