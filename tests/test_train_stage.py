@@ -125,7 +125,7 @@ def test_sigkill_then_rerun_gives_bit_identical_params(tmp_path, workdir):
 
 def test_two_process_run_resumes_after_sigkill_bit_identical(tmp_path, workdir):
   # Each process reads its own shards: the checkpoint must hold both data positions, not process 0's only.
-  steps, every = "--config.train.num_steps=160", "--config.train.checkpoint_every=40"
+  steps, every = "--config.train.num_steps=80", "--config.train.checkpoint_every=20"
 
   def one_process_refuses(killed_dir):
     # One process cannot take over the data positions of two: a clear error, not a silent reshuffle.
