@@ -115,14 +115,20 @@ def test_grpo_and_variant_model_sections_are_checked():
     main.plan(config)
 
 
-def test_bad_train_value_of_an_explore_then_train_config_fails_before_exploring(tmp_path, monkeypatch):
+def _explore_then_train_config():
   from leafe_jax.explore import stage as explore_stage
 
   config = _config()
   with config.unlocked():
     config.stages = ("explore", "train")
     config.explore = explore_stage.default_config()
-  config = _replace_section(config, "train", lambda t: t.update(schedule="cosine_decay"))
+  return config
+
+
+def test_bad_train_value_of_an_explore_then_train_config_fails_before_exploring(tmp_path, monkeypatch):
+  from leafe_jax.explore import stage as explore_stage
+
+  config = _replace_section(_explore_then_train_config(), "train", lambda t: t.update(schedule="cosine_decay"))
   monkeypatch.setattr(explore_stage, "run", lambda *a: pytest.fail("explore ran before the train config was checked"))
   with pytest.raises(config_schema.ConfigError, match="stage 'train': config field 'train.schedule' must be one of"):
     main.run(config, str(tmp_path / "work"))
@@ -174,16 +180,6 @@ def test_explore_and_eval_values_are_checked_in_plan(section, field, value, mess
   config[section][field] = value
   with pytest.raises(config_schema.ConfigError, match=message):
     main.plan(config)
-
-
-def _explore_then_train_config():
-  from leafe_jax.explore import stage as explore_stage
-
-  config = _config()
-  with config.unlocked():
-    config.stages = ("explore", "train")
-    config.explore = explore_stage.default_config()
-  return config
 
 
 def test_a_multi_process_launch_refuses_single_host_stages_before_any_work(tmp_path, monkeypatch):

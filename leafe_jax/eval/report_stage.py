@@ -33,8 +33,8 @@ def _load_results(workdir: str, pattern: str, stages=()) -> list[dict]:
   then any other matching dir by name."""
   if not pattern:
     return []
-  paths = sorted(glob.glob(os.path.join(workdir, pattern, "results.json")))
   position = {os.path.join(workdir, entry.replace("@", "_"), "results.json"): i for i, entry in enumerate(stages)}
+  paths = glob.glob(os.path.join(workdir, pattern, "results.json"))
   results = []
   for path in sorted(paths, key=lambda p: (position.get(p, len(position)), p)):
     with open(path) as f:

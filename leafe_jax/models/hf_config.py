@@ -49,6 +49,20 @@ def common_config(hf: dict[str, Any], family: str, **overrides: Any) -> ModelCon
   return ModelConfig(**fields)
 
 
+def attention_bias_fields(hf: dict[str, Any]) -> dict[str, bool]:
+  """Llama / Qwen3 `attention_bias`: biases on the q, k, v and o projections together."""
+  bias = bool(hf.get("attention_bias", False))
+  return {"qkv_bias": bias, "o_bias": bias}
+
+
+def attention_bias_of(config: ModelConfig, model_type: str) -> bool:
+  """The `attention_bias` of a Llama / Qwen3 export; refuses bias settings that one flag cannot express."""
+  if config.qkv_bias != config.o_bias:
+    raise ValueError(f"{model_type}: attention_bias sets the q/k/v and the o_proj biases together; this model has "
+                     f"qkv_bias={config.qkv_bias}, o_bias={config.o_bias}")
+  return config.qkv_bias
+
+
 def common_hf_config(config: ModelConfig, model_type: str, architecture: str) -> dict[str, Any]:
   rope = {"rope_type": "default", "rope_theta": config.rope_theta}
   if config.rope_scaling:

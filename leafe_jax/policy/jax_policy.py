@@ -87,10 +87,13 @@ class JaxPolicy:
     count = len(prompt_ids)
     budgets = per_prompt(max_new_tokens, count, "max_new_tokens", int)
     limit = self.sampler.max_cache_len
-    fits = [i for i, (ids, new) in enumerate(zip(prompt_ids, budgets)) if len(ids) + new <= limit]
-    for i in sorted(set(range(count)) - set(fits)):
-      logging.warning("policy: prompt %d of %d tokens + max_new_tokens=%d exceeds the cache length %d; answered "
-                      "%s", i, len(prompt_ids[i]), budgets[i], limit, PROMPT_TOO_LONG)
+    fits = []  # the prompts served; the others are answered PROMPT_TOO_LONG
+    for i, (ids, new) in enumerate(zip(prompt_ids, budgets)):
+      if len(ids) + new <= limit:
+        fits.append(i)
+      else:
+        logging.warning("policy: prompt %d of %d tokens + max_new_tokens=%d exceeds the cache length %d; "
+                        "answered %s", i, len(ids), new, limit, PROMPT_TOO_LONG)
     pick = lambda values: values if isinstance(values, numbers.Number) else [values[i] for i in fits]
     flat_stops = isinstance(stop, str) or all(isinstance(x, str) for x in stop)
     samples = self.sampler.generate(

@@ -41,11 +41,11 @@ class TrainFeed:
                         expected_tokenizer=expected_tokenizer)
     self._folders = tuple(folders)
     # A different seed per folder: folders written by one explorer must not shuffle in lockstep.
-    self._iterators = [
-        pipeline.DataIterator(folder, seed=seed + i, num_epochs=None, **self._kwargs)
-        for i, folder in enumerate(self._folders)
-    ]
     self._seeds = [seed + i for i in range(len(self._folders))]
+    self._iterators = [
+        pipeline.DataIterator(folder, seed=folder_seed, num_epochs=None, **self._kwargs)
+        for folder, folder_seed in zip(self._folders, self._seeds)
+    ]
     # Scans (validates) every folder now: bad records fail before any device work.
     self.num_records = sum(iterator.host.num_records for iterator in self._iterators)
     self._epoch_batches: list[int] | None = None  # per folder, counted on first use (reads the data once)

@@ -53,9 +53,10 @@ def minibatch_rows(num_real: int, num_rows: int, minibatches: int, rng: np.rando
   its share (a minibatch of padding alone would still move the params by AdamW's momentum), each then filled up
   to num_rows / minibatches with the padding rows num_real..num_rows-1."""
   per = num_rows // minibatches
-  real, padding = rng.permutation(num_real), iter(range(num_real, num_rows))
-  return [np.concatenate([real[m::minibatches], [next(padding) for _ in range(per - len(real[m::minibatches]))]])
-          .astype(np.int64) for m in range(minibatches)]
+  real = rng.permutation(num_real)
+  shares = [real[m::minibatches] for m in range(minibatches)]
+  fill = np.cumsum([num_real] + [per - len(share) for share in shares])  # each minibatch's padding rows
+  return [np.concatenate([share, np.arange(fill[m], fill[m + 1])]).astype(np.int64) for m, share in enumerate(shares)]
 
 
 @dataclasses.dataclass(frozen=True)
