@@ -194,7 +194,7 @@ def _grpo_config(tmp_path, **overrides):
                                            head_dim=16, d_ff=64, family="llama"))
   g.mesh, g.dtype, g.param_dtype = (-1, 1, 1), "float32", "float32"
   g.tasks_per_iteration, g.group_size, g.num_iterations, g.max_steps = 4, 4, 2, 1
-  g.max_new_tokens, g.max_cache_len, g.seq_len, g.lr = 8, 512, 512, 1e-3
+  g.max_new_tokens, g.max_cache_len, g.seq_len, g.lr = 8, 384, 384, 1e-3
   g.async_checkpoint = False
   for key, value in overrides.items():
     g[key] = value

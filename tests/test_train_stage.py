@@ -123,6 +123,7 @@ def test_sigkill_then_rerun_gives_bit_identical_params(tmp_path, workdir):
   transformers.AutoTokenizer.from_pretrained(str(hf))
 
 
+@pytest.mark.slow  # ~170 s on 2 cores (7 launches); the default suite keeps the 1-process kill and 2-process loss
 def test_two_process_run_resumes_after_sigkill_bit_identical(tmp_path, workdir):
   # Each process reads its own shards: the checkpoint must hold both data positions, not process 0's only.
   steps, every = "--config.train.num_steps=80", "--config.train.checkpoint_every=20"
