@@ -43,7 +43,7 @@ STAGES: dict[str, str] = {
 # Stages that run as one SPMD program over every process of a multi-process launch (SLURM, a TPU pod, an
 # explicit coordinator). Every other stage is one host's work: launched on each process it would run the same
 # tasks once per process and write the same files.
-_MULTI_PROCESS_STAGES = ("train",)
+_MULTI_PROCESS_STAGES = ("train", "grpo")
 
 # Top-level fields that belong to no single stage.
 _GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}}

@@ -125,20 +125,30 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(script, nproc, port):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+def _launch_with(script, nproc, port, devices=2, args=()):
+  """`nproc` processes of `script PORT NPROC PID *args`, each with `devices` CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
   return [
-      subprocess.Popen([sys.executable, script, str(port), str(nproc), str(pid)], env=env, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
+      subprocess.Popen([sys.executable, script, str(port), str(nproc), str(pid), *args], env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for pid in range(nproc)
   ]
 
 
-def _result(proc):
+def _launch(script, nproc, port):
+  return _launch_with(script, nproc, port)
+
+
+def _result_of(proc) -> str:
+  """The process's output, once it has ended successfully."""
   out, _ = proc.communicate(timeout=240)
   assert proc.returncode == 0, out[-4000:]
-  line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
+  return out
+
+
+def _result(proc):
+  line = [ln for ln in _result_of(proc).splitlines() if ln.startswith("RESULT ")][-1]
   return json.loads(line[len("RESULT "):])
 
 
@@ -170,7 +180,14 @@ _AGREE_SCRIPT = textwrap.dedent(
     gathered = distributed.allgather_json({"process": pid, "batches": [pid] * (pid + 1)})
     distributed._coordination_client = lambda: None  # as on a JAX that moved the private client
     fallback = [widths(10 * pid + r) for r in range(3)]
-    print("RESULT " + json.dumps({"agreed": agreed, "gathered": gathered, "fallback": fallback}), flush=True)
+    distributed.check_processes_agree("same rows", "equal batches")  # passes on both
+    try:
+      distributed.check_processes_agree(f"rows of process {pid}", "the test's batches")
+      disagreement = None
+    except distributed.ProcessesDisagreeError as e:
+      disagreement = str(e)
+    print("RESULT " + json.dumps({"agreed": agreed, "gathered": gathered, "fallback": fallback,
+                                  "disagreement": disagreement}), flush=True)
     """
 )
 
@@ -186,6 +203,9 @@ def test_host_max_and_allgather_json_agree_across_processes(tmp_path):
   assert results[0]["fallback"] == results[1]["fallback"] == [10 + r for r in range(3)]
   assert results[0]["gathered"] == results[1]["gathered"] == [{"process": 0, "batches": [0]},
                                                               {"process": 1, "batches": [1, 1]}]
+  # Different values are refused on every process, not only on the one that differs.
+  for result in results:
+    assert result["disagreement"].startswith("the test's batches: processes [1] hold a different value")
 
 
 @pytest.mark.parametrize(("shape", "held"), [((1, 8, 1), 8), ((2, 2, 2), 8), ((1, 1, 8), 16), ((2, 1, 4), 8)])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -286,3 +287,58 @@ def test_the_budget_from_a_sharded_explore_run_sums_its_shard_ledgers(tmp_path):
   (tmp_path / "trees").mkdir()
   with pytest.raises(FileNotFoundError, match="holds no ledger"):
     grpo_stage.ledger_budget(str(tmp_path / "trees"))
+
+
+# One process of a GRPO run over jax.distributed (the stage joins with config.train.distributed); argv: port,
+# process count, process id, this tests folder, the run's workdir.
+_MULTI_PROCESS_GRPO = textwrap.dedent(
+    """
+    import pathlib, sys
+    import ml_collections
+    from leafe_jax.envs import registry
+    from leafe_jax.parallel import distributed
+    from leafe_jax.train import grpo_stage
+
+    port, nproc, pid, tests_dir, workdir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
+    sys.path.insert(0, tests_dir)
+    import test_grpo
+
+    registry._REGISTRY["bandit"] = "test_grpo:BanditEnv"
+    config = test_grpo._grpo_config(pathlib.Path(workdir).parent, lr=2e-2)
+    config.train = ml_collections.ConfigDict({"distributed": distributed.default_config()})
+    if nproc > 1:
+      config.train.distributed.update(mode="explicit", coordinator_address=f"localhost:{port}",
+                                      num_processes=nproc, process_id=pid)
+    grpo_stage.run(config, workdir, workdir + "/grpo")
+    import jax
+    assert jax.process_count() == nproc, jax.process_count()
+    """
+)
+
+
+def test_two_processes_play_and_train_as_one_process_on_the_same_global_mesh(tmp_path):
+  from test_distributed import _free_port, _launch_with, _result_of
+
+  _grpo_config(tmp_path)  # the tokenizer, written once before the processes share it
+  script = tmp_path / "grpo_mp.py"
+  script.write_text(_MULTI_PROCESS_GRPO)
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+  # Both runs see 4 CPU devices: 2 processes x 2, or 1 x 4.
+  two = _launch_with(str(script), 2, _free_port(), devices=2, args=(tests_dir, str(tmp_path / "two")))
+  one = _launch_with(str(script), 1, _free_port(), devices=4, args=(tests_dir, str(tmp_path / "one")))
+  for proc in [*two, *one]:
+    _result_of(proc)
+  rows = {run: [json.loads(line) for line in (tmp_path / run / "grpo" / "iterations.jsonl").read_text().splitlines()]
+          for run in ("two", "one")}
+  assert [r["iteration"] for r in rows["two"]] == [1, 2]  # process 0 alone wrote the file, once per iteration
+  for got, want in zip(rows["two"], rows["one"], strict=True):
+    # The same rollouts (sampled on the global mesh) and the same rows; the updates agree to rounding.
+    for key in ("successes", "env_steps", "generated_tokens", "turns", "rows"):
+      assert got[key] == want[key], key
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5, atol=1e-7)
+  assert rows["one"][0]["turns"] > 0  # mixed groups: the update ran
+  assert _json(tmp_path / "two" / "grpo" / "ledger.json") == _json(tmp_path / "one" / "grpo" / "ledger.json")
+  want, got = _params(tmp_path / "one" / "grpo"), _params(tmp_path / "two" / "grpo")
+  assert sorted(got) == sorted(want)
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)

@@ -190,6 +190,13 @@ def test_a_multi_process_launch_refuses_single_host_stages_before_any_work(tmp_p
     main.run(_explore_then_train_config(), str(tmp_path / "work"))
   assert not (tmp_path / "work").exists()
   assert [stage_id for stage_id, _, _ in main.plan(_config())] == ["train"]  # train alone is fine
+  from leafe_jax.train import grpo_stage
+
+  config = _config()
+  with config.unlocked():
+    config.stages, config.grpo = ("grpo", "train"), grpo_stage.default_config()
+    config.grpo.update(init="random", model=config.train.model, tokenizer=config.train.tokenizer)
+  assert [stage_id for stage_id, _, _ in main.plan(config)] == ["grpo", "train"]  # so is grpo (SPMD rollouts)
   monkeypatch.setenv("SLURM_NTASKS", "1")
   assert [stage_id for stage_id, _, _ in main.plan(_explore_then_train_config())] == ["explore", "train"]
 

@@ -1,4 +1,5 @@
-"""Multi-controller setup: `jax.distributed` initialisation and global-batch assembly from per-process data.
+"""Multi-controller setup: `jax.distributed` initialisation, global arrays from per-process or replicated host
+data and back, and small host-side agreements between processes.
 
 Every host runs the same program (DESIGN.md §4). `initialize` must run before anything touches a JAX backend.
 Modes (config field `mode`):
@@ -149,6 +150,45 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
   sharding = batch_sharding(mesh)
   return {key: jax.make_array_from_process_local_data(sharding, np.asarray(value)) for key, value in
           local_batch.items()}
+
+
+def global_from_host(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A global array of `value`, which every process holds whole (replicated host work, such as GRPO's rollouts
+  on every process): each process places only the slices its own devices hold."""
+  value = np.asarray(value)
+  if jax.process_count() == 1:
+    return jax.device_put(value, sharding)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+  """The whole value of `array` on this host; for an array spread over several processes' devices this is a
+  collective (every process must call it)."""
+  if array.is_fully_addressable or array.is_fully_replicated:
+    return np.asarray(array)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+class ProcessesDisagreeError(RuntimeError):
+  """Processes that must run the same replicated host work (same prompts, same batches) hold different values."""
+
+
+def check_processes_agree(fingerprint: str, what: str) -> None:
+  """Raises ProcessesDisagreeError, on every process, unless all pass the same `fingerprint` (a collective).
+
+  Replicated host work stays in step only while every process computes the same thing; a process that drifted
+  (a non-deterministic environment) would otherwise call the next collective with other shapes and hang.
+  """
+  if jax.process_count() == 1:
+    return
+  fingerprints = allgather_json(fingerprint)
+  if len(set(fingerprints)) > 1:
+    differ = [p for p, f in enumerate(fingerprints) if f != fingerprints[0]]
+    raise ProcessesDisagreeError(
+        f"{what}: processes {differ} hold a different value than process 0 (fingerprints {fingerprints}); every "
+        "process must compute the same (is an environment or the data not deterministic across hosts?)")
 
 
 def allgather_json(value: Any) -> list[Any]:

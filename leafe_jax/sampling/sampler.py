@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from collections.abc import Sequence
 
 import jax
@@ -177,7 +178,12 @@ def _generate(params, tokens_BxP, mask_BxP, rng, temperature_B, top_p_B, max_new
 
 class Sampler:
   """Generates from `model` with `params` (sharded on `mesh` when given: params by their logical axes, rows over
-  the data axes). Compiled programs are shared by every Sampler of an equal model in the process."""
+  the data axes). Compiled programs are shared by every Sampler of an equal model in the process.
+
+  On a mesh that spans several processes (jax.distributed), every process calls `generate` with the same
+  prompts and settings and gets all the samples back (replicated host work, as the GRPO stage does on a pod);
+  a call whose prompts differ between processes raises `distributed.ProcessesDisagreeError` on all of them.
+  """
 
   def __init__(self, model, params, tokenizer=None, mesh=None, pad_id: int = 0, eos_ids: Sequence[int] = (),
                max_cache_len: int = 4096, prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
@@ -225,6 +231,11 @@ class Sampler:
       if len(prompt) + new > self.max_cache_len:
         raise ValueError(f"prompt {i} of {len(prompt)} tokens + max_new_tokens={new} = {len(prompt) + new} "
                          f"exceeds the cache length max_cache_len={self.max_cache_len}")
+    if jax.process_count() > 1:  # every process runs this call on the same prompts (see the class docstring)
+      from leafe_jax.parallel import distributed
+
+      request = repr(([tuple(p) for p in prompt_ids], max_new, temperatures, top_ps, stops, n, top_k, seed))
+      distributed.check_processes_agree(hashlib.sha256(request.encode()).hexdigest(), "Sampler.generate")
     samples: list[list[Sample]] = [[] for _ in prompt_ids]
     for g, rows in enumerate(self._length_groups([len(p) for p in prompt_ids], max_new)):
       key = jax.random.PRNGKey(seed) if g == 0 else jax.random.fold_in(jax.random.PRNGKey(seed), g)
@@ -286,18 +297,23 @@ class Sampler:
     temperature_B = np.asarray(list(temperatures) + [0.0] * pad, np.float32)
     top_p_B = np.asarray(list(top_ps) + [1.0] * pad, np.float32)
     max_new_B = np.asarray(list(max_new) + [1] * pad, np.int32)
-    tokens_in, mask_in = jnp.asarray(tokens), jnp.asarray(mask)
-    if self.mesh is not None:
+    if self.mesh is None:
+      tokens_in, mask_in = jnp.asarray(tokens), jnp.asarray(mask)
+    else:
       from leafe_jax import parallel
+      from leafe_jax.parallel import distributed
 
       sharding = parallel.batch_sharding(self.mesh)
-      if batch % parallel.batch_shards(self.mesh) == 0:
-        tokens_in, mask_in = jax.device_put(tokens_in, sharding), jax.device_put(mask_in, sharding)
+      if batch % parallel.batch_shards(self.mesh):  # too few rows to split: every device gets all of them
+        sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      tokens_in, mask_in = (distributed.global_from_host(x, sharding) for x in (tokens, mask))
     greedy = max(temperatures) <= 0.0
     out, logp = _generate(self.params, tokens_in, mask_in, key, temperature_B, top_p_B,
                           max_new_B, model=self.model, pad_id=self.pad_id, eos_ids=self.eos_ids,
                           cache_len=cache_len, out_len=out_len, n=int(n), greedy=greedy,
                           top_k=0 if greedy else int(top_k), nucleus=(not greedy) and min(top_ps) < 1.0)
+    if self.mesh is not None:
+      out, logp = distributed.to_host(out), distributed.to_host(logp)  # rows may sit on other processes' devices
     out, logp = np.asarray(out), np.asarray(logp)
     samples = [self._finish(out[i, :max_new[i // n]], logp[i, :max_new[i // n]], stops[i // n])
                for i in range(count * n)]

@@ -8,12 +8,19 @@ iteration and the interaction ledger, so a killed run resumes at the next iterat
 (rollouts are seeded by iteration). `env_step_budget` stops the run once it has taken that many env steps
 (the last iteration plays only as many tasks as the remaining budget is estimated to allow): the fixed
 interaction budget shared with LEAFE's exploration (its ledger counts the same steps).
-Single process only: multi-host rollouts are not implemented.
+
+Multi-host (a pod, a cluster): the stage joins jax.distributed with the train section's settings
+(`train.distributed`, so one launch line serves both stages). Every process then plays the same rollouts, on
+envs of its own, and builds the same rows (replicated host work: the rollouts are seeded, the environments
+deterministic); the sampler and the updates run on the global mesh, each process placing only its devices'
+slices. Processes check that they agree at every sampler call and on every iteration's rows, and stop with
+`distributed.ProcessesDisagreeError` instead of training on batches that differ between hosts.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import time
@@ -137,14 +144,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax import envs, parallel
   from leafe_jax.envs import pooled
   from leafe_jax.eval.rollout import SamplingParams, play_episodes
+  from leafe_jax.parallel import distributed
   from leafe_jax.policy.factory import resolve_path
   from leafe_jax.policy.jax_policy import JaxPolicy
   from leafe_jax.train import checkpoint, grpo, metrics, optimizer, targets
   from leafe_jax.train import loss as loss_lib
   from leafe_jax.train import state as state_lib
 
-  if jax.process_count() > 1:
-    raise NotImplementedError("grpo: multi-host rollouts are not implemented; run the grpo stage on one host")
+  # Before anything starts a JAX backend; a no-op when the train stage of this invocation already joined.
+  distributed.initialize(config.get("train", {}).get("distributed") or distributed.default_config())
+  primary = jax.process_index() == 0  # writes the stage's own files (orbax and the export coordinate their own)
   budget = cfg.env_step_budget
   if cfg.budget_from_ledger:
     budget = ledger_budget(resolve_path(cfg.budget_from_ledger, workdir))
@@ -198,13 +207,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   policy = JaxPolicy(tokenizer_dir, mesh=mesh, max_cache_len=cfg.max_cache_len, model=model, params=state.params)
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
   shards = parallel.batch_shards(mesh)
-  writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"))
+  writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"), enabled=primary)
   ledger = dict(progress["ledger"])
   iteration = int(progress["iteration"])
   start_iteration = iteration
   logging.info("grpo: iteration %d of %d, %d tasks x %d episodes per iteration, mesh %s", iteration,
                cfg.num_iterations, cfg.tasks_per_iteration, cfg.group_size, dict(mesh.shape))
-  with (tqdm(total=cfg.num_iterations, initial=iteration, desc="grpo", unit="iter") as bar,
+  with (tqdm(total=cfg.num_iterations, initial=iteration, desc="grpo", unit="iter", disable=not primary) as bar,
         pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
     while iteration < cfg.num_iterations:
       if budget and ledger.get("env_steps", 0) >= budget:
@@ -229,14 +238,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         rows = grpo.pad_rows(rows, rows_needed)
         width = targets.index_width(targets.max_targets_per_row(rows), cfg.seq_len, tuple(cfg.logits_fractions))
         host = grpo.gather_targets(rows, width)
-        device_batch = {k: jax.device_put(v, batch_sharding) for k, v in host.items()}
+        distributed.check_processes_agree(_fingerprint(host), f"grpo iteration {iteration + 1}'s rows")
+        device_batch = {k: distributed.global_from_host(v, batch_sharding) for k, v in host.items()}
         # Only the log-probs come back to the host, where the minibatches are cut.
-        host["old_logprob_BxN"] = np.asarray(logprob_fn(state.params, device_batch))
+        host["old_logprob_BxN"] = distributed.to_host(logprob_fn(state.params, device_batch))
         host["ref_logprob_BxN"] = (host["old_logprob_BxN"] if ref_params is None
-                                   else np.asarray(logprob_fn(ref_params, device_batch)))
+                                   else distributed.to_host(logprob_fn(ref_params, device_batch)))
         step_metrics = []
         for pick in grpo.minibatch_rows(num_real, rows_needed, cfg.minibatches, rng):
-          minibatch = {k: jax.device_put(v[pick], batch_sharding) for k, v in host.items()}
+          minibatch = {k: distributed.global_from_host(v[pick], batch_sharding) for k, v in host.items()}
           state, aux = jitted_update(state, minibatch)
           step_metrics.append(jax.device_get(aux))
         for key in step_metrics[0]:
@@ -249,7 +259,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       iteration += 1
       scalars["iteration_s"] = time.perf_counter() - start
       writer.write(iteration, scalars)
-      _append_iteration(stage_dir, iteration, scalars)
+      if primary:
+        _append_iteration(stage_dir, iteration, scalars)
       logging.info("grpo: iteration %d/%d %s", iteration, cfg.num_iterations,
                    " ".join(f"{key} {value:.4g}" for key, value in scalars.items()))
       bar.set_postfix(success=f"{scalars['success']:.3f}", env_steps=ledger["env_steps"], refresh=False)
@@ -257,10 +268,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       spent = bool(budget) and ledger["env_steps"] >= budget  # the next pass of the loop stops
       if iteration % cfg.checkpoint_every == 0 or iteration == cfg.num_iterations or spent:
         ckpt.save(iteration, state, {"iteration": iteration, "ledger": ledger})  # checkpoints keyed by iteration
-        _write_ledger(stage_dir, iteration, ledger)
+        if primary:
+          _write_ledger(stage_dir, iteration, ledger)
   ckpt.close()
   writer.close()
-  _write_ledger(stage_dir, iteration, ledger)
+  if primary:
+    _write_ledger(stage_dir, iteration, ledger)
   trained = iteration > start_iteration
   hf_dir = os.path.join(stage_dir, "hf")
   # Re-export only if this invocation trained (a rerun of a finished stage keeps its export).
@@ -297,6 +310,16 @@ def ledger_budget(path: str) -> int:
       total = json.load(f)["total"]
     spent += int(total.get("env_steps", 0)) + int(total.get("replayed_steps", 0))
   return spent
+
+
+def _fingerprint(arrays: dict[str, np.ndarray]) -> str:
+  """A digest of a host batch (keys, shapes, dtypes, bytes): equal on every process that built the same rows."""
+  digest = hashlib.sha256()
+  for key in sorted(arrays):
+    value = np.ascontiguousarray(arrays[key])
+    digest.update(f"{key}{value.shape}{value.dtype}".encode())
+    digest.update(value.tobytes())
+  return digest.hexdigest()
 
 
 def _append_iteration(stage_dir: str, iteration: int, scalars: dict) -> None:
