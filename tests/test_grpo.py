@@ -64,7 +64,7 @@ def test_packed_rows_give_each_turn_the_log_probs_it_has_alone():
 
   def per_token(rows):
     batch = {k: jnp.asarray(v) for k, v in grpo.gather_targets(rows, width=12).items()}
-    logp = np.asarray(grpo.token_logprobs(apply_fn, params, batch))
+    logp = np.asarray(jax.jit(lambda p, b: grpo.token_logprobs(apply_fn, p, b))(params, batch))
     valid = np.asarray(batch["valid_BxN"]) > 0
     return logp[valid], np.asarray(batch["advantage_BxN"])[valid]
 
@@ -142,12 +142,13 @@ def test_one_update_raises_the_rewarded_response_and_lowers_the_other():
   apply_fn, params = _tiny_model(0)
   rows, _ = grpo.build_rows([grpo.Turn((1, 2, 3), (4, 5), 1.0), grpo.Turn((1, 2, 3), (6, 7), -1.0)], 8, 0)
   batch = {k: jnp.asarray(v) for k, v in grpo.gather_targets(rows, width=2).items()}
-  before = grpo.token_logprobs(apply_fn, params, batch)
+  logprobs = jax.jit(lambda p, b: grpo.token_logprobs(apply_fn, p, b))  # one program each, not op by op
+  before = logprobs(params, batch)
   batch["old_logprob_BxN"] = batch["ref_logprob_BxN"] = before
-  grads = jax.grad(lambda p: grpo.make_policy_loss_fn(apply_fn, 0.2, 0.01)(p, batch)[0])(params)
+  grads = jax.jit(jax.grad(lambda p: grpo.make_policy_loss_fn(apply_fn, 0.2, 0.01)(p, batch)[0]))(params)
   tx = optax.sgd(0.5)
   params = optax.apply_updates(params, tx.update(grads, tx.init(params))[0])
-  after = grpo.token_logprobs(apply_fn, params, batch)
+  after = logprobs(params, batch)
   gain = np.asarray((after - before).sum(axis=1))
   assert gain[0] > 0 > gain[1], gain
 

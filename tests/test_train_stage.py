@@ -115,8 +115,8 @@ def _kill_and_resume(tmp_path, workdir, launch, steps, every, between=None):
 
 
 def test_sigkill_then_rerun_gives_bit_identical_params(tmp_path, workdir):
-  _kill_and_resume(tmp_path, workdir, _main_in_group, "--config.train.num_steps=240",
-                   "--config.train.checkpoint_every=40")
+  _kill_and_resume(tmp_path, workdir, _main_in_group, "--config.train.num_steps=120",
+                   "--config.train.checkpoint_every=20")
   # The export is a complete HF directory: config, weights and tokenizer files.
   hf = workdir / "train" / "hf"
   assert (hf / "config.json").exists() and (hf / "tokenizer.json").exists()

@@ -136,8 +136,8 @@ def _unpack(batch):
 def _per_example_nll(model, params, batch):
   """{(input_ids of the example): mean NLL over its targets} through the real model and loss code."""
   jb = {k: jnp.asarray(v) for k, v in batch.items()}
-  logits = model.apply({"params": params}, jb["input_ids_BxT"], positions=jb["positions_BxT"],
-                       segment_ids=jb["segment_ids_BxT"])[0]
+  forward = jax.jit(lambda p, ids, pos, seg: model.apply({"params": p}, ids, positions=pos, segment_ids=seg)[0])
+  logits = forward(params, jb["input_ids_BxT"], jb["positions_BxT"], jb["segment_ids_BxT"])
   ids = jnp.asarray(batch["input_ids_BxT"])
   nll, _ = loss_lib.token_nll(logits[:, :-1], ids[:, 1:])
   valid = np.asarray(loss_lib.target_mask({k: jnp.asarray(v) for k, v in batch.items()}))
@@ -169,5 +169,5 @@ def test_packed_rows_give_the_same_per_example_loss_as_unpacked_rows(model_and_p
     losses = []
     for b in (packed, unpacked):
       jb = {k: jnp.asarray(v) for k, v in b.items()}
-      losses.append(float(fn(params, jb, loss_lib.denominator(jb, normalization))[0]))
+      losses.append(float(jax.jit(fn)(params, jb, loss_lib.denominator(jb, normalization))[0]))
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
