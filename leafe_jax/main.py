@@ -40,10 +40,16 @@ STAGES: dict[str, str] = {
     "report": "leafe_jax.eval.report_stage",
 }
 
-# Stages that run as one SPMD program over every process of a multi-process launch (SLURM, a TPU pod, an
-# explicit coordinator). Every other stage is one host's work: launched on each process it would run the same
-# tasks once per process and write the same files.
-_MULTI_PROCESS_STAGES = ("train", "grpo")
+# A stage module's `spans_processes(section) -> bool` says whether, with that config section, it runs as one SPMD
+# program over every process of a multi-process launch (SLURM, a TPU pod, an explicit coordinator): train and
+# grpo always, explore and eval with an in-process policy. Every other stage is one host's work: launched on each
+# process it would run the same tasks once per process and write the same files.
+_SPANNING_STAGES = "train, grpo, and explore/eval with an in-process (HF directory) policy"
+
+
+def _spans_processes(module: ModuleType, stage_config: ml_collections.ConfigDict) -> bool:
+  spans = getattr(module, "spans_processes", None)
+  return bool(spans and spans(stage_config[module.CONFIG_SECTION]))
 
 # Top-level fields that belong to no single stage.
 _GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}}
@@ -132,9 +138,9 @@ def _multi_process(config: ml_collections.ConfigDict) -> str:
 def _refuse_single_host_stages(stage_ids: Sequence[str], why: str) -> None:
   raise config_schema.ConfigError(
       f"stages {list(stage_ids)} run on one host, but this is a multi-process launch ({why}): every process "
-      f"would run them on the same tasks and write the same files. Run only {list(_MULTI_PROCESS_STAGES)} stages "
-      "on the processes of a multi-process launch (e.g. --config.stages='(\"train@leafe\",)') and the others "
-      "on one host (README, 'At scale')")
+      "would run them on the same tasks and write the same files. Run only stages that span the processes "
+      f"({_SPANNING_STAGES}) on the processes of a multi-process launch (e.g. "
+      "--config.stages='(\"train@leafe\",)') and the others on one host (README, 'At scale')")
 
 
 def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_collections.ConfigDict]]:
@@ -175,7 +181,8 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_co
     planned.append((f"{name}_{variant}" if variant else name, module, stage_config))
   for stage_id, module, stage_config in planned:
     _check_values(stage_id, module, stage_config)
-  single_host = [stage_id for stage_id, module, _ in planned if module.CONFIG_SECTION not in _MULTI_PROCESS_STAGES]
+  single_host = [stage_id for stage_id, module, stage_config in planned
+                 if not _spans_processes(module, stage_config)]
   why = _multi_process(config) if single_host else ""
   if why:
     _refuse_single_host_stages(single_host, why)
@@ -189,7 +196,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   for stage_id, module, stage_config in planned:
     # A train stage may have started jax.distributed (a TPU VM slice found by JAX itself, which no variable
     # announces): the stages after it are then refused before they start.
-    if module.CONFIG_SECTION not in _MULTI_PROCESS_STAGES and (why := _multi_process(config)):
+    if not _spans_processes(module, stage_config) and (why := _multi_process(config)):
       _refuse_single_host_stages([stage_id], why)
     logging.info("=== stage %s", stage_id)
     module.run(stage_config, workdir, os.path.join(workdir, stage_id))

@@ -215,3 +215,68 @@ def test_rows_each_process_holds_show_whether_the_batch_axes_span_the_processes(
   mesh = parallel.make_mesh(shape)
   process_of = lambda device: device.id // 4
   assert [distributed.rows_held(mesh, 16, p, process_of) for p in (0, 1)] == [held, held]
+
+
+# Explore then evaluate with an in-process policy (a HF dir) on the global mesh, as one process of a launch;
+# argv: port, process count, process id, the HF dir, the workdir.
+_EXPLORE_EVAL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax, ml_collections
+    from leafe_jax.eval import stage as eval_stage
+    from leafe_jax.explore import stage as explore_stage
+    from leafe_jax.parallel import distributed
+
+    port, nproc, pid, hf_dir, workdir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
+    config = ml_collections.ConfigDict({"explore": explore_stage.default_config(),
+                                        "eval": eval_stage.default_config(),
+                                        "train": {"distributed": distributed.default_config()}})
+    if nproc > 1:
+      config.train.distributed.update(mode="explicit", coordinator_address=f"localhost:{port}",
+                                      num_processes=nproc, process_id=pid)
+    env_config = {"dim": (6, 6), "num_boxes": 1, "max_steps": 3}
+    for section in (config.explore, config.eval):
+      section.update(policy=hf_dir, policy_mesh=(-1, 1, 1), num_tasks=2, max_steps=3, max_new_tokens=12,
+                     max_cache_len=512)
+      section.env_config = env_config
+    config.explore.update(max_attempts=2, reflect_every=2, reflection_max_new_tokens=12)
+    config.eval.update(num_samples=2, ks=(1, 2), temperature=1.0)
+    explore_stage.run(config, workdir, workdir + "/explore")
+    eval_stage.run(config, workdir, workdir + "/eval")
+    assert jax.process_count() == nproc, jax.process_count()
+    """
+)
+
+
+def test_two_processes_explore_and_evaluate_as_one_process_on_the_same_global_mesh(tmp_path):
+  import torch
+  import transformers
+
+  from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
+  from leafe_jax.explore.tree import load_trees
+
+  hf_dir = tmp_path / "policy"
+  train_tokenizer(["<action>up</action> <action>left</action> # _ P X O rollback_step experience"] * 20,
+                  vocab_size=300, out_dir=str(hf_dir), model_max_length=512)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                    num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+  transformers.AutoModelForCausalLM.from_config(config).save_pretrained(hf_dir)
+  script = tmp_path / "explore_eval.py"
+  script.write_text(_EXPLORE_EVAL_SCRIPT)
+  runs = {"two": _launch_with(str(script), 2, _free_port(), devices=2, args=(str(hf_dir), str(tmp_path / "two"))),
+          "one": _launch_with(str(script), 1, _free_port(), devices=4, args=(str(hf_dir), str(tmp_path / "one")))}
+  for procs in runs.values():
+    for proc in procs:
+      _result_of(proc)
+  trees = {run: [t.to_json() for t in load_trees(tmp_path / run / "explore" / "trees" / "shard-0-of-1.jsonl")]
+           for run in runs}
+  assert len(trees["one"]) == 2 and trees["two"] == trees["one"]  # each tree once: process 0 alone wrote them
+  ledgers = {run: json.loads((tmp_path / run / "explore" / "ledger.json").read_text()) for run in runs}
+  assert ledgers["two"] == ledgers["one"] and ledgers["one"]["total"]["policy_calls"] > 0
+  outcomes = {run: (tmp_path / run / "eval" / "outcomes.jsonl").read_text().splitlines() for run in runs}
+  assert len(outcomes["one"]) == 2 and outcomes["two"] == outcomes["one"]
+  results = {run: json.loads((tmp_path / run / "eval" / "results.json").read_text()) for run in runs}
+  assert results["two"] == results["one"]

@@ -185,10 +185,14 @@ def test_explore_and_eval_values_are_checked_in_plan(section, field, value, mess
 def test_a_multi_process_launch_refuses_single_host_stages_before_any_work(tmp_path, monkeypatch):
   monkeypatch.setenv("SLURM_JOB_ID", "7")
   monkeypatch.setenv("SLURM_NTASKS", "2")
+  remote = _explore_then_train_config()
+  remote.explore.policy = "openai:http://localhost:8000/v1#base"  # a server: one host's requests, not SPMD
   with pytest.raises(config_schema.ConfigError, match=r"stages \['explore'\] run on one host, but this is a "
                      r"multi-process launch \(train.distributed resolves to mode 'cluster' here\)"):
-    main.run(_explore_then_train_config(), str(tmp_path / "work"))
+    main.run(remote, str(tmp_path / "work"))
   assert not (tmp_path / "work").exists()
+  # With an in-process policy explore spans the processes (every process samples on the global mesh).
+  assert [stage_id for stage_id, _, _ in main.plan(_explore_then_train_config())] == ["explore", "train"]
   assert [stage_id for stage_id, _, _ in main.plan(_config())] == ["train"]  # train alone is fine
   from leafe_jax.train import grpo_stage
 

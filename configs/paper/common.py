@@ -41,8 +41,9 @@ ALL_TASKS = 1_000_000
 # Every k reported: the paper's tables give Pass@1 and Pass@128 (notes §6); the powers of two between feed the
 # Pass@k curve.
 KS = (1, 2, 4, 8, 16, 32, 64, 128)
-# [ours] The in-process sampler of explore/eval: heads and MLP split over every local device (tensor-parallel
-# decoding of a 7B-14B model on one host), bf16 weights and compute. 70B-class: serve with vLLM (README).
+# [ours] The in-process sampler of explore/eval: heads and MLP split over every device (tensor-parallel
+# decoding of a 7B-14B model on one host; on a multi-process launch, over every process's devices), bf16
+# weights and compute. 70B-class: serve with vLLM, or explore/eval on a pod slice (README, "At scale").
 POLICY_MESH = (1, 1, -1)
 POLICY_DTYPE = "bfloat16"
 

@@ -5,10 +5,14 @@ evaluation resumes at the next unfinished chunk; `<stage_dir>/results.json` is w
 With `env_workers` > 0 the envs step in an EnvPool of that many processes; a sample whose env is lost counts as
 unsuccessful and in the row's `errors`; a sample whose prompt outgrows the policy's context (`max_cache_len`)
 ends there, unsuccessful, and counts in `prompts_too_long` (both totals are in results.json).
+
+With an in-process policy the stage spans the processes of a multi-process launch (a model too large for one
+host): every process plays the same samples, the sampler runs on the global mesh, process 0 writes the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -20,9 +24,14 @@ from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled
 from leafe_jax.eval import passk
 from leafe_jax.eval.rollout import SamplingParams, TaskOutcome, run_episodes
-from leafe_jax.policy.factory import make_policy
+from leafe_jax.policy.factory import in_process, make_policy
 
 CONFIG_SECTION = "eval"
+
+
+def spans_processes(cfg: ml_collections.ConfigDict) -> bool:
+  """With an in-process policy, one SPMD program over every process of a multi-process launch (main.py)."""
+  return in_process(cfg.policy)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -84,13 +93,21 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   cfg = config.eval
   check_config(cfg)
+  primary = True  # writes the files; every process of a multi-process launch plays the same samples
+  if spans_processes(cfg):
+    from leafe_jax.parallel import distributed
+
+    primary = distributed.join(config)
   os.makedirs(stage_dir, exist_ok=True)
   env_config = cfg.env_config.to_dict()
   task_ids = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
   if not task_ids:
     raise ValueError(f"eval: environment {cfg.env!r} split {cfg.split!r} has no tasks")
   outcomes_path = os.path.join(stage_dir, "outcomes.jsonl")
-  durable.cut_torn_tail(outcomes_path)  # a chunk cut short by a kill is redone
+  if primary:
+    durable.cut_torn_tail(outcomes_path)  # a chunk cut short by a kill is redone
+  if spans_processes(cfg):
+    distributed.barrier("eval: outcomes repaired")  # then every process reads the same finished chunks
   done = _load_done(outcomes_path)
   # Chunks are fixed slices of the task list, so a resumed run samples each task with the same seed.
   chunks = [task_ids[i : i + cfg.tasks_per_chunk] for i in range(0, len(task_ids), cfg.tasks_per_chunk)]
@@ -110,7 +127,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
 
       playbook = load_playbook(resolve_path(cfg.playbook, workdir)).render() or None
     remaining = sum(len(chunk) for _, chunk in todo)
-    with (open(outcomes_path, "a") as out, tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task") as bar,
+    with (open(outcomes_path, "a") if primary else contextlib.nullcontext() as out,
+          tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task", disable=not primary) as bar,
           pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
       for chunk_index, chunk in todo:
         outcomes: list[TaskOutcome] = run_episodes(
@@ -127,10 +145,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         )
         rows = [{"task_id": o.task_id, "n": o.n, "c": o.c, "steps": list(o.steps), "errors": o.errors,
                  "prompts_too_long": o.prompts_too_long} for o in outcomes]
-        out.write("".join(json.dumps(row) + "\n" for row in rows))  # one write per chunk
         done.update((row["task_id"], row) for row in rows)
-        out.flush()
-        os.fsync(out.fileno())
+        if primary:
+          out.write("".join(json.dumps(row) + "\n" for row in rows))  # one write per chunk
+          out.flush()
+          os.fsync(out.fileno())
         bar.update(len(chunk))
   n = [done[t]["n"] for t in task_ids]
   c = [done[t]["c"] for t in task_ids]
@@ -147,5 +166,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       "errors": sum(done[t].get("errors", 0) for t in task_ids),
       "prompts_too_long": sum(done[t].get("prompts_too_long", 0) for t in task_ids),
   }
-  durable.write_json(os.path.join(stage_dir, "results.json"), results)
+  if primary:
+    durable.write_json(os.path.join(stage_dir, "results.json"), results)
   logging.info("eval %s: %s", cfg.method, results["pass_at"])

@@ -5,6 +5,10 @@ before the ledger is saved); a rerun skips the tasks already there, so a killed 
 nothing, and a machine crash redoes at most the tasks since the last fsync (records are derived from the trees
 by the `distill` stage). Host i of n (`shard = "i/n"`) takes every n-th task. With `env_workers` > 0 the
 envs step in an EnvPool of that many processes (heavy envs: ScienceWorld, ALFWorld, the coding sandbox).
+
+With an in-process policy the stage spans the processes of a multi-process launch (a model too large for one
+host): every process explores the same tasks, the sampler runs on the global mesh, process 0 writes the trees
+and the ledger. Such a launch is one shard (`shard = "0/1"`); shards are for independent hosts.
 """
 
 from __future__ import annotations
@@ -21,8 +25,14 @@ from leafe_jax.envs import pooled
 from leafe_jax.explore import tree as tree_lib
 from leafe_jax.explore.engine import FAILURE_SIGNALS, Explorer, ExploreSettings
 from leafe_jax.explore.ledger import Ledger
+from leafe_jax.policy.factory import in_process
 
 CONFIG_SECTION = "explore"
+
+
+def spans_processes(cfg: ml_collections.ConfigDict) -> bool:
+  """With an in-process policy, one SPMD program over every process of a multi-process launch (main.py)."""
+  return in_process(cfg.policy)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -99,11 +109,13 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   settings_of(cfg)  # ExploreSettings checks the method and the failure signals
 
 
-def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -> Ledger:
+def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *, primary: bool = True,
+                    barrier=lambda name: None) -> Ledger:
   """Explores the configured tasks with `policy`; returns the ledger (also saved next to the trees).
 
   `policy`: a Policy, or a zero-argument function that makes one, called only if a task is left to explore (a
-  rerun of a finished stage loads no model).
+  rerun of a finished stage loads no model). On a multi-process launch every process calls this alike: only the
+  `primary` one writes, and `barrier(name)` waits for all processes (its repair of the tree file is read by all).
   """
   cfg = config.explore
   check_config(cfg)
@@ -112,11 +124,14 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   env_config = cfg.env_config.to_dict()
   all_tasks = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
   tasks = all_tasks[index::count]
-  store = tree_lib.TreeStore(os.path.join(stage_dir, "trees", f"shard-{index}-of-{count}.jsonl"),
-                             fsync_every=cfg.tree_fsync_every, fsync_s=cfg.tree_fsync_s)
+  tree_path = os.path.join(stage_dir, "trees", f"shard-{index}-of-{count}.jsonl")
+  store = (tree_lib.TreeStore(tree_path, fsync_every=cfg.tree_fsync_every, fsync_s=cfg.tree_fsync_s)
+           if primary else None)
+  barrier("explore: tree file repaired")
   ledger = Ledger(cfg.env_step_budget, num_tasks=len(tasks))
   done = {}
-  for tree in store.load():
+  trees = store.load() if store else list(tree_lib.load_trees(tree_path)) if os.path.exists(tree_path) else []
+  for tree in trees:
     done[tree.task_id] = tree
     ledger.load_task_counts({tree.task_id: tree.ledger})
   todo = [t for t in tasks if t not in done]
@@ -133,10 +148,12 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   elif todo:
     from tqdm import tqdm
 
-    with (tqdm(total=len(tasks), initial=len(done), desc=f"explore ({cfg.method})", unit="task") as bar,
+    with (tqdm(total=len(tasks), initial=len(done), desc=f"explore ({cfg.method})", unit="task",
+               disable=not primary) as bar,
           pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
       def on_tree(tree):
-        store.append(tree)
+        if store:
+          store.append(tree)
         bar.update(1)
 
       if not hasattr(policy, "generate"):
@@ -144,8 +161,10 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
       try:
         Explorer(policy, make_env, cfg.env, settings, ledger).run(todo, on_tree)
       finally:
-        store.sync()  # the finished trees are durable before the ledger (or an error) reports on them
-  ledger.save(ledger_path)
+        if store:
+          store.sync()  # the finished trees are durable before the ledger (or an error) reports on them
+  if primary:
+    ledger.save(ledger_path)
   logging.info("explore ledger: %s", json.dumps(ledger.to_json()["total"]))
   return ledger
 
@@ -154,7 +173,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax.policy.factory import make_policy
 
   cfg = config.explore
+  processes = {}
+  if spans_processes(cfg):
+    import jax
+
+    from leafe_jax.parallel import distributed
+
+    processes = {"primary": distributed.join(config), "barrier": distributed.barrier}
+    if jax.process_count() > 1 and parse_shard(cfg.shard)[1] > 1:
+      raise ValueError(f"config field 'explore.shard' is {cfg.shard!r}, but the {jax.process_count()} processes of "
+                       "this launch explore one task list together: use '0/1' (shards are for separate hosts)")
   os.makedirs(stage_dir, exist_ok=True)
   run_with_policy(config, stage_dir, lambda: make_policy(
       cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
-      dtype=cfg.policy_dtype, field="explore.policy"))
+      dtype=cfg.policy_dtype, field="explore.policy"), **processes)

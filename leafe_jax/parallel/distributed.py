@@ -152,6 +152,24 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
           local_batch.items()}
 
 
+def join(config: ml_collections.ConfigDict) -> bool:
+  """Joins jax.distributed with the train section's settings (`config.train.distributed`, which the launch
+  scripts set; defaults where the config has no train section), for a stage that spans the processes of a
+  multi-process launch. Returns whether this process writes the stage's own files (process 0). Call it before
+  anything starts a JAX backend; it is a no-op once joined."""
+  initialize(config.get("train", {}).get("distributed") or default_config())
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process has reached this point (no-op on one process): e.g. for process 0's repair of a
+  shared file before the others read it."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
 def global_from_host(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
   """A global array of `value`, which every process holds whole (replicated host work, such as GRPO's rollouts
   on every process): each process places only the slices its own devices hold."""

@@ -6,6 +6,13 @@ import os
 
 from leafe_jax.policy.base import Policy
 
+REMOTE_PREFIX = "openai:"  # a policy spec naming an OpenAI-compatible server: openai:<base_url>#<model name>
+
+
+def in_process(spec: str) -> bool:
+  """Whether `spec` names a HF directory served by the in-process sampler (not a remote server)."""
+  return not spec.startswith(REMOTE_PREFIX)
+
 
 def resolve_path(path: str, workdir: str) -> str:
   """Paths in stage configs are relative to --workdir; absolute paths stay as they are."""
@@ -20,10 +27,10 @@ def make_policy(spec: str, workdir: str, *, max_cache_len: int = 4096, mesh_shap
   places the in-process sampler's parameters by their logical axes and its rows over data x fsdp; `dtype` is
   the parameters' and compute dtype. `field` is the config section named in errors.
   """
-  if spec.startswith("openai:"):
+  if not in_process(spec):
     from leafe_jax.policy.openai_policy import OpenAIPolicy
 
-    base_url, sep, model = spec.removeprefix("openai:").partition("#")
+    base_url, sep, model = spec.removeprefix(REMOTE_PREFIX).partition("#")
     if not sep or not model:
       raise ValueError(f"policy spec {spec!r}: expected 'openai:<base_url>#<model name>'")
     return OpenAIPolicy(base_url, model)

@@ -37,6 +37,12 @@ CONFIG_SECTION = "grpo"
 ROW_KEYS = ("input_ids_BxT", "segment_ids_BxT", "positions_BxT")
 
 
+def spans_processes(cfg: ml_collections.ConfigDict) -> bool:
+  """One SPMD program over every process of a multi-process launch (main.py): replicated rollouts."""
+  del cfg
+  return True
+
+
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   # Model and optimizer: the same fields as the train stage (init, init_path, tokenizer, model, mesh, dtype,
@@ -151,9 +157,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   from leafe_jax.train import loss as loss_lib
   from leafe_jax.train import state as state_lib
 
-  # Before anything starts a JAX backend; a no-op when the train stage of this invocation already joined.
-  distributed.initialize(config.get("train", {}).get("distributed") or distributed.default_config())
-  primary = jax.process_index() == 0  # writes the stage's own files (orbax and the export coordinate their own)
+  # Before anything starts a JAX backend. Process 0 writes the stage's own files (orbax and the export
+  # coordinate their own).
+  primary = distributed.join(config)
   budget = cfg.env_step_budget
   if cfg.budget_from_ledger:
     budget = ledger_budget(resolve_path(cfg.budget_from_ledger, workdir))

@@ -25,6 +25,12 @@ CONFIG_SECTION = "train"
 BATCH_KEYS = ("input_ids_BxT", "loss_mask_BxT", "weight_BxT", "segment_ids_BxT", "positions_BxT", "kind_BxT")
 
 
+def spans_processes(cfg: ml_collections.ConfigDict) -> bool:
+  """One SPMD program over every process of a multi-process launch (main.py)."""
+  del cfg
+  return True
+
+
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
       {
