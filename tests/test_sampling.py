@@ -70,6 +70,17 @@ def test_seeds_n_samples_and_top_k_one(tiny):
   assert ids(sampler.generate(PROMPTS, n=3, max_new_tokens=8, temperature=0.0)) == [r * 3 for r in ids(greedy)]
 
 
+def test_seeds_2_to_the_32_apart_sample_differently_and_small_seeds_keep_their_key(tiny):
+  _, model, params = tiny
+  # Seeds below 2^32 keep their key, so their outputs are unchanged.
+  np.testing.assert_array_equal(np.asarray(sampler_lib.seed_key(7)), np.asarray(jax.random.PRNGKey(7)))
+  sampler = Sampler(model, params, max_cache_len=64)
+  ids = lambda seed: [[s.token_ids for s in row] for row in
+                      sampler.generate(PROMPTS, n=2, max_new_tokens=8, temperature=1.0, seed=seed)]
+  assert ids(7) != ids(2**32 + 7)  # PRNGKey alone gives both seeds the key [0, 7]
+  assert ids(2**32 + 7) == ids(2**32 + 7)
+
+
 def test_eos_ends_a_row_and_stop_strings_truncate_text(tiny):
   _, model, params = tiny
   greedy = Sampler(model, params, max_cache_len=64).generate([PROMPTS[0]], max_new_tokens=8, temperature=0.0)

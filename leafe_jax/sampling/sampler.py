@@ -176,6 +176,14 @@ def _generate(params, tokens_BxP, mask_BxP, rng, temperature_B, top_p_B, max_new
   return out_RxO, logp_RxO
 
 
+def seed_key(seed: int) -> jax.Array:
+  """The PRNG key of an integer seed of up to 64 bits. `PRNGKey` alone keeps a seed's low 32 bits (without x64),
+  so seeds 2^32 apart, as derived seeds such as seed * 1_000_003 + iteration can be, would sample alike."""
+  seed = int(seed) % 2**64
+  key = jax.random.PRNGKey(seed % 2**32)
+  return key if seed < 2**32 else jax.random.fold_in(key, seed >> 32)
+
+
 class Sampler:
   """Generates from `model` with `params` (sharded on `mesh` when given: params by their logical axes, rows over
   the data axes). Compiled programs are shared by every Sampler of an equal model in the process.
@@ -238,7 +246,7 @@ class Sampler:
       distributed.check_processes_agree(hashlib.sha256(request.encode()).hexdigest(), "Sampler.generate")
     samples: list[list[Sample]] = [[] for _ in prompt_ids]
     for g, rows in enumerate(self._length_groups([len(p) for p in prompt_ids], max_new)):
-      key = jax.random.PRNGKey(seed) if g == 0 else jax.random.fold_in(jax.random.PRNGKey(seed), g)
+      key = seed_key(seed) if g == 0 else jax.random.fold_in(seed_key(seed), g)
       group = self._generate_group([prompt_ids[i] for i in rows], [max_new[i] for i in rows],
                                    [temperatures[i] for i in rows], [top_ps[i] for i in rows], n, top_k,
                                    [stops[i] for i in rows], key)
