@@ -124,9 +124,11 @@ def test_openai_policy_returns_n_completions_per_prompt_in_order(server):
 def test_openai_policy_sends_each_prompt_its_own_settings(server):
   policy = OpenAIPolicy(server, "m", retry_backoff_s=0.0)
   prompts = [[{"role": "user", "content": f"p{i}"}] for i in range(2)]
-  policy.generate(prompts, temperature=[0.0, 0.7], top_p=0.9, max_new_tokens=[4, 64], seed=1)
+  policy.generate(prompts, temperature=[0.0, 0.7], top_p=0.9, max_new_tokens=[4, 64], stop=[["</action>"], []],
+                  seed=1)
   sent = sorted(_Handler.requests, key=lambda r: r["seed"])
   assert [(r["temperature"], r["top_p"], r["max_tokens"]) for r in sent] == [(0.0, 0.9, 4), (0.7, 0.9, 64)]
+  assert sent[0]["stop"] == ["</action>"] and "stop" not in sent[1]  # one stop list per prompt, as JaxPolicy takes
 
 
 def test_openai_policy_retries_server_errors_then_succeeds(server):

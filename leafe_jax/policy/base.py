@@ -43,12 +43,27 @@ def per_prompt(value: T | Sequence[T], count: int, name: str, kind: type[T]) -> 
   return values
 
 
+def stops_per_prompt(stop: str | Sequence[str] | Sequence[Sequence[str]], count: int) -> list[tuple[str, ...]]:
+  """Stop strings given once for every prompt (a flat list, or one string) or as one list per prompt."""
+  if isinstance(stop, str):
+    return [(stop,)] * count
+  items = list(stop)
+  nested = [not isinstance(s, str) for s in items]
+  if not any(nested):
+    return [tuple(items)] * count
+  if not all(nested) or len(items) != count:
+    raise ValueError(f"generate: stop must be one list of strings, or one list per prompt ({count} lists); "
+                     f"got {items!r}")
+  return [tuple(s) for s in items]
+
+
 @runtime_checkable
 class Policy(Protocol):
   """Chat templating and tokenization happen once, inside the policy, with the model's tokenizer.
 
   `temperature`, `top_p` and `max_new_tokens` are one value for every prompt or a sequence with one per prompt:
-  the explorer serves a tick's action and reflection prompts, whose settings differ, in ONE call.
+  the explorer serves a tick's action and reflection prompts, whose settings differ, in ONE call. `stop` is one
+  list of strings for every prompt or one list per prompt.
   A prompt that does not fit the model's context gets completions with finish_reason PROMPT_TOO_LONG (no text,
   no tokens); the other prompts of the call are served as usual.
   """
@@ -61,7 +76,7 @@ class Policy(Protocol):
       temperature: float | Sequence[float] = 1.0,
       top_p: float | Sequence[float] = 1.0,
       max_new_tokens: int | Sequence[int] = 256,
-      stop: Sequence[str] = (),
+      stop: Sequence[str] | Sequence[Sequence[str]] = (),
       seed: int = 0,
   ) -> list[list[Completion]]:
     """Returns, for each prompt, `n` completions."""

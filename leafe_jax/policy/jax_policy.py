@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from absl import logging
 
-from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt, stops_per_prompt
 from leafe_jax.policy.chat import encode_prompt
 
 _FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -78,7 +78,7 @@ class JaxPolicy:
       temperature: float | Sequence[float] = 1.0,
       top_p: float | Sequence[float] = 1.0,
       max_new_tokens: int | Sequence[int] = 256,
-      stop: Sequence[str] = (),
+      stop: Sequence[str] | Sequence[Sequence[str]] = (),
       seed: int = 0,
   ) -> list[list[Completion]]:
     if not prompts:
@@ -95,14 +95,14 @@ class JaxPolicy:
         logging.warning("policy: prompt %d of %d tokens + max_new_tokens=%d exceeds the cache length %d; "
                         "answered %s", i, len(ids), new, limit, PROMPT_TOO_LONG)
     pick = lambda values: values if isinstance(values, numbers.Number) else [values[i] for i in fits]
-    flat_stops = isinstance(stop, str) or all(isinstance(x, str) for x in stop)
+    stops = stops_per_prompt(stop, count)
     samples = self.sampler.generate(
         [prompt_ids[i] for i in fits],
         n=n,
         max_new_tokens=[budgets[i] for i in fits],
         temperature=pick(temperature),
         top_p=pick(top_p),
-        stop_strings=stop if flat_stops else [stop[i] for i in fits],  # per-prompt lists: the served prompts
+        stop_strings=[stops[i] for i in fits],
         seed=seed,
     ) if fits else []
     too_long = [Completion(text="", finish_reason=PROMPT_TOO_LONG)] * n

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt, stops_per_prompt
 
 
 class PolicyServerError(RuntimeError):
@@ -118,19 +118,19 @@ class OpenAIPolicy:
       temperature: float | Sequence[float] = 1.0,
       top_p: float | Sequence[float] = 1.0,
       max_new_tokens: int | Sequence[int] = 256,
-      stop: Sequence[str] = (),
+      stop: Sequence[str] | Sequence[Sequence[str]] = (),
       seed: int = 0,
   ) -> list[list[Completion]]:
     if not prompts:
       return []
     count = len(prompts)
     settings = zip(per_prompt(temperature, count, "temperature", float), per_prompt(top_p, count, "top_p", float),
-                   per_prompt(max_new_tokens, count, "max_new_tokens", int))
+                   per_prompt(max_new_tokens, count, "max_new_tokens", int), stops_per_prompt(stop, count))
     workers = min(self.max_concurrency, count)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       # Distinct seeds per prompt keep prompts independent while the whole call stays reproducible.
       futures = [
-          pool.submit(self._one, m, n, temp, p, max_new, tuple(stop), seed + i)
-          for i, (m, (temp, p, max_new)) in enumerate(zip(prompts, settings))
+          pool.submit(self._one, m, n, temp, p, max_new, prompt_stop, seed + i)
+          for i, (m, (temp, p, max_new, prompt_stop)) in enumerate(zip(prompts, settings))
       ]
       return [f.result() for f in futures]

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from leafe_jax.models import init_cache
-from leafe_jax.policy.base import per_prompt
+from leafe_jax.policy.base import per_prompt, stops_per_prompt
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -67,20 +67,6 @@ def _bucket(value: int, buckets: Sequence[int], cap: int | None = None) -> int:
 
 def _power_of_two(value: int) -> int:
   return 1 << max(value - 1, 0).bit_length()
-
-
-def _stops_per_prompt(stop_strings, count: int) -> list[tuple[str, ...]]:
-  """Stop strings given once for every prompt (a flat list, or one string) or as one list per prompt."""
-  if isinstance(stop_strings, str):
-    return [(stop_strings,)] * count
-  items = list(stop_strings)
-  nested = [not isinstance(s, str) for s in items]
-  if not any(nested):
-    return [tuple(items)] * count
-  if not all(nested) or len(items) != count:
-    raise ValueError(f"generate: stop_strings must be one list of strings, or one list per prompt "
-                     f"({count} lists); got {items!r}")
-  return [tuple(s) for s in items]
 
 
 def _first_max_index(logits_BxV, max_B):
@@ -232,7 +218,7 @@ class Sampler:
     max_new = per_prompt(max_new_tokens, count, "max_new_tokens", int)
     temperatures = per_prompt(temperature, count, "temperature", float)
     top_ps = per_prompt(top_p, count, "top_p", float)
-    stops = _stops_per_prompt(stop_strings, count)
+    stops = stops_per_prompt(stop_strings, count)
     if n < 1 or min(max_new) < 1:
       raise ValueError(f"generate: n={n} and max_new_tokens={min(max_new)} must both be >= 1")
     for i, (prompt, new) in enumerate(zip(prompt_ids, max_new)):
