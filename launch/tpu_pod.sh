@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Runs the same leafe_jax command on every worker of a Cloud TPU pod slice (multi-controller SPMD).
 #
-#   launch/tpu_pod.sh TPU_NAME ZONE configs/paper/sokoban.py:qwen2.5-7b gs://bucket/workdir --config.stages='("train@leafe",)'
-#   (run the train stages here: every process runs the listed stages, and explore/eval on every worker would
-#   write the same tree shard; run those on CPU hosts with explore.shard=i/n, or against a served policy)
+#   launch/tpu_pod.sh TPU_NAME ZONE configs/paper/sokoban.py:qwen2.5-7b /mnt/shared/workdir --config.stages='("train@leafe",)'
+#   (every process runs the listed stages as one SPMD program: train and grpo, and explore/eval with an
+#   in-process policy, sampling on the whole slice, process 0 writing; explore/eval against a served policy run
+#   on CPU hosts instead, with explore.shard=i/n)
 #
 # Each worker runs `python -m leafe_jax.main` with train.distributed.mode=cluster: jax.distributed.initialize()
-# reads the slice topology from the TPU metadata. The workdir must be shared by all workers (a gs:// path or a
-# mounted filesystem): checkpoints and the HF export are written there. Set REPO_DIR if the checkout is not in
-# ~/leafe_jax on the workers, PROJECT for a non-default gcloud project.
+# reads the slice topology from the TPU metadata. The workdir must be a POSIX path that all workers share (a
+# Filestore/NFS mount, or a bucket mounted with gcsfuse): the stages write it with plain file calls, so a gs:// URL
+# is not supported. Set REPO_DIR if the checkout is not in ~/leafe_jax on the workers, PROJECT for a non-default
+# gcloud project.
 set -euo pipefail
 if [[ $# -lt 4 ]]; then
-  sed -n '2,11p' "$0" >&2
+  sed -n '2,13p' "$0" >&2
   exit 2
 fi
 TPU_NAME=$1 ZONE=$2 CONFIG=$3 WORKDIR=$4
