@@ -191,6 +191,10 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_co
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Runs every stage of `config` in order; each resumes from what it left in `workdir`."""
+  if "://" in workdir:  # os.makedirs("gs://b/w") would make a local directory "gs:" and write there
+    raise config_schema.ConfigError(
+        f"--workdir={workdir!r}: the stages write the workdir with plain file calls, so it must be a filesystem "
+        "path (on a pod: a shared mount such as Filestore or a bucket mounted with gcsfuse), not a URL")
   planned = plan(config)
   os.makedirs(workdir, exist_ok=True)
   for stage_id, module, stage_config in planned:

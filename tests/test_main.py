@@ -223,3 +223,10 @@ def test_stages_after_a_train_that_started_several_processes_are_refused(tmp_pat
   monkeypatch.setattr(train_stage, "run", fake_train)
   with pytest.raises(config_schema.ConfigError, match=r"stages \['report'\] run on one host.*jax.distributed runs 4"):
     main.run(config, str(tmp_path / "work"))
+
+
+def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(config_schema.ConfigError, match="must be a filesystem path"):
+    main.run(_config(), "gs://bucket/run")
+  assert not os.path.exists("gs:")
