@@ -218,7 +218,7 @@ def test_rows_each_process_holds_show_whether_the_batch_axes_span_the_processes(
 
 
 # Explore then evaluate with an in-process policy (a HF dir) on the global mesh, as one process of a launch;
-# argv: port, process count, process id, the HF dir, the workdir.
+# argv: port, process count, process id, the HF dir, the workdir[, tasks, "explore" to explore only].
 _EXPLORE_EVAL_SCRIPT = textwrap.dedent(
     """
     import sys
@@ -227,7 +227,8 @@ _EXPLORE_EVAL_SCRIPT = textwrap.dedent(
     from leafe_jax.explore import stage as explore_stage
     from leafe_jax.parallel import distributed
 
-    port, nproc, pid, hf_dir, workdir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:]
+    port, nproc, pid, hf_dir, workdir = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6]
+    tasks, stages = (int(sys.argv[6]), sys.argv[7]) if len(sys.argv) > 6 else (2, "explore,eval")
     config = ml_collections.ConfigDict({"explore": explore_stage.default_config(),
                                         "eval": eval_stage.default_config(),
                                         "train": {"distributed": distributed.default_config()}})
@@ -236,34 +237,41 @@ _EXPLORE_EVAL_SCRIPT = textwrap.dedent(
                                       num_processes=nproc, process_id=pid)
     env_config = {"dim": (6, 6), "num_boxes": 1, "max_steps": 3}
     for section in (config.explore, config.eval):
-      section.update(policy=hf_dir, policy_mesh=(-1, 1, 1), num_tasks=2, max_steps=3, max_new_tokens=12,
+      section.update(policy=hf_dir, policy_mesh=(-1, 1, 1), num_tasks=tasks, max_steps=3, max_new_tokens=12,
                      max_cache_len=512)
       section.env_config = env_config
-    config.explore.update(max_attempts=2, reflect_every=2, reflection_max_new_tokens=12)
+    config.explore.update(max_attempts=2, reflect_every=2, reflection_max_new_tokens=12, concurrency=1)
     config.eval.update(num_samples=2, ks=(1, 2), temperature=1.0)
     explore_stage.run(config, workdir, workdir + "/explore")
-    eval_stage.run(config, workdir, workdir + "/eval")
+    if "eval" in stages:
+      eval_stage.run(config, workdir, workdir + "/eval")
     assert jax.process_count() == nproc, jax.process_count()
     """
 )
 
 
-def test_two_processes_explore_and_evaluate_as_one_process_on_the_same_global_mesh(tmp_path):
+def _tiny_policy_dir(path):
+  """A HF directory (tiny random Llama and BPE tokenizer) for the in-process policy."""
   import torch
   import transformers
 
   from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
-  from leafe_jax.explore.tree import load_trees
 
-  hf_dir = tmp_path / "policy"
   train_tokenizer(["<action>up</action> <action>left</action> # _ P X O rollback_step experience"] * 20,
-                  vocab_size=300, out_dir=str(hf_dir), model_max_length=512)
-  tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+                  vocab_size=300, out_dir=str(path), model_max_length=512)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(path)
   torch.manual_seed(0)
   config = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-  transformers.AutoModelForCausalLM.from_config(config).save_pretrained(hf_dir)
+  transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
+  return path
+
+
+def test_two_processes_explore_and_evaluate_as_one_process_on_the_same_global_mesh(tmp_path):
+  from leafe_jax.explore.tree import load_trees
+
+  hf_dir = _tiny_policy_dir(tmp_path / "policy")
   script = tmp_path / "explore_eval.py"
   script.write_text(_EXPLORE_EVAL_SCRIPT)
   runs = {"two": _launch_with(str(script), 2, _free_port(), devices=2, args=(str(hf_dir), str(tmp_path / "two"))),
@@ -280,3 +288,35 @@ def test_two_processes_explore_and_evaluate_as_one_process_on_the_same_global_me
   assert len(outcomes["one"]) == 2 and outcomes["two"] == outcomes["one"]
   results = {run: json.loads((tmp_path / run / "eval" / "results.json").read_text()) for run in runs}
   assert results["two"] == results["one"]
+
+
+@pytest.mark.slow  # ~25 s alone: five processes in three launches
+def test_two_processes_killed_mid_explore_resume_to_the_trees_of_an_uninterrupted_run(tmp_path):
+  import signal
+  import time
+
+  from leafe_jax.explore.tree import load_trees
+
+  hf_dir = _tiny_policy_dir(tmp_path / "policy")
+  script = tmp_path / "explore.py"
+  script.write_text(_EXPLORE_EVAL_SCRIPT)
+  launch = lambda run, nproc, devices: _launch_with(str(script), nproc, _free_port(), devices=devices,
+                                                    args=(str(hf_dir), str(tmp_path / run), "6", "explore"))
+  reference = launch("one", 1, 4)
+  killed = launch("two", 2, 2)
+  trees = tmp_path / "two" / "explore" / "trees" / "shard-0-of-1.jsonl"
+  deadline = time.time() + 240
+  while not (trees.exists() and trees.read_text().count("\n") >= 2) and time.time() < deadline:
+    assert all(p.poll() is None for p in killed), "the run ended before it was killed"
+    time.sleep(0.05)
+  for proc in killed:  # both processes at once, as a preempted slice loses them
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  kept = trees.read_text().count("\n")
+  assert 2 <= kept < 6
+  for proc in [*launch("two", 2, 2), *reference]:
+    _result_of(proc)
+  got = [t.to_json() for t in load_trees(trees)]
+  want = [t.to_json() for t in load_trees(tmp_path / "one" / "explore" / "trees" / "shard-0-of-1.jsonl")]
+  assert len(got) == 6  # no task lost, none written twice
+  assert sorted(got, key=lambda t: t["task_id"]) == sorted(want, key=lambda t: t["task_id"])
