@@ -93,8 +93,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   cfg = config.eval
   check_config(cfg)
+  spans = spans_processes(cfg)
   primary = True  # writes the files; every process of a multi-process launch plays the same samples
-  if spans_processes(cfg):
+  if spans:
     from leafe_jax.parallel import distributed
 
     primary = distributed.join(config)
@@ -106,7 +107,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   outcomes_path = os.path.join(stage_dir, "outcomes.jsonl")
   if primary:
     durable.cut_torn_tail(outcomes_path)  # a chunk cut short by a kill is redone
-  if spans_processes(cfg):
+  if spans:
     distributed.barrier("eval: outcomes repaired")  # then every process reads the same finished chunks
   done = _load_done(outcomes_path)
   # Chunks are fixed slices of the task list, so a resumed run samples each task with the same seed.

@@ -130,8 +130,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   barrier("explore: tree file repaired")
   ledger = Ledger(cfg.env_step_budget, num_tasks=len(tasks))
   done = {}
-  trees = store.load() if store else list(tree_lib.load_trees(tree_path)) if os.path.exists(tree_path) else []
-  for tree in trees:
+  for tree in tree_lib.read_trees(tree_path):  # as the primary's store left it, on every process
     done[tree.task_id] = tree
     ledger.load_task_counts({tree.task_id: tree.ledger})
   todo = [t for t in tasks if t not in done]

@@ -127,7 +127,7 @@ class TreeStore:
     self._synced_at = time.monotonic()
 
   def load(self) -> list[Tree]:
-    return list(load_trees(self.path)) if os.path.exists(self.path) else []
+    return read_trees(self.path)
 
   def append(self, tree: Tree) -> None:
     with open(self.path, "a", encoding="utf-8") as f:
@@ -153,6 +153,11 @@ class TreeStore:
         os.close(directory)
       self._new_file = False
     self._unsynced, self._synced_at = 0, time.monotonic()
+
+
+def read_trees(path: str) -> list[Tree]:
+  """The trees of a tree file; none while it does not exist yet."""
+  return list(load_trees(path)) if os.path.exists(path) else []
 
 
 def load_trees(path: str):

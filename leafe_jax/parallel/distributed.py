@@ -18,7 +18,7 @@ import glob
 import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -193,15 +193,16 @@ class ProcessesDisagreeError(RuntimeError):
   """Processes that must run the same replicated host work (same prompts, same batches) hold different values."""
 
 
-def check_processes_agree(fingerprint: str, what: str) -> None:
-  """Raises ProcessesDisagreeError, on every process, unless all pass the same `fingerprint` (a collective).
+def check_processes_agree(fingerprint: Callable[[], str], what: str) -> None:
+  """Raises ProcessesDisagreeError, on every process, unless `fingerprint()` is the same on all (a collective;
+  on one process a no-op that does not compute the fingerprint).
 
   Replicated host work stays in step only while every process computes the same thing; a process that drifted
   (a non-deterministic environment) would otherwise call the next collective with other shapes and hang.
   """
   if jax.process_count() == 1:
     return
-  fingerprints = allgather_json(fingerprint)
+  fingerprints = allgather_json(fingerprint())
   if len(set(fingerprints)) > 1:
     differ = [p for p, f in enumerate(fingerprints) if f != fingerprints[0]]
     raise ProcessesDisagreeError(

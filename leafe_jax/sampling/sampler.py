@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leafe_jax import parallel
 from leafe_jax.models import init_cache
+from leafe_jax.parallel import distributed
 from leafe_jax.policy.base import per_prompt, stops_per_prompt
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -195,8 +197,6 @@ class Sampler:
     self.batch_buckets = tuple(batch_buckets)
     self.output_buckets = tuple(output_buckets)
     if mesh is not None:
-      from leafe_jax import parallel
-
       params = jax.device_put(params, parallel.param_shardings(model, mesh))
     self.params = params
 
@@ -225,11 +225,11 @@ class Sampler:
       if len(prompt) + new > self.max_cache_len:
         raise ValueError(f"prompt {i} of {len(prompt)} tokens + max_new_tokens={new} = {len(prompt) + new} "
                          f"exceeds the cache length max_cache_len={self.max_cache_len}")
-    if jax.process_count() > 1:  # every process runs this call on the same prompts (see the class docstring)
-      from leafe_jax.parallel import distributed
+    def request_digest() -> str:  # what every process of a multi-process mesh must ask alike (class docstring)
+      request = ([tuple(p) for p in prompt_ids], max_new, temperatures, top_ps, stops, n, top_k, seed)
+      return hashlib.sha256(repr(request).encode()).hexdigest()
 
-      request = repr(([tuple(p) for p in prompt_ids], max_new, temperatures, top_ps, stops, n, top_k, seed))
-      distributed.check_processes_agree(hashlib.sha256(request.encode()).hexdigest(), "Sampler.generate")
+    distributed.check_processes_agree(request_digest, "Sampler.generate")
     samples: list[list[Sample]] = [[] for _ in prompt_ids]
     for g, rows in enumerate(self._length_groups([len(p) for p in prompt_ids], max_new)):
       key = seed_key(seed) if g == 0 else jax.random.fold_in(seed_key(seed), g)
@@ -294,9 +294,6 @@ class Sampler:
     if self.mesh is None:
       tokens_in, mask_in = jnp.asarray(tokens), jnp.asarray(mask)
     else:
-      from leafe_jax import parallel
-      from leafe_jax.parallel import distributed
-
       sharding = parallel.batch_sharding(self.mesh)
       if batch % parallel.batch_shards(self.mesh):  # too few rows to split: every device gets all of them
         sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
@@ -306,9 +303,7 @@ class Sampler:
                           max_new_B, model=self.model, pad_id=self.pad_id, eos_ids=self.eos_ids,
                           cache_len=cache_len, out_len=out_len, n=int(n), greedy=greedy,
                           top_k=0 if greedy else int(top_k), nucleus=(not greedy) and min(top_ps) < 1.0)
-    if self.mesh is not None:
-      out, logp = distributed.to_host(out), distributed.to_host(logp)  # rows may sit on other processes' devices
-    out, logp = np.asarray(out), np.asarray(logp)
+    out, logp = distributed.to_host(out), distributed.to_host(logp)  # rows may sit on other processes' devices
     samples = [self._finish(out[i, :max_new[i // n]], logp[i, :max_new[i // n]], stops[i // n])
                for i in range(count * n)]
     return [samples[i * n:(i + 1) * n] for i in range(count)]

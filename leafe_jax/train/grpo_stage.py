@@ -19,6 +19,7 @@ slices. Processes check that they agree at every sampler call and on every itera
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -244,7 +245,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         rows = grpo.pad_rows(rows, rows_needed)
         width = targets.index_width(targets.max_targets_per_row(rows), cfg.seq_len, tuple(cfg.logits_fractions))
         host = grpo.gather_targets(rows, width)
-        distributed.check_processes_agree(_fingerprint(host), f"grpo iteration {iteration + 1}'s rows")
+        distributed.check_processes_agree(functools.partial(_fingerprint, host),
+                                          f"grpo iteration {iteration + 1}'s rows")
         device_batch = {k: distributed.global_from_host(v, batch_sharding) for k, v in host.items()}
         # Only the log-probs come back to the host, where the minibatches are cut.
         host["old_logprob_BxN"] = distributed.to_host(logprob_fn(state.params, device_batch))
