@@ -15,6 +15,7 @@ from leafe_jax import models
 from leafe_jax.baselines import tiny_tokenizer
 from leafe_jax.envs import registry
 from leafe_jax.envs.base import INVALID_ACTION, Step
+from leafe_jax.envs.prompts import PromptTemplate
 from leafe_jax.train import grpo, grpo_stage, targets
 from leafe_jax.train import loss as loss_lib
 
@@ -160,7 +161,9 @@ class BanditEnv:
   """
 
   name = "bandit"
-  prompt_template = None
+  # The instruction and the observation alone: prompts of a few tokens, so a 64-token cache serves them and many
+  # turns share a 128-token row (one row bucket, one compiled update, whatever the number of turns).
+  prompt_template = PromptTemplate()
 
   def parse_action(self, text):
     return "up" if "u" in text else "down"
@@ -196,7 +199,7 @@ def _grpo_config(tmp_path, **overrides):
                                            head_dim=16, d_ff=64, family="llama"))
   g.mesh, g.dtype, g.param_dtype = (-1, 1, 1), "float32", "float32"
   g.tasks_per_iteration, g.group_size, g.num_iterations, g.max_steps = 4, 4, 2, 1
-  g.max_new_tokens, g.max_cache_len, g.seq_len, g.lr = 8, 384, 384, 1e-3
+  g.max_new_tokens, g.max_cache_len, g.seq_len, g.lr = 8, 64, 384, 1e-3
   g.async_checkpoint = False
   for key, value in overrides.items():
     g[key] = value
@@ -222,7 +225,7 @@ def _params(stage_dir):
 def test_stage_learns_the_bandit(tmp_path, bandit):
   out = tmp_path / "out"
   grpo_stage.run(_grpo_config(tmp_path, num_iterations=6, lr=5e-2, kl_coef=0.0, tasks_per_iteration=8,
-                              group_size=8), str(tmp_path), str(out))
+                              group_size=8, checkpoint_every=6), str(tmp_path), str(out))
   ledger = _json(out / "ledger.json")["total"]
   assert ledger["turns"] > 0  # mixed groups: updates happened
   # A random policy says "u" in about 3% of responses; after 6 iterations GRPO says it in almost all.
@@ -232,25 +235,22 @@ def test_stage_learns_the_bandit(tmp_path, bandit):
 
 
 def test_stage_runs_resumes_to_the_same_params_and_counts_the_budget(tmp_path, bandit):
+  # A budget of 20 env steps: iteration 1 plays 4 tasks x 4 episodes of one step (16), and the 4 left are one
+  # task's group, so iteration 2 plays one task and the budget ends the run before its 5 iterations.
+  budgeted = dict(num_iterations=5, env_step_budget=20, checkpoint_every=5)
   whole = tmp_path / "whole"
-  grpo_stage.run(_grpo_config(tmp_path), str(tmp_path), str(whole))
+  grpo_stage.run(_grpo_config(tmp_path, **budgeted), str(tmp_path), str(whole))
   ledger = _json(whole / "ledger.json")
-  assert ledger["iterations"] == 2 and ledger["total"]["env_steps"] == 2 * 4 * 4  # one step per episode
+  assert ledger["iterations"] == 2 and ledger["total"]["env_steps"] == 20
   assert ledger["total"]["turns"] > 0
+  assert sorted(os.listdir(whole / "checkpoints")) == ["2"]  # saved when the budget ended the run
   split = tmp_path / "split"
   grpo_stage.run(_grpo_config(tmp_path, num_iterations=1), str(tmp_path), str(split))
-  grpo_stage.run(_grpo_config(tmp_path), str(tmp_path), str(split))  # resumes at iteration 1
+  grpo_stage.run(_grpo_config(tmp_path, **budgeted), str(tmp_path), str(split))  # resumes at iteration 1
   assert _json(split / "ledger.json") == ledger
   want, got = _params(whole), _params(split)
   for name in want:
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-  budget = tmp_path / "budget"
-  grpo_stage.run(_grpo_config(tmp_path, num_iterations=5, env_step_budget=20, checkpoint_every=5), str(tmp_path),
-                 str(budget))
-  assert sorted(os.listdir(budget / "checkpoints")) == ["2"]  # saved when the budget ended the run
-  # 16 steps in iteration 1; the 4 left are one task's group (4 episodes of one step): iteration 2 plays one task.
-  spent = _json(budget / "ledger.json")
-  assert spent["iterations"] == 2 and spent["total"]["env_steps"] == 20
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [

@@ -66,7 +66,7 @@ def test_from_hf_logits_match_pytorch_on_a_left_padded_batch(tmp_path, case):
   for scan in (False, True):
     model, params = models.from_hf(path, scan_layers=scan)
     assert model.config.family == reference.config.model_type
-    logits, cache = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+    logits, cache = jax.jit(model.apply)({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
     assert cache is None
     err = np.abs(np.asarray(logits) - expected)[mask.astype(bool)].max()
     assert err <= 1e-4, (case, scan, err)
@@ -123,10 +123,10 @@ def test_kv_cache_decode_after_left_padded_prefill_equals_the_full_forward_pass(
 def test_logits_positions_give_those_rows_of_the_full_logits_and_the_same_cache(tiny):
   config, model, params = tiny
   ids = jnp.asarray(np.random.RandomState(5).randint(1, 64, (2, 6)))
-  full, full_cache = model.apply({"params": params}, ids, cache=models.init_cache(config, 2, 8))
+  full, full_cache = jax.jit(model.apply)({"params": params}, ids, cache=models.init_cache(config, 2, 8))
   picked_BxN = jnp.asarray([[5, 0, 3], [2, 2, 5]], jnp.int32)
-  some, some_cache = model.apply({"params": params}, ids, cache=models.init_cache(config, 2, 8),
-                                 logits_positions=picked_BxN)
+  some, some_cache = jax.jit(model.apply)({"params": params}, ids, cache=models.init_cache(config, 2, 8),
+                                          logits_positions=picked_BxN)
   assert some.shape == (2, 3, config.vocab_size)
   for b in range(2):
     np.testing.assert_allclose(np.asarray(some[b]), np.asarray(full[b, np.asarray(picked_BxN[b])]), atol=1e-6)
@@ -137,7 +137,7 @@ def test_logits_positions_give_those_rows_of_the_full_logits_and_the_same_cache(
 def test_cache_repeat_rows_copies_each_row_n_times_in_place(tiny):
   config, model, params = tiny
   ids = jnp.asarray(np.random.RandomState(6).randint(1, 64, (2, 5)))
-  _, cache = model.apply({"params": params}, ids, cache=models.init_cache(config, 2, 8))
+  _, cache = jax.jit(model.apply)({"params": params}, ids, cache=models.init_cache(config, 2, 8))
   repeated = cache.repeat_rows(3)
   for layer_k, rep_k in zip(cache.k, repeated.k):
     assert rep_k.shape == (6, *layer_k.shape[1:])
@@ -157,14 +157,15 @@ def test_packed_segments_equal_separate_sequences(tiny):
   ids = np.random.RandomState(2).randint(1, 64, (1, 9))
   segments = np.array([[1, 1, 1, 2, 2, 2, 2, 0, 0]])
   positions = np.array([[0, 1, 2, 0, 1, 2, 3, 0, 0]])
-  packed, _ = model.apply({"params": params}, jnp.asarray(ids), positions=jnp.asarray(positions),
-                          segment_ids=jnp.asarray(segments))
+  apply = jax.jit(model.apply)  # one program per shape, not op by op
+  packed, _ = apply({"params": params}, jnp.asarray(ids), positions=jnp.asarray(positions),
+                    segment_ids=jnp.asarray(segments))
   # Without explicit positions they are counted per segment.
-  default, _ = model.apply({"params": params}, jnp.asarray(ids), segment_ids=jnp.asarray(segments))
+  default, _ = apply({"params": params}, jnp.asarray(ids), segment_ids=jnp.asarray(segments))
   np.testing.assert_allclose(np.asarray(default)[0, :7], np.asarray(packed)[0, :7], atol=1e-6)
   # The same two sequences as separate rows; the first is right-padded, which causal attention never sees.
   separate_ids = np.stack([np.concatenate([ids[0, :3], [5]]), ids[0, 3:7]])
-  separate, _ = model.apply({"params": params}, jnp.asarray(separate_ids))
+  separate, _ = apply({"params": params}, jnp.asarray(separate_ids))
   np.testing.assert_allclose(np.asarray(packed)[0, :3], np.asarray(separate)[0, :3], atol=1e-5)
   np.testing.assert_allclose(np.asarray(packed)[0, 3:7], np.asarray(separate)[1], atol=1e-5)
 
@@ -208,10 +209,10 @@ def test_scan_layers_equals_unrolled_with_and_without_a_cache(tiny):
   init_shapes = jax.eval_shape(lambda: models.init_params(scanned.config, jax.random.PRNGKey(0)))
   assert jax.tree.map(lambda x: x.shape, init_shapes) == jax.tree.map(lambda x: x.shape, stacked)
   ids = jnp.asarray(np.random.RandomState(3).randint(1, 64, (2, 6)))
-  expected, _ = model.apply({"params": params}, ids)
-  got, _ = scanned.apply({"params": stacked}, ids)
+  expected, _ = jax.jit(model.apply)({"params": params}, ids)
+  got, _ = jax.jit(scanned.apply)({"params": stacked}, ids)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
-  got, cache = scanned.apply({"params": stacked}, ids, cache=models.init_cache(scanned.config, 2, 8))
+  got, cache = jax.jit(scanned.apply)({"params": stacked}, ids, cache=models.init_cache(scanned.config, 2, 8))
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), atol=1e-5)
   assert cache.k.shape == (2, 2, 2, 8, 8)  # [layers, B, kv_heads, S, head_dim]
 
