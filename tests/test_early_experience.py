@@ -230,7 +230,7 @@ def _record_set(stage_dir):
 
 def test_sigkill_then_rerun_gives_the_records_of_an_uninterrupted_run(tmp_path):
   make_tokenizer(tmp_path / "tok")
-  assert _run_stage(tmp_path / "whole", tmp_path / "tok", 0.0).wait(timeout=120) == 0
+  whole_run = _run_stage(tmp_path / "whole", tmp_path / "tok", 0.0)  # alongside: the killed run mostly waits
   proc = _run_stage(tmp_path / "killed", tmp_path / "tok", 0.3)
   done = tmp_path / "killed" / "done-0-of-1.jsonl"
   deadline = time.time() + 120
@@ -240,6 +240,7 @@ def test_sigkill_then_rerun_gives_the_records_of_an_uninterrupted_run(tmp_path):
   proc.wait()
   assert proc.returncode == -signal.SIGKILL and done.read_text().count("\n") < 6
   assert _run_stage(tmp_path / "killed", tmp_path / "tok", 0.0).wait(timeout=120) == 0
+  assert whole_run.wait(timeout=120) == 0
   whole = _record_set(tmp_path / "whole")
   assert _record_set(tmp_path / "killed") == whole
   kinds = {json.loads(r)[1] for r in whole}
