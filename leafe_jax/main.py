@@ -5,6 +5,7 @@ r"""Entry point: runs the stages a config lists, each writing under --workdir an
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import os
@@ -51,8 +52,11 @@ def _spans_processes(module: ModuleType, stage_config: ml_collections.ConfigDict
   spans = getattr(module, "spans_processes", None)
   return bool(spans and spans(stage_config[module.CONFIG_SECTION]))
 
-# Top-level fields that belong to no single stage.
-_GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}}
+# Top-level fields that belong to no single stage. `compilation_cache_dir`: JAX's persistent compilation cache,
+# relative to --workdir unless absolute or a URL (gs://...); "" turns it off. A rerun after a preemption or a
+# SIGKILL, and a later stage compiling the same programs, load them instead of compiling again (JAX caches
+# programs that took at least jax_persistent_cache_min_compile_time_secs, 1 s by default, to compile).
+_GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}, "compilation_cache_dir": "compilation_cache"}
 
 # Sections whose free-form `model` field the stage turns into models.ModelConfig(**model) (train/stage.py
 # model_and_params), unless `init` is "hf": then the checkpoint's config.json describes the model.
@@ -189,6 +193,29 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_co
   return planned
 
 
+@contextlib.contextmanager
+def compilation_cache(path: str):
+  """JAX's persistent compilation cache in `path` while the block runs ("" leaves JAX's setting alone).
+
+  The previous setting is restored afterwards, so a caller running stages in-process (a test, a notebook) keeps
+  its own. Importing jax here starts no backend: jax.distributed can still be initialised by a stage.
+  """
+  if not path:
+    yield
+    return
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cache
+
+  previous = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", path)
+  cache.reset_cache()  # a cache JAX already opened elsewhere would otherwise stay in use
+  try:
+    yield
+  finally:
+    jax.config.update("jax_compilation_cache_dir", previous)
+    cache.reset_cache()
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Runs every stage of `config` in order; each resumes from what it left in `workdir`."""
   if "://" in workdir:  # os.makedirs("gs://b/w") would make a local directory "gs:" and write there
@@ -197,13 +224,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         "path (on a pod: a shared mount such as Filestore or a bucket mounted with gcsfuse), not a URL")
   planned = plan(config)
   os.makedirs(workdir, exist_ok=True)
-  for stage_id, module, stage_config in planned:
-    # A train stage may have started jax.distributed (a TPU VM slice found by JAX itself, which no variable
-    # announces): the stages after it are then refused before they start.
-    if not _spans_processes(module, stage_config) and (why := _multi_process(config)):
-      _refuse_single_host_stages([stage_id], why)
-    logging.info("=== stage %s", stage_id)
-    module.run(stage_config, workdir, os.path.join(workdir, stage_id))
+  cache_dir = config.get("compilation_cache_dir", _GLOBAL_FIELDS["compilation_cache_dir"])
+  if cache_dir and "://" not in cache_dir:
+    cache_dir = os.path.join(workdir, cache_dir)  # an absolute path stays as it is
+  with compilation_cache(cache_dir):
+    for stage_id, module, stage_config in planned:
+      # A train stage may have started jax.distributed (a TPU VM slice found by JAX itself, which no variable
+      # announces): the stages after it are then refused before they start.
+      if not _spans_processes(module, stage_config) and (why := _multi_process(config)):
+        _refuse_single_host_stages([stage_id], why)
+      logging.info("=== stage %s", stage_id)
+      module.run(stage_config, workdir, os.path.join(workdir, stage_id))
 
 
 def main(argv: Sequence[str]) -> None:

@@ -230,3 +230,35 @@ def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypat
   with pytest.raises(config_schema.ConfigError, match="must be a filesystem path"):
     main.run(_config(), "gs://bucket/run")
   assert not os.path.exists("gs:")
+
+
+@pytest.mark.parametrize("cache_dir", ["compilation_cache", ""])
+def test_the_compilation_cache_lives_in_the_workdir_while_the_stages_run(tmp_path, monkeypatch, cache_dir):
+  import jax
+  import jax.numpy as jnp
+
+  from leafe_jax.train import stage as train_stage
+
+  seen = {}
+
+  def compiling_train(*args):
+    seen["dir"] = jax.config.jax_compilation_cache_dir
+    jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()
+
+  monkeypatch.setattr(train_stage, "run", compiling_train)
+  before = jax.config.jax_compilation_cache_dir
+  min_compile_s = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # cache even this tiny program
+  try:
+    config = _config()
+    with config.unlocked():
+      config.compilation_cache_dir = cache_dir
+    main.run(config, str(tmp_path / "work"))
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
+  assert jax.config.jax_compilation_cache_dir == before  # restored for whoever called run in-process
+  cache = tmp_path / "work" / "compilation_cache"
+  if cache_dir:
+    assert seen["dir"] == str(cache) and any(cache.iterdir())  # the compiled program was written there
+  else:
+    assert seen["dir"] == before and not cache.exists()

@@ -45,7 +45,9 @@ def workdir(tmp_path):
 
 def _main(workdir, *overrides, new_session=False):
   pythonpath = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=pythonpath)
+  # JAX_LOG_COMPILES: persistent compilation cache hits are logged too.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=pythonpath,
+             JAX_LOG_COMPILES="1")
   cmd = [sys.executable, "-m", "leafe_jax.main", f"--config={CONFIG}", f"--workdir={workdir}", *overrides]
   return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=new_session)
@@ -115,8 +117,10 @@ def _kill_and_resume(tmp_path, workdir, launch, steps, every, between=None):
 
 
 def test_sigkill_then_rerun_gives_bit_identical_params(tmp_path, workdir):
-  _kill_and_resume(tmp_path, workdir, _main_in_group, "--config.train.num_steps=120",
-                   "--config.train.checkpoint_every=20")
+  resumed_log = _kill_and_resume(tmp_path, workdir, _main_in_group, "--config.train.num_steps=120",
+                                 "--config.train.checkpoint_every=20")
+  # The rerun loads the train step the killed run compiled into <workdir>/compilation_cache.
+  assert "Persistent compilation cache hit for 'jit_train_step'" in resumed_log
   # The export is a complete HF directory: config, weights and tokenizer files.
   hf = workdir / "train" / "hf"
   assert (hf / "config.json").exists() and (hf / "tokenizer.json").exists()
