@@ -253,11 +253,38 @@ def test_stage_runs_resumes_to_the_same_params_and_counts_the_budget(tmp_path, b
     np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
+class CoinEnv(BanditEnv):
+  """Rewards a response of even length: about half of a random policy's episodes succeed, so nearly every
+  group is mixed and every episode's turn is a training row."""
+
+  def parse_action(self, text):
+    return "up" if len(text) % 2 == 0 else "down"
+
+
+def test_micro_batches_give_the_update_of_the_whole_minibatch_in_one_pass(tmp_path, monkeypatch):
+  monkeypatch.setitem(registry._REGISTRY, "coin", f"{__name__}:CoinEnv")
+  runs = {}
+  for micro in (0, 1):  # 16 rows (one turn each, unpacked): one pass of 16, or two of 8 (1 per device of 8)
+    out = tmp_path / f"micro{micro}"
+    grpo_stage.run(_grpo_config(tmp_path, env="coin", num_iterations=1, pack=False, micro_batch_rows_per_shard=micro,
+                                lr=1e-2, kl_coef=0.1), str(tmp_path), str(out))
+    (row,) = [json.loads(line) for line in (out / "iterations.jsonl").read_text().splitlines()]
+    runs[micro] = row, _params(out)
+  (whole, whole_params), (micro, micro_params) = runs[0], runs[1]
+  assert whole["rows"] == micro["rows"] == 16 and (whole["micro_batches"], micro["micro_batches"]) == (1, 2)
+  for key in ("loss", "pg_loss", "kl", "tokens", "grad_norm"):
+    np.testing.assert_allclose(micro[key], whole[key], rtol=1e-5, atol=1e-7, err_msg=key)
+  for name in whole_params:
+    np.testing.assert_allclose(micro_params[name], whole_params[name], rtol=1e-5, atol=1e-6, err_msg=name)
+  assert whole["tokens"] > 0 and whole["grad_norm"] > 1e-3  # a real update, not two unchanged inits
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("max_new_tokens", 600, "grpo.max_new_tokens"),
     ("tasks_per_iteration", 9, "grpo.tasks_per_iteration"),
     ("clip_eps", 1.5, "grpo.clip_eps"),
     ("kl_coef", -1.0, "grpo.kl_coef"),
+    ("micro_batch_rows_per_shard", -1, "grpo.micro_batch_rows_per_shard"),
 ])
 def test_bad_values_are_refused_before_any_work(tmp_path, field, value, message):
   with pytest.raises(ValueError, match=message):

@@ -245,6 +245,9 @@ def grpo_config(setup: EnvSetup, model: Backbone) -> ml_collections.ConfigDict:
   c.max_cache_len = min(setup.seq_len, model.context)  # rollout sampler: one action prompt + response
   c.seq_len = setup.seq_len  # one turn per training row
   c.minibatches = 4  # [F] verl-agent ppo_mini_batch_size 64-256 of 128-256 trajectories' turns: ~4 updates
+  # [ours] one row of seq_len tokens per device per forward/backward (an iteration's ~thousands of turns in one
+  # pass would not fit any accelerator); verl-agent: ppo_micro_batch_size_per_gpu
+  c.micro_batch_rows_per_shard = 1
   c.clip_eps = 0.2  # [F] verl clip_ratio
   c.kl_coef = 0.01  # [F] verl-agent kl_loss_coef, low_var_kl (notes §5)
   c.invalid_action_penalty = 0.1  # [F] verl-agent invalid-action penalty coefficient (notes §5)

@@ -125,6 +125,20 @@ def pad_rows(rows: dict[str, np.ndarray], num_rows: int) -> dict[str, np.ndarray
   return {k: np.concatenate([v, np.zeros((extra, *v.shape[1:]), v.dtype)]) for k, v in rows.items()}
 
 
+def rows_per_minibatch(num_real: int, minibatches: int, micro_batch_rows: int, shards: int) -> tuple[int, int]:
+  """(rows of each minibatch, rows of each forward/backward pass) for `num_real` rows dealt to `minibatches`.
+
+  With `micro_batch_rows` a minibatch is a whole number of micro-batches of that many rows: one compiled shape
+  whatever the iteration's row count, and memory bounded by the micro-batch. Without (0), a minibatch is one
+  pass of a bucketed row count (`bucket_rows`, a multiple of `shards`).
+  """
+  if micro_batch_rows:
+    passes = -(-num_real // (minibatches * micro_batch_rows))  # ceil: every minibatch's share of the real rows fits
+    return passes * micro_batch_rows, micro_batch_rows
+  per = bucket_rows(num_real, shards * minibatches) // minibatches
+  return per, per
+
+
 def bucket_rows(n: int, multiple: int) -> int:
   """The smallest m·2^k ≥ n, m in 4..7, that `multiple` divides: at most ~25% padding, few compiled shapes."""
   size = multiple
@@ -160,11 +174,16 @@ def token_logprobs(apply_fn: Callable[..., jax.Array], params: Any, batch: dict[
 
 
 def make_policy_loss_fn(apply_fn: Callable[..., jax.Array], clip_eps: float, kl_coef: float):
-  """Returns loss_fn(params, batch) -> (loss, metrics) of the module docstring, for jax.value_and_grad."""
+  """Returns loss_fn(params, batch, count=None) -> (loss, metrics) of the module docstring, for jax.value_and_grad.
 
-  def loss_fn(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+  `count`: the token-mean's denominator, the minibatch's response tokens; None = this batch's own. A minibatch
+  run as micro-batches passes its total to each, so their losses, metrics and gradients sum to the minibatch's.
+  """
+
+  def loss_fn(params: Any, batch: dict[str, jax.Array], count: jax.Array | None = None
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
     valid_BxN = batch["valid_BxN"]
-    count = jnp.maximum(jnp.sum(valid_BxN), 1.0)
+    count = jnp.maximum(jnp.sum(valid_BxN) if count is None else count, 1.0)
     logp_BxN = token_logprobs(apply_fn, params, batch)
     ratio_BxN = jnp.exp(logp_BxN - batch["old_logprob_BxN"])
     advantage_BxN = batch["advantage_BxN"]

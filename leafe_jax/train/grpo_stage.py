@@ -77,6 +77,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.seq_len = 4096  # training row length: a turn (prompt + response) must fit; longer prompts are left-truncated
   c.pack = True  # several turns per row (segments) while they fit; the loss is unchanged
   c.minibatches = 1  # optimizer updates per iteration (1 = exactly on-policy; verl: ppo_mini_batch_size)
+  # Rows each batch shard (data x fsdp) holds per forward/backward pass: a minibatch runs as whole micro-batches
+  # of this many rows per shard, gradients summed, so activation memory and the compiled shapes stay fixed however
+  # many turns an iteration has (verl: ppo_micro_batch_size_per_gpu). 0 = a minibatch in one pass.
+  c.micro_batch_rows_per_shard = 0
   c.clip_eps = 0.2  # PPO clip range ε (verl default)
   c.kl_coef = 0.01  # β of the low-variance KL to the initial policy (verl-agent kl_loss_coef); 0 = no KL
   c.invalid_action_penalty = 0.1  # reward −= this per unparsable action (verl-agent penalty coefficient)
@@ -99,7 +103,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     fail("max_new_tokens", f"must be < grpo.seq_len={cfg.seq_len} (a row holds a prompt and the response)")
   if not 0 < cfg.clip_eps < 1:
     fail("clip_eps", "must be in (0, 1)")
-  for field in ("kl_coef", "invalid_action_penalty", "env_step_budget", "env_workers"):
+  for field in ("kl_coef", "invalid_action_penalty", "env_step_budget", "env_workers",
+                "micro_batch_rows_per_shard"):
     if cfg[field] < 0:
       fail(field, "must be >= 0")
   train_stage.check_model_fields(cfg, fail)
@@ -144,6 +149,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   cfg = config[CONFIG_SECTION]
   check_config(cfg)
   import jax
+  import jax.numpy as jnp
   import optax
   import transformers
   from tqdm import tqdm
@@ -197,23 +203,32 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   apply_fn = lambda p, ids, **kw: model.apply({"params": p}, ids, **kw)[0]
   batch_sharding = parallel.batch_sharding(mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  shards = parallel.batch_shards(mesh)
   logprob_fn = jax.jit(lambda p, b: grpo.token_logprobs(apply_fn, p, b), out_shardings=batch_sharding)
-  loss_fn = grpo.make_policy_loss_fn(apply_fn, cfg.clip_eps, cfg.kl_coef)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = jax.value_and_grad(grpo.make_policy_loss_fn(apply_fn, cfg.clip_eps, cfg.kl_coef), has_aux=True)
+  batch_keys = (*ROW_KEYS, loss_lib.TARGET_INDEX, *grpo.TOKEN_KEYS)
+  batch_shardings = dict.fromkeys(batch_keys, batch_sharding)
 
-  def update(state, batch):
-    (loss, aux), grads = grad_fn(state.params, batch)
+  # A minibatch is one or more micro-batches of one shape: their gradients (each over the minibatch's token
+  # count) are summed in place, then one optimizer step applies them.
+  def accumulate(grads, sums, params, batch, count):
+    (loss, aux), micro_grads = grad_fn(params, batch, count)
+    return jax.tree.map(jnp.add, grads, micro_grads), jax.tree.map(jnp.add, sums, {**aux, "loss": loss})
+
+  def apply_update(state, grads):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    aux = {**aux, "loss": loss, "grad_norm": optax.global_norm(grads)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), aux
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), optax.global_norm(grads)
 
-  batch_keys = (*ROW_KEYS, loss_lib.TARGET_INDEX, *grpo.TOKEN_KEYS)
-  jitted_update = jax.jit(update, in_shardings=(state_sharding, dict.fromkeys(batch_keys, batch_sharding)),
-                          out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  zero_sums = {key: np.float32(0.0) for key in ("pg_loss", "kl", "clip_fraction", "tokens", "loss")}
+  zero_grads = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p), out_shardings=params_sharding)
+  jitted_accumulate = jax.jit(accumulate, in_shardings=(params_sharding, replicated, params_sharding,
+                                                        batch_shardings, replicated),
+                              out_shardings=(params_sharding, replicated), donate_argnums=(0,))
+  jitted_apply = jax.jit(apply_update, in_shardings=(state_sharding, params_sharding),
+                         out_shardings=(state_sharding, replicated), donate_argnums=(0,))
   policy = JaxPolicy(tokenizer_dir, mesh=mesh, max_cache_len=cfg.max_cache_len, model=model, params=state.params)
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-  shards = parallel.batch_shards(mesh)
   writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"), enabled=primary)
   ledger = dict(progress["ledger"])
   iteration = int(progress["iteration"])
@@ -239,28 +254,34 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       rollout_s = time.perf_counter() - start
       if turns:
         rows, truncated = grpo.build_rows(turns, cfg.seq_len, policy.pad_id, pack=cfg.pack)
-        # Padded with empty rows to a bucketed count (a multiple of shards x minibatches): few compiled shapes.
+        # Padded with empty rows to whole micro-batches (or a bucketed count): few compiled shapes.
         num_real = len(rows["input_ids_BxT"])
-        rows_needed = grpo.bucket_rows(num_real, shards * cfg.minibatches)
+        per_minibatch, micro = grpo.rows_per_minibatch(num_real, cfg.minibatches,
+                                                          cfg.micro_batch_rows_per_shard * shards, shards)
+        rows_needed = per_minibatch * cfg.minibatches
         rows = grpo.pad_rows(rows, rows_needed)
         width = targets.index_width(targets.max_targets_per_row(rows), cfg.seq_len, tuple(cfg.logits_fractions))
         host = grpo.gather_targets(rows, width)
         distributed.check_processes_agree(functools.partial(_fingerprint, host),
                                           f"grpo iteration {iteration + 1}'s rows")
-        device_batch = {k: distributed.global_from_host(v, batch_sharding) for k, v in host.items()}
         # Only the log-probs come back to the host, where the minibatches are cut.
-        host["old_logprob_BxN"] = distributed.to_host(logprob_fn(state.params, device_batch))
+        host["old_logprob_BxN"] = _logprobs(logprob_fn, state.params, host, micro, batch_sharding)
         host["ref_logprob_BxN"] = (host["old_logprob_BxN"] if ref_params is None
-                                   else distributed.to_host(logprob_fn(ref_params, device_batch)))
+                                   else _logprobs(logprob_fn, ref_params, host, micro, batch_sharding))
         step_metrics = []
         for pick in grpo.minibatch_rows(num_real, rows_needed, cfg.minibatches, rng):
-          minibatch = {k: distributed.global_from_host(v[pick], batch_sharding) for k, v in host.items()}
-          state, aux = jitted_update(state, minibatch)
-          step_metrics.append(jax.device_get(aux))
+          count = np.float32(host["valid_BxN"][pick].sum())
+          grads, sums = zero_grads(state.params), zero_sums
+          for start in range(0, per_minibatch, micro):
+            micro_batch = _on_device(host, pick[start:start + micro], batch_sharding)
+            grads, sums = jitted_accumulate(grads, sums, state.params, micro_batch, count)
+          state, grad_norm = jitted_apply(state, grads)
+          step_metrics.append({**jax.device_get(sums), "grad_norm": jax.device_get(grad_norm)})
         for key in step_metrics[0]:
           scalars[key] = float(np.mean([m[key] for m in step_metrics]))
         scalars["truncated_prompts"] = float(truncated)
         scalars["rows"] = float(rows_needed)
+        scalars["micro_batches"] = float(rows_needed // micro)
       scalars["rollout_s"] = rollout_s
       for key in ("env_steps", "episodes", "successes", "invalid_actions", "generated_tokens", "turns"):
         ledger[key] = ledger.get(key, 0) + stats[key]
@@ -287,6 +308,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   # Re-export only if this invocation trained (a rerun of a finished stage keeps its export).
   if cfg.export_hf and (trained or not os.path.exists(os.path.join(hf_dir, "config.json"))):
     checkpoint.export_hf(model, state.params, tokenizer_dir, hf_dir)
+
+
+def _on_device(host: dict[str, np.ndarray], pick: np.ndarray, sharding) -> dict:
+  """Rows `pick` of a host batch (whole on every process) as global arrays of `sharding`."""
+  from leafe_jax.parallel import distributed
+
+  return {key: distributed.global_from_host(value[pick], sharding) for key, value in host.items()}
+
+
+def _logprobs(logprob_fn, params, host: dict[str, np.ndarray], micro: int, sharding) -> np.ndarray:
+  """f32 [R, N] on the host: `logprob_fn` over the host batch's rows, `micro` rows per pass."""
+  from leafe_jax.parallel import distributed
+
+  rows = len(host["input_ids_BxT"])
+  return np.concatenate([distributed.to_host(logprob_fn(params, _on_device(host, np.arange(start, start + micro),
+                                                                           sharding)))
+                         for start in range(0, rows, micro)])
 
 
 def tasks_within_budget(budget: int, ledger: dict, group_size: int, tasks: int) -> int:
