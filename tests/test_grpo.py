@@ -3,6 +3,7 @@
 import json
 import os
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -224,14 +225,19 @@ def _params(stage_dir):
 
 def test_stage_learns_the_bandit(tmp_path, bandit):
   out = tmp_path / "out"
+  began = time.perf_counter()
   grpo_stage.run(_grpo_config(tmp_path, num_iterations=6, lr=5e-2, kl_coef=0.0, tasks_per_iteration=8,
                               group_size=8, checkpoint_every=6), str(tmp_path), str(out))
+  elapsed = time.perf_counter() - began
   ledger = _json(out / "ledger.json")["total"]
   assert ledger["turns"] > 0  # mixed groups: updates happened
   # A random policy says "u" in about 3% of responses; after 6 iterations GRPO says it in almost all.
   with open(out / "iterations.jsonl") as f:
     rows = [json.loads(line) for line in f]
   assert rows[0]["success"] < 0.2 and rows[-1]["success"] > 0.9, [r["success"] for r in rows]
+  # The clocks: each iteration's rollout is part of it, and the iterations are part of the run.
+  assert all(0 < r["rollout_s"] <= r["iteration_s"] for r in rows)
+  assert sum(r["iteration_s"] for r in rows) <= elapsed
 
 
 def test_stage_runs_resumes_to_the_same_params_and_counts_the_budget(tmp_path, bandit):

@@ -241,7 +241,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       if budget and ledger.get("env_steps", 0) >= budget:
         logging.info("grpo: env step budget %d reached after %d iterations", budget, iteration)
         break
-      start = time.perf_counter()
+      began = time.perf_counter()
       rng = np.random.default_rng([cfg.seed, iteration])
       tasks = [task_pool[i] for i in rng.choice(len(task_pool), cfg.tasks_per_iteration, replace=False)]
       tasks = tasks[:tasks_within_budget(budget, ledger, cfg.group_size, len(tasks))]
@@ -251,7 +251,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                                seed=cfg.seed * 1_000_003 + iteration, keep_turns=True)
       turns, stats = episode_turns(episodes, tokenizer, cfg.invalid_action_penalty)
       scalars = {key: float(value) for key, value in stats.items()}
-      rollout_s = time.perf_counter() - start
+      rollout_s = time.perf_counter() - began
       if turns:
         rows, truncated = grpo.build_rows(turns, cfg.seq_len, policy.pad_id, pack=cfg.pack)
         # Padded with empty rows to whole micro-batches (or a bucketed count): few compiled shapes.
@@ -272,8 +272,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         for pick in grpo.minibatch_rows(num_real, rows_needed, cfg.minibatches, rng):
           count = np.float32(host["valid_BxN"][pick].sum())
           grads, sums = zero_grads(state.params), zero_sums
-          for start in range(0, per_minibatch, micro):
-            micro_batch = _on_device(host, pick[start:start + micro], batch_sharding)
+          for first in range(0, per_minibatch, micro):
+            micro_batch = _on_device(host, pick[first:first + micro], batch_sharding)
             grads, sums = jitted_accumulate(grads, sums, state.params, micro_batch, count)
           state, grad_norm = jitted_apply(state, grads)
           step_metrics.append({**jax.device_get(sums), "grad_norm": jax.device_get(grad_norm)})
@@ -286,7 +286,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       for key in ("env_steps", "episodes", "successes", "invalid_actions", "generated_tokens", "turns"):
         ledger[key] = ledger.get(key, 0) + stats[key]
       iteration += 1
-      scalars["iteration_s"] = time.perf_counter() - start
+      scalars["iteration_s"] = time.perf_counter() - began
       writer.write(iteration, scalars)
       if primary:
         _append_iteration(stage_dir, iteration, scalars)
