@@ -3,11 +3,11 @@
 import json
 import os
 import socket
-import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import processes
 import pytest
 
 from leafe_jax import parallel
@@ -129,16 +129,13 @@ def _launch_with(script, nproc, port, devices=2, args=()):
   """`nproc` processes of `script PORT NPROC PID *args`, each with `devices` CPU devices."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
              PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
-  return [
-      subprocess.Popen([sys.executable, script, str(port), str(nproc), str(pid), *args], env=env,
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for pid in range(nproc)
-  ]
+  return [processes.popen_logged([sys.executable, script, str(port), str(nproc), str(pid), *args], env)
+          for pid in range(nproc)]
 
 
 def _result_of(proc) -> str:
   """The process's output, once it has ended successfully."""
-  out, _ = proc.communicate(timeout=240)
+  out = processes.output(proc, timeout=240)
   assert proc.returncode == 0, out[-4000:]
   return out
 

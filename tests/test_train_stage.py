@@ -2,11 +2,11 @@
 
 import os
 import signal
-import subprocess
 import sys
 import time
 
 import numpy as np
+import processes
 import pytest
 import transformers
 
@@ -49,12 +49,11 @@ def _main(workdir, *overrides, new_session=False):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=pythonpath,
              JAX_LOG_COMPILES="1")
   cmd = [sys.executable, "-m", "leafe_jax.main", f"--config={CONFIG}", f"--workdir={workdir}", *overrides]
-  return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=new_session)
+  return processes.popen_logged(cmd, env, cwd=REPO, new_session=new_session)
 
 
 def _finish(proc):
-  out, _ = proc.communicate(timeout=300)
+  out = processes.output(proc)
   assert proc.returncode == 0, out[-5000:]
   return out
 
@@ -79,8 +78,7 @@ def _launch_two(workdir, *overrides):
   env = dict(os.environ, PY=sys.executable,
              PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
   cmd = ["bash", os.path.join(REPO, "launch", "local_multiprocess.sh"), "2", CONFIG, str(workdir), *overrides]
-  return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True)
+  return processes.popen_logged(cmd, env, cwd=REPO, new_session=True)
 
 
 def _kill_and_resume(tmp_path, workdir, launch, steps, every, between=None):
@@ -99,7 +97,7 @@ def _kill_and_resume(tmp_path, workdir, launch, steps, every, between=None):
   deadline = time.time() + 240
   while not first_ckpt.is_dir() and killed.poll() is None and time.time() < deadline:
     time.sleep(0.05)
-  assert killed.poll() is None, "the run ended before its first checkpoint was written:\n" + killed.stdout.read()
+  assert killed.poll() is None, "the run ended before its first checkpoint was written:\n" + processes.output(killed)
   os.killpg(killed.pid, signal.SIGKILL)
   killed.wait()
   assert not (workdir / "train" / "hf").exists()
@@ -135,7 +133,7 @@ def test_two_process_run_resumes_after_sigkill_bit_identical(tmp_path, workdir):
   def one_process_refuses(killed_dir):
     # One process cannot take over the data positions of two: a clear error, not a silent reshuffle.
     single = _main(killed_dir, steps, every)
-    out, _ = single.communicate(timeout=300)
+    out = processes.output(single)
     assert single.returncode != 0 and "resume with the same number of processes" in out, out[-3000:]
 
   _kill_and_resume(tmp_path, workdir, _launch_two, steps, every, between=one_process_refuses)
