@@ -33,6 +33,8 @@ TOKEN_KEYS = ("valid_BxN", "advantage_BxN", "old_logprob_BxN", "ref_logprob_BxN"
 KL_CLAMP = 10.0  # the low-variance KL estimate is clamped to [-10, 10] per token, as verl does
 LOG_RATIO_CLAMP = 20.0  # log(ref / policy) is clamped to [-20, 20] before its exp, as verl does
 STD_EPS = 1e-6  # Â = (r - mean) / (std + STD_EPS), verl's epsilon
+# The policy loss's metrics (make_policy_loss_fn): each sums over the micro-batches of a minibatch to its value.
+LOSS_METRICS = ("pg_loss", "kl", "clip_fraction", "tokens")
 
 
 def group_advantages(rewards: Sequence[float]) -> np.ndarray:
@@ -196,8 +198,8 @@ def make_policy_loss_fn(apply_fn: Callable[..., jax.Array], clip_eps: float, kl_
     pg_loss = -jnp.sum(surrogate_BxN * valid_BxN) / count
     kl = jnp.sum(kl_BxN * valid_BxN) / count
     clipped = (jnp.abs(ratio_BxN - 1.0) > clip_eps).astype(jnp.float32)
-    metrics = {"pg_loss": pg_loss, "kl": kl, "clip_fraction": jnp.sum(clipped * valid_BxN) / count,
-               "tokens": jnp.sum(valid_BxN)}
+    metrics = dict(zip(LOSS_METRICS, (pg_loss, kl, jnp.sum(clipped * valid_BxN) / count, jnp.sum(valid_BxN)),
+                       strict=True))
     return pg_loss + kl_coef * kl, metrics
 
   return loss_fn

@@ -220,7 +220,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     params = optax.apply_updates(state.params, updates)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), optax.global_norm(grads)
 
-  zero_sums = {key: np.float32(0.0) for key in ("pg_loss", "kl", "clip_fraction", "tokens", "loss")}
+  # On the device as the sums come back, so every pass of a minibatch calls one compiled program.
+  zero_sums = {key: distributed.global_from_host(np.float32(0.0), replicated)
+               for key in (*grpo.LOSS_METRICS, "loss")}
   zero_grads = jax.jit(lambda p: jax.tree.map(jnp.zeros_like, p), out_shardings=params_sharding)
   jitted_accumulate = jax.jit(accumulate, in_shardings=(params_sharding, replicated, params_sharding,
                                                         batch_shardings, replicated),
@@ -276,7 +278,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
             micro_batch = _on_device(host, pick[first:first + micro], batch_sharding)
             grads, sums = jitted_accumulate(grads, sums, state.params, micro_batch, count)
           state, grad_norm = jitted_apply(state, grads)
-          step_metrics.append({**jax.device_get(sums), "grad_norm": jax.device_get(grad_norm)})
+          sums, grad_norm = jax.device_get((sums, grad_norm))  # one host sync per minibatch
+          step_metrics.append({**sums, "grad_norm": grad_norm})
         for key in step_metrics[0]:
           scalars[key] = float(np.mean([m[key] for m in step_metrics]))
         scalars["truncated_prompts"] = float(truncated)
