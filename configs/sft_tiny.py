@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.warmup_steps = 2
   train.schedule = "cosine"
   train.num_steps = 8
+  train.logits_fractions = ()  # every position: one compiled step (packed 64-token rows need two widths else)
   train.dtype = "float32"  # CPU: fp32 compute keeps the resume test bit-exact and fast
   train.checkpoint_every = 3
   train.keep = 2
