@@ -56,7 +56,11 @@ def _spans_processes(module: ModuleType, stage_config: ml_collections.ConfigDict
 # relative to --workdir unless absolute or a URL (gs://...); "" turns it off. A rerun after a preemption or a
 # SIGKILL, and a later stage compiling the same programs, load them instead of compiling again (JAX caches
 # programs that took at least jax_persistent_cache_min_compile_time_secs, 1 s by default, to compile).
-_GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}, "compilation_cache_dir": "compilation_cache"}
+# `compilation_cache_max_gb`: 0 = unbounded (a workdir's own cache holds only its run's programs); > 0 for a cache
+# dir that many runs share: JAX then drops the least recently used programs past the bound and locks the dir
+# around each read and write. Local or mounted filesystems only (the lock is a file lock).
+_GLOBAL_FIELDS = {"stages": (), "seed": 0, "name": "", "variants": {}, "compilation_cache_dir": "compilation_cache",
+                  "compilation_cache_max_gb": 0.0}
 
 # Sections whose free-form `model` field the stage turns into models.ModelConfig(**model) (train/stage.py
 # model_and_params), unless `init` is "hf": then the checkpoint's config.json describes the model.
@@ -162,6 +166,7 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_co
     raise config_schema.ConfigError("config.stages is empty: name at least one of " + ", ".join(STAGES))
   schema = _schema(config)
   config_schema.validate(config, schema)
+  _check_compilation_cache(config)
   variants = config.get("variants", {}) or {}
   for variant, overrides in variants.items():
     config_schema.validate(overrides, schema, f"config.variants.{variant}")
@@ -194,11 +199,12 @@ def plan(config: ml_collections.ConfigDict) -> list[tuple[str, ModuleType, ml_co
 
 
 @contextlib.contextmanager
-def compilation_cache(path: str):
+def compilation_cache(path: str, max_bytes: int = 0):
   """JAX's persistent compilation cache in `path` while the block runs ("" leaves JAX's setting alone).
 
-  The previous setting is restored afterwards, so a caller running stages in-process (a test, a notebook) keeps
-  its own. Importing jax here starts no backend: jax.distributed can still be initialised by a stage.
+  `max_bytes` > 0 bounds it (least recently used programs are dropped first); 0 leaves it unbounded. The previous
+  settings are restored afterwards, so a caller running stages in-process (a test, a notebook) keeps its own.
+  Importing jax here starts no backend: jax.distributed can still be initialised by a stage.
   """
   if not path:
     yield
@@ -206,14 +212,39 @@ def compilation_cache(path: str):
   import jax
   from jax.experimental.compilation_cache import compilation_cache as cache
 
-  previous = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", path)
+  settings = {"jax_compilation_cache_dir": path, "jax_compilation_cache_max_size": max_bytes or -1}  # -1: no bound
+  previous = {name: getattr(jax.config, name) for name in settings}
+  for name, value in settings.items():
+    jax.config.update(name, value)
   cache.reset_cache()  # a cache JAX already opened elsewhere would otherwise stay in use
   try:
     yield
   finally:
-    jax.config.update("jax_compilation_cache_dir", previous)
+    for name, value in previous.items():
+      jax.config.update(name, value)
     cache.reset_cache()
+
+
+def _cache_fields(config: ml_collections.ConfigDict) -> tuple[str, float]:
+  return tuple(config.get(name, _GLOBAL_FIELDS[name]) for name in ("compilation_cache_dir", "compilation_cache_max_gb"))
+
+
+def _check_compilation_cache(config: ml_collections.ConfigDict) -> None:
+  cache_dir, max_gb = _cache_fields(config)
+  if max_gb < 0:
+    raise config_schema.ConfigError(f"config.compilation_cache_max_gb={max_gb}: must be >= 0 (0: no bound)")
+  if max_gb and "://" in cache_dir:
+    raise config_schema.ConfigError(
+        f"config.compilation_cache_max_gb={max_gb} with config.compilation_cache_dir={cache_dir!r}: JAX bounds a "
+        "cache with a file lock, which a URL cannot hold; bound a bucket with its lifecycle rules and set 0 here")
+
+
+def _compilation_cache_settings(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, int]:
+  """(directory, byte bound) of the run's compilation cache, from the config's top-level fields."""
+  cache_dir, max_gb = _cache_fields(config)
+  if cache_dir and "://" not in cache_dir:
+    cache_dir = os.path.join(workdir, cache_dir)  # an absolute path stays as it is
+  return cache_dir, int(max_gb * 2**30)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -223,11 +254,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         f"--workdir={workdir!r}: the stages write the workdir with plain file calls, so it must be a filesystem "
         "path (on a pod: a shared mount such as Filestore or a bucket mounted with gcsfuse), not a URL")
   planned = plan(config)
+  cache_dir, cache_max_bytes = _compilation_cache_settings(config, workdir)
   os.makedirs(workdir, exist_ok=True)
-  cache_dir = config.get("compilation_cache_dir", _GLOBAL_FIELDS["compilation_cache_dir"])
-  if cache_dir and "://" not in cache_dir:
-    cache_dir = os.path.join(workdir, cache_dir)  # an absolute path stays as it is
-  with compilation_cache(cache_dir):
+  with compilation_cache(cache_dir, cache_max_bytes):
     for stage_id, module, stage_config in planned:
       # A train stage may have started jax.distributed (a TPU VM slice found by JAX itself, which no variable
       # announces): the stages after it are then refused before they start.

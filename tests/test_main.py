@@ -262,3 +262,65 @@ def test_the_compilation_cache_lives_in_the_workdir_while_the_stages_run(tmp_pat
     assert seen["dir"] == str(cache) and any(cache.iterdir())  # the compiled program was written there
   else:
     assert seen["dir"] == before and not cache.exists()
+
+
+def _run_compiling(monkeypatch, workdir, programs, **fields):
+  """main.run with a train stage that only compiles `programs` (jitted functions of a host array), in order."""
+  import jax
+  import numpy as np
+
+  from leafe_jax.train import stage as train_stage
+
+  x = np.arange(8, dtype=np.float32)  # a host array: no program of its own
+  jax.clear_caches()  # compile again, as a new process would, rather than reuse an earlier call's program
+  monkeypatch.setattr(train_stage, "run", lambda *args: [jax.jit(p)(x).block_until_ready() for p in programs])
+  config = _config()
+  with config.unlocked():
+    config.update(fields)
+  min_compile_s = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # cache even these tiny programs
+  try:
+    main.run(config, str(workdir))
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
+  return {p.name: p.stat().st_size for p in (workdir / "compilation_cache").glob("*-cache")}
+
+
+def test_a_bounded_compilation_cache_drops_the_least_recently_used_program(tmp_path, monkeypatch):
+  import jax
+  import jax.numpy as jnp
+
+  def scaled_sine(x):
+    return jnp.sin(x) * 3.0
+
+  def cosine_cumsum(x):
+    return jnp.cumsum(jnp.cos(x) + 1.0)
+
+  unbounded = _run_compiling(monkeypatch, tmp_path / "unbounded", [scaled_sine, cosine_cumsum])
+  assert sorted(name.partition("-")[0] for name in unbounded) == ["jit_cosine_cumsum", "jit_scaled_sine"]
+  bound = int(1.5 * max(unbounded.values()))
+  assert bound < sum(unbounded.values())  # room for either program, not both
+  before = jax.config.jax_compilation_cache_max_size
+  bounded = _run_compiling(monkeypatch, tmp_path / "bounded", [scaled_sine, cosine_cumsum],
+                           compilation_cache_max_gb=bound / 2**30)
+  assert jax.config.jax_compilation_cache_max_size == before  # restored after the run
+  # The program compiled first was dropped to make room for the second; the folder keeps to its bound.
+  assert [name.partition("-")[0] for name in bounded] == ["jit_cosine_cumsum"], bounded
+  assert sum(bounded.values()) <= bound
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"compilation_cache_max_gb": -1.0}, "compilation_cache_max_gb=-1.0: must be >= 0"),
+        ({"compilation_cache_max_gb": 4.0, "compilation_cache_dir": "gs://bucket/cache"},
+         "a URL cannot hold"),
+    ],
+)
+def test_a_bad_compilation_cache_bound_is_refused_before_any_work(tmp_path, fields, message):
+  config = _config()
+  with config.unlocked():
+    config.update(fields)
+  with pytest.raises(config_schema.ConfigError, match=message):
+    main.run(config, str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
