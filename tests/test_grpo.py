@@ -132,12 +132,20 @@ def test_a_reference_far_above_the_policy_gives_a_finite_gradient():
 
 def test_minibatches_share_the_real_rows_and_are_filled_with_the_padding_ones():
   rng = np.random.default_rng(0)
-  for num_real, num_rows, minibatches in ((5, 8, 4), (1, 8, 2), (8, 8, 2), (9, 16, 4)):
+  for num_real, num_rows, minibatches in ((5, 8, 4), (8, 8, 2), (9, 16, 4)):
     picks = grpo.minibatch_rows(num_real, num_rows, minibatches, rng)
-    assert all(len(p) == num_rows // minibatches for p in picks)
+    assert len(picks) == minibatches and all(len(p) == num_rows // minibatches for p in picks)
     assert sorted(np.concatenate(picks).tolist()) == list(range(num_rows))  # every row once
     real = [int(np.sum(p < num_real)) for p in picks]
-    assert max(real) - min(real) <= 1 and sum(real) == num_real  # no minibatch of padding alone (if avoidable)
+    assert max(real) - min(real) <= 1 and sum(real) == num_real
+
+
+def test_a_minibatch_that_would_hold_padding_alone_is_left_out():
+  # 1 real row for 2 minibatches of 4 rows: one optimizer step, not a second one on a zero gradient.
+  picks = grpo.minibatch_rows(1, 8, 2, np.random.default_rng(0))
+  assert [p.tolist() for p in picks] == [[0, 1, 2, 3]]
+  picks = grpo.minibatch_rows(2, 12, 3, np.random.default_rng(0))
+  assert len(picks) == 2 and all(len(p) == 4 and np.sum(p < 2) == 1 for p in picks)
 
 
 def test_one_update_raises_the_rewarded_response_and_lowers_the_other():

@@ -52,13 +52,17 @@ def group_advantages(rewards: Sequence[float]) -> np.ndarray:
 
 def minibatch_rows(num_real: int, num_rows: int, minibatches: int, rng: np.random.Generator) -> list[np.ndarray]:
   """Row indices of each minibatch: the `num_real` rows shuffled and dealt round-robin, so every minibatch gets
-  its share (a minibatch of padding alone would still move the params by AdamW's momentum), each then filled up
-  to num_rows / minibatches with the padding rows num_real..num_rows-1."""
+  its share, each then filled up to num_rows / minibatches with the padding rows num_real..num_rows-1.
+
+  With fewer real rows than minibatches the minibatches left without one are dropped: an optimizer step on a zero
+  gradient would still move the params (AdamW's momentum and weight decay).
+  """
   per = num_rows // minibatches
   real = rng.permutation(num_real)
   shares = [real[m::minibatches] for m in range(minibatches)]
   fill = np.cumsum([num_real] + [per - len(share) for share in shares])  # each minibatch's padding rows
-  return [np.concatenate([share, np.arange(fill[m], fill[m + 1])]).astype(np.int64) for m, share in enumerate(shares)]
+  return [np.concatenate([share, np.arange(fill[m], fill[m + 1])]).astype(np.int64)
+          for m, share in enumerate(shares) if len(share)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -271,7 +271,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
         host["ref_logprob_BxN"] = (host["old_logprob_BxN"] if ref_params is None
                                    else _logprobs(logprob_fn, ref_params, host, micro, batch_sharding))
         step_metrics = []
-        for pick in grpo.minibatch_rows(num_real, rows_needed, cfg.minibatches, rng):
+        picks = grpo.minibatch_rows(num_real, rows_needed, cfg.minibatches, rng)
+        for pick in picks:
           count = np.float32(host["valid_BxN"][pick].sum())
           grads, sums = zero_grads(state.params), zero_sums
           for first in range(0, per_minibatch, micro):
@@ -284,7 +285,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
           scalars[key] = float(np.mean([m[key] for m in step_metrics]))
         scalars["truncated_prompts"] = float(truncated)
         scalars["rows"] = float(rows_needed)
-        scalars["micro_batches"] = float(rows_needed // micro)
+        scalars["micro_batches"] = float(len(picks) * (per_minibatch // micro))  # forward/backward passes run
       scalars["rollout_s"] = rollout_s
       for key in ("env_steps", "episodes", "successes", "invalid_actions", "generated_tokens", "turns"):
         ledger[key] = ledger.get(key, 0) + stats[key]
