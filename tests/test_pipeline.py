@@ -90,6 +90,18 @@ def test_one_epoch_holds_every_record_once(folder, pack):
     assert rows == 40
 
 
+def test_reading_leaves_no_generated_files_in_the_temp_dir(folder, tmp_path, monkeypatch):
+  import tempfile
+
+  scratch = tmp_path / "tmp"
+  scratch.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where AutoGraph would write its generated modules
+  pipeline.scan(folder, SEQ_LEN, expected_tokenizer=FP)
+  ds = pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=2, num_epochs=1, kinds=("cf", "sr"))
+  assert next(ds.as_numpy_iterator())["input_ids_BxT"].shape == (2, SEQ_LEN)
+  assert list(scratch.iterdir()) == []
+
+
 def test_kinds_filter(folder):
   ds = pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, num_epochs=1, kinds=("cf", "sr"))
   assert _segments(ds.as_numpy_iterator()) == _expected_segments(folder, kinds=("cf", "sr"))

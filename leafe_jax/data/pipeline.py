@@ -107,6 +107,12 @@ def host_shards(folder: str, process_index: int = 0, process_count: int = 1) -> 
   return manifest, mine
 
 
+# The functions given to tf.data below branch on nothing but Python values, so they are traced as written:
+# AutoGraph would rewrite each into a generated module, left behind in the temp dir as __autograph_generated_*.py
+# files (one per traced function, every run), and would add its conversion time to every dataset built.
+_traced_as_is = tf.autograph.experimental.do_not_convert
+
+
 def _scan_features() -> dict:
   return {
       "input_ids": tf.io.RaggedFeature(tf.int64),
@@ -121,7 +127,8 @@ def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int, kin
   """Reads one shard fully (every record is checked); returns (records kept, truncated, targets seen, targets
   lost) of its records [skip, skip + take) (default: all)."""
   stop = expected_count if take is None else skip + take
-  ds = tf.data.TFRecordDataset(path).batch(_SCAN_BATCH).map(lambda s: tf.io.parse_example(s, _scan_features()))
+  ds = tf.data.TFRecordDataset(path).batch(_SCAN_BATCH).map(_traced_as_is(
+      lambda s: tf.io.parse_example(s, _scan_features())))
   index = kept = truncated = seen = lost = 0
   known = np.array([k.encode() for k in records.KINDS], dtype=object)
   wanted = np.array([k.encode() for k in kinds], dtype=object) if kinds is not None else known
@@ -277,6 +284,7 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
       tf.lookup.KeyValueTensorInitializer(tf.constant(records.KINDS), tf.range(len(records.KINDS), dtype=tf.int32)),
       default_value=PAD_KIND)
 
+  @_traced_as_is
   def parse(serialized):
     ex = tf.io.parse_single_example(serialized, _parse_features())
     return {
@@ -287,6 +295,7 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
         "kind_name": ex["kind"],
     }
 
+  @_traced_as_is
   def pack_window_fn(window):
     ids, mask = window["input_ids"], window["loss_mask"]
     out = tf.numpy_function(
@@ -299,7 +308,7 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
 
   paths, skips, takes = (list(column) for column in zip(*host.ranges))
   ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(skips, tf.int64), tf.constant(takes, tf.int64)))
-  ds = ds.flat_map(lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take))
+  ds = ds.flat_map(_traced_as_is(lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take)))
   # Records are shuffled serialized, before the kinds filter: the full buffer covers every stored record.
   buffer = host.num_stored if shuffle_buffer is None else shuffle_buffer
   if buffer > 1:
@@ -308,8 +317,8 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if kinds is not None:
     wanted = tf.constant(list(kinds))
-    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["kind_name"], wanted)))
-  ds = ds.map(lambda ex: {k: v for k, v in ex.items() if k != "kind_name"})
+    ds = ds.filter(_traced_as_is(lambda ex: tf.reduce_any(tf.equal(ex["kind_name"], wanted))))
+  ds = ds.map(_traced_as_is(lambda ex: {k: v for k, v in ex.items() if k != "kind_name"}))
   ds = ds.ragged_batch(pack_window)
   ds = ds.map(pack_window_fn)
   ds = ds.unbatch().batch(batch_size, drop_remainder=True)
