@@ -58,14 +58,32 @@ def test_every_config_plans(path, arg):
 def test_flag_loader_passes_the_backbone_argument_and_overrides():
   path = os.path.join(REPO, "configs", "paper", "sokoban.py")
   argv = ["prog", f"--config={path}:llama3.1-8b", "--config.train.lr=2e-6", "--config.explore.shard=1/4"]
+  config = _flag_config(argv)
+  assert config.eval.model_label == "Llama3.1-8B"
+  assert (config.train.lr, config.explore.shard) == (2e-6, "1/4")
+  main.plan(config)
+
+
+def _flag_config(argv):
   values = flags.FlagValues()
   # As leafe_jax.main defines it; the override flags are found in the argv given here.
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
   values(argv)
-  config = values.config
-  assert config.eval.model_label == "Llama3.1-8B"
-  assert (config.train.lr, config.explore.shard) == (2e-6, "1/4")
-  main.plan(config)
+  return values.config
+
+
+@pytest.mark.parametrize("path", PAPER)
+def test_paper_configs_take_the_launch_scripts_distributed_overrides(path):
+  # launch/tpu_pod.sh and launch/slurm.sbatch add the first, launch/local_multiprocess.sh the others.
+  overrides = ["--config.train.distributed.mode=explicit", "--config.train.distributed.coordinator_address=h:1234",
+               "--config.train.distributed.num_processes=2", "--config.train.distributed.process_id=1"]
+  for script in ("launch/tpu_pod.sh", "launch/slurm.sbatch", "launch/local_multiprocess.sh"):
+    with open(os.path.join(REPO, script)) as f:
+      assert "--config.train.distributed.mode=" in f.read(), script
+  config = _flag_config(["prog", f"--config={os.path.join(REPO, path)}:{_module(path).MODELS[0]}", *overrides])
+  section = config.train.distributed
+  assert (section.mode, section.coordinator_address, section.num_processes, section.process_id) == (
+      "explicit", "h:1234", 2, 1)
 
 
 @pytest.mark.parametrize("path", PAPER)

@@ -13,6 +13,7 @@ tabulated with each sampler's interaction cost by the report stage in report/rep
 import ml_collections
 
 from configs.paper import codecontests, common
+from leafe_jax.parallel import distributed
 
 MODELS = ("qwen2.5-32b", "qwen2.5-72b", "llama3-70b")  # Table 3 backbones (notes §4)
 NUM_TASKS = 165  # [ours] the CodeContests test problems; the paper's Table 3 set is not known (notes §3)
@@ -42,6 +43,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   report.sampler_dirs = ("explore_is", "explore_ir", "explore_leafe")  # coverage and cost from their ledgers
   report.explore_dir = "explore_leafe"  # one LEAFE backtrack tree in the report
   config.report = report
+  # No train stage, but the section holds every stage's jax.distributed settings: the launch scripts
+  # (launch/*.sh) set train.distributed.*, and an in-process policy's explore runs over every process of a launch.
+  config.train = ml_collections.ConfigDict({"distributed": distributed.default_config()})
   config.variants = ml_collections.ConfigDict({
       "is": {"explore": {"method": "is"}},  # fresh episodes from the start, no reflection
       "ir": {"explore": {"method": "ir"}},  # retry from the start with the previous attempt's outcome in the prompt

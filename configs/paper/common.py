@@ -3,6 +3,7 @@
 Every value carries a tag saying where it comes from (section numbers are those of
 shared/reference/leafe_paper_notes.md):
   [T] / [S]  the paper, as transcribed (§6 tables) or as cited by a deep-read note (§2.3 hyperparameters);
+  [I]        inferred from what the paper prints (e.g. a split size from the granularity of its table cells);
   [F]        a default of verl-agent, the framework LEAFE says it used (§3, §5, §7); not confirmed for LEAFE;
   [D]        the leafe_jax stage default, kept (the paper gives no value; the reason is in the stage module);
   [ours]     a choice made for these configs (the comment says why).

@@ -4,8 +4,9 @@
 
 Backbones (the argument after ':'): qwen2.5-7b, llama3.1-8b (Tables 1 and 4), qwen2.5-14b (Table 4). Needs Java 11+
 for the ScienceWorld engine. Put the instruct model in <workdir>/models/base and the GRPO-RLVR checkpoint in
-<workdir>/models/grpo (HF dirs; see configs/paper/common.py for the tags). The report has four rows: Base,
-GRPO-RLVR, LEAFE (= L_cf + beta L_reh, Table 4's right column) and L_reh only (Table 4's left column).
+<workdir>/models/grpo (HF dirs; see configs/paper/common.py for the tags). The report has six rows: Base,
+GRPO-RLVR, LEAFE (= L_cf + beta L_reh, Table 4's right column), L_reh only (Table 4's left column), and the
+Table 1 baselines EarlyExp (IWM) and ACE.
 """
 
 import ml_collections

@@ -4,7 +4,8 @@
   python -m leafe_jax.envs.play --env=alfworld --task=valid_seen/... --config data_dir=/data/alfworld
   python -m leafe_jax.envs.play --env=sokoban --task=... --script "up,left"   # non-interactive
 
-Each turn prints the rendered prompt (build_action_prompt, same history length as the explorer's default)
+Each turn prints the rendered prompt (build_action_prompt, the stages' default history length unless
+--history_length says otherwise: pass a config's own, e.g. 0 for the demo's)
 and reads one action; a line may also be a full model answer with <action> tags (parsed as the model's is).
 """
 
@@ -15,9 +16,8 @@ import sys
 from typing import Any
 
 from leafe_jax.envs.pool import make_env_from_spec
-from leafe_jax.envs.prompts import build_action_prompt, parse_action
+from leafe_jax.envs.prompts import DEFAULT_HISTORY_LENGTH, build_action_prompt, parse_action
 
-DEFAULT_HISTORY_LENGTH = 3  # verl-agent shows a short window of recent (observation, action) pairs
 QUIT = ("quit", "exit")
 
 

@@ -17,6 +17,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+# (observation, action) pairs of the history an action prompt shows by default (explore, eval, grpo and play):
+# a short window of recent steps, as verl-agent's prompts keep.
+DEFAULT_HISTORY_LENGTH = 2
+
 Message = dict[str, str]  # {"role": ..., "content": ...}; same shape as leafe_jax.policy.base.Message
 
 PART_SEPARATOR = "\n\n"

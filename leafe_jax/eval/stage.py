@@ -21,7 +21,7 @@ from absl import logging
 
 from leafe_jax import durable, envs
 from leafe_jax.envs import pool as pool_lib
-from leafe_jax.envs import pooled
+from leafe_jax.envs import pooled, prompts
 from leafe_jax.eval import passk
 from leafe_jax.eval.rollout import SamplingParams, TaskOutcome, run_episodes
 from leafe_jax.policy.factory import in_process, make_policy
@@ -52,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.top_p = 1.0  # nucleus sampling; paper's value not found
   c.max_new_tokens = 512  # verl-agent max_response_length (paper_notes §3 [F])
   c.max_steps = 15  # episode horizon; verl-agent Sokoban max_steps (paper_notes §3 [F])
-  c.history_length = 2  # (observation, action) pairs shown in the prompt
+  c.history_length = prompts.DEFAULT_HISTORY_LENGTH  # (observation, action) pairs shown in the prompt
   c.tasks_per_chunk = 16  # tasks per resumable chunk (results are saved after each)
   # Episodes alive at once (each holds an env: a ScienceWorld env is a JVM); the rest of the chunk's
   # tasks x num_samples wait and start as others finish. 0 = the whole chunk at once (one big batch per tick).

@@ -21,7 +21,7 @@ from absl import logging
 
 from leafe_jax import envs
 from leafe_jax.envs import pool as pool_lib
-from leafe_jax.envs import pooled
+from leafe_jax.envs import pooled, prompts
 from leafe_jax.explore import tree as tree_lib
 from leafe_jax.explore.engine import FAILURE_SIGNALS, Explorer, ExploreSettings
 from leafe_jax.explore.ledger import Ledger
@@ -60,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
   # Paper leaves open whether e stays after a'_tau; we drop it, so the branch continues as the test-time policy
   # would, and D_reh turns after tau are on-policy without e.
   c.keep_experience_in_context = False
-  c.history_length = 2  # (observation, action) pairs in the action prompt
+  c.history_length = prompts.DEFAULT_HISTORY_LENGTH  # (observation, action) pairs in the action prompt
   c.max_steps = 15  # episode horizon (verl-agent Sokoban 15; CodeContests 4, paper_notes §2.2)
   c.temperature = 1.0  # exploration sampling temperature; paper value not given
   c.reflection_temperature = 1.0  # sampling temperature of reflections (0 = greedy); paper value not given

@@ -3,11 +3,12 @@
 Each iteration plays `group_size` episodes of each of `tasks_per_iteration` training tasks with the current
 policy (the in-process sampler, on the training mesh), turns them into rows (train/grpo.py), recomputes the
 rows' log-probs under the current and the initial (reference) params, and applies `minibatches` optimizer
-updates of the clipped GRPO loss. The orbax checkpoint after each iteration holds the train state, the
-iteration and the interaction ledger, so a killed run resumes at the next iteration and replays nothing
-(rollouts are seeded by iteration). `env_step_budget` stops the run once it has taken that many env steps
-(the last iteration plays only as many tasks as the remaining budget is estimated to allow): the fixed
-interaction budget shared with LEAFE's exploration (its ledger counts the same steps).
+updates of the clipped GRPO loss. An orbax checkpoint every `checkpoint_every` iterations (and at the end)
+holds the train state, the iteration and the interaction ledger: a killed run resumes after the last one and
+plays the iterations since then again, with the same rollouts (they are seeded by iteration).
+`env_step_budget` stops the run once it has taken that many env steps (the last iteration plays only as many
+tasks as the remaining budget is estimated to allow): the fixed interaction budget shared with LEAFE's
+exploration (its ledger counts the same steps).
 
 Multi-host (a pod, a cluster): the stage joins jax.distributed with the train section's settings
 (`train.distributed`, so one launch line serves both stages). Every process then plays the same rollouts, on
@@ -32,6 +33,7 @@ from absl import logging
 
 from leafe_jax import durable
 from leafe_jax.envs import pool as pool_lib
+from leafe_jax.envs import prompts
 from leafe_jax.train import stage as train_stage
 
 CONFIG_SECTION = "grpo"
@@ -69,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
   # spend the same interaction. "" = not used.
   c.budget_from_ledger = ""
   c.max_steps = 15  # episode horizon (verl-agent Sokoban max_steps)
-  c.history_length = 2  # (observation, action) pairs in the action prompt, as explore/eval
+  c.history_length = prompts.DEFAULT_HISTORY_LENGTH  # (observation, action) pairs in the action prompt
   c.temperature = 1.0  # rollout sampling temperature (verl rollout default)
   c.top_p = 1.0  # rollout nucleus
   c.max_new_tokens = 512  # response budget of one action (verl-agent max_response_length)
