@@ -256,6 +256,29 @@ def test_record_of_another_tokenizer_inside_a_shard_is_refused(tmp_path):
     pipeline.make_dataset(path, seq_len=SEQ_LEN, batch_size=1)
 
 
+@pytest.mark.parametrize("field", ["weight", "kind"])
+def test_a_record_the_reader_cannot_parse_fails_the_scan_naming_file_and_record(tmp_path, field):
+  # A record from a writer other than RecordWriter, without a field the reader parses: refused up front, named.
+  import re
+
+  import tensorflow as tf
+
+  folder = str(tmp_path / "records")
+  with records.RecordWriter(folder, FP, shard_size=4, writer_id="host0") as writer:
+    for i in range(8):
+      writer.write(_record(i, 5))
+  path = os.path.join(folder, "host0-00001.tfrecord")
+  raws = list(records.iter_serialized(path))
+  example = tf.train.Example.FromString(raws[2])
+  del example.features.feature[field]
+  raws[2] = example.SerializeToString()
+  with tf.io.TFRecordWriter(path) as f:
+    for raw in raws:
+      f.write(raw)
+  with pytest.raises(records.RecordError, match=rf"{re.escape(path)} record #2\b.*{field}"):
+    pipeline.scan(folder, seq_len=SEQ_LEN)
+
+
 def test_empty_folders_are_clear_errors(tmp_path):
   missing = str(tmp_path / "missing")
   with pytest.raises(records.EmptyRecordsError, match="missing"):

@@ -114,12 +114,24 @@ _traced_as_is = tf.autograph.experimental.do_not_convert
 
 
 def _scan_features() -> dict:
+  # Every feature the reader parses (`_parse_features`), so a record the reader would fail on fails the scan.
   return {
       "input_ids": tf.io.RaggedFeature(tf.int64),
       "loss_mask": tf.io.RaggedFeature(tf.int64),
+      "weight": tf.io.FixedLenFeature([], tf.float32),
       "kind": tf.io.FixedLenFeature([], tf.string),
       "tokenizer": tf.io.FixedLenFeature([], tf.string),
   }
+
+
+def _first_unparsable(path: str) -> tuple[int, str] | None:
+  """(index, error) of the first record of `path` that does not parse with `_scan_features`; None if all do."""
+  for index, raw in enumerate(records.iter_serialized(path)):
+    try:
+      tf.io.parse_single_example(raw, _scan_features())
+    except tf.errors.InvalidArgumentError as e:
+      return index, e.message.strip()
+  return None
 
 
 def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int, kinds: Sequence[str] | None,
@@ -167,6 +179,11 @@ def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int, kin
     for _ in records.iter_serialized(path):
       pass
     raise records.CorruptShardError(path, index, e.message.strip()) from e
+  except tf.errors.InvalidArgumentError as e:
+    # A readable record that is not a correction record (a field missing or of the wrong type): name it.
+    bad = _first_unparsable(path)
+    where, detail = bad if bad is not None else (index, e.message.strip())
+    raise records.RecordError(f"shard {path} record #{where} does not parse as a correction record: {detail}") from e
   if index != expected_count:
     raise records.CorruptShardError(path, index, f"the file ends after {index} records but the manifest lists "
                                     f"{expected_count}; it was truncated or replaced")
