@@ -1,8 +1,11 @@
 """The trainer's feed over several records folders: one epoch is one pass over each folder, and it resumes."""
 
 import collections
+import os
+import shutil
 
 import numpy as np
+import pytest
 
 from leafe_jax.data import records
 from leafe_jax.train.feed import TrainFeed
@@ -54,3 +57,37 @@ def test_a_restored_feed_continues_with_the_same_batches(tmp_path):
     got = resumed.next()
     for key in want:
       np.testing.assert_array_equal(got[key], want[key])
+
+
+@pytest.mark.parametrize("spelling", ["relative", "moved"])
+def test_a_feed_resumes_when_the_workdir_is_spelled_or_mounted_differently(tmp_path, monkeypatch, spelling):
+  # A preempted job resubmitted with a relative --workdir, or on a host that mounts it elsewhere: the same records
+  # at another path string.
+  folder = _folder(tmp_path / "w" / "records", 4, 1000)
+  reference = _feed([folder])
+  want = [reference.next() for _ in range(9)]
+  first = _feed([folder])
+  for _ in range(4):
+    first.next()
+  if spelling == "relative":
+    monkeypatch.chdir(tmp_path)
+    other = os.path.join("w", "records")
+  else:
+    shutil.copytree(tmp_path / "w", tmp_path / "moved")
+    other = str(tmp_path / "moved" / "records")
+  resumed = _feed([other])
+  resumed.restore(first.state())
+  for expected in want[4:]:
+    got = resumed.next()
+    for key in expected:
+      np.testing.assert_array_equal(got[key], expected[key])
+
+
+def test_a_feed_refuses_the_position_of_other_records_or_another_folder_count(tmp_path):
+  folder, other = _folder(tmp_path / "a", 4, 1000), _folder(tmp_path / "b", 4, 1000, n=39)
+  first = _feed([folder])
+  first.next()
+  with pytest.raises(ValueError, match="records or the data options changed"):
+    _feed([other]).restore(first.state())
+  with pytest.raises(ValueError, match="checkpoint data state is for records folders"):
+    _feed([folder, other]).restore(first.state())

@@ -83,7 +83,9 @@ class TrainFeed:
     return {"folders": list(self._folders), "iterators": [it.state() for it in self._iterators]}
 
   def restore(self, state: dict[str, Any]) -> None:
-    if list(state.get("folders", ())) != list(self._folders):
+    # Folders are matched by position and by content (each iterator's restore checks its data fingerprint), not
+    # by path: the same workdir given relative or absolute, or moved, resolves to another path string.
+    if len(state.get("iterators", ())) != len(self._folders):
       raise ValueError(f"checkpoint data state is for records folders {state.get('folders')}; the config now "
                        f"names {list(self._folders)}")
     for iterator, sub_state in zip(self._iterators, state["iterators"], strict=True):
