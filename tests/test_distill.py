@@ -61,3 +61,23 @@ def test_an_independent_restart_rehearses_its_own_turns_only():
                             reh_weight=0.5, seed=0)
   assert [(e.kind, e.node_id, e.step, e.response) for e in examples] == [
       ("reh", 1, 1, "<action>r1</action>"), ("reh", 1, 2, "<action>r2</action>")]
+
+
+def test_trees_of_one_task_in_two_shard_files_are_refused_not_distilled_twice(tmp_path):
+  # A run re-sharded after a preemption (shard 0/1, then 0/2 and 1/2 in the same workdir) leaves each finished
+  # task in two tree files; distill reads every *.jsonl of the folder and made its records twice: up to
+  # 2 * max_cf_per_task cf records for one task, and every rehearsed turn twice.
+  import glob
+  import os
+
+  from test_explore import _corridor_env, _corridor_policy, _explore, _settings
+
+  from leafe_jax.explore import distill
+  from leafe_jax.explore.tree import TreeStore, load_trees
+
+  trees, _ = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
+  for name in ("shard-0-of-1.jsonl", "shard-0-of-2.jsonl"):
+    TreeStore(str(tmp_path / name)).append(trees[0])
+  loaded = [t for path in sorted(glob.glob(os.path.join(tmp_path, "*.jsonl"))) for t in load_trees(path)]
+  with pytest.raises(ValueError, match="task 'level'"):
+    distill.build_examples(loaded, max_cf_per_task=1, reh_fraction=1.0, reh_weight=1.0, seed=0)

@@ -41,6 +41,10 @@ def build_examples(trees: Sequence[Tree], *, max_cf_per_task: int, reh_fraction:
                    seed: int) -> list[Example]:
   """All distillation examples of `trees` (sorted by task id first, so the result is independent of order)."""
   trees = sorted(trees, key=lambda t: t.task_id)
+  for before, tree in zip(trees, trees[1:]):
+    if before.task_id == tree.task_id:  # its records would be made twice, past max_cf_per_task
+      raise ValueError(f"distill: task {tree.task_id!r} has more than one tree (tree files of different explore "
+                       "shard counts, or a stale file, in one folder?); keep one tree file per task")
   examples: list[Example] = []
   for tree in trees:
     for node in sorted(successful_branches(tree), key=lambda n: (n.depth, n.node_id))[:max_cf_per_task]:
