@@ -228,7 +228,9 @@ _EXPLORE_EVAL_SCRIPT = textwrap.dedent(
     if nproc > 1:
       config.train.distributed.update(mode="explicit", coordinator_address=f"localhost:{port}",
                                       num_processes=nproc, process_id=pid)
-    env_config = {"dim": (6, 6), "num_boxes": 1, "max_steps": 3}
+    # The compact prompt fits the 512-token cache (the full one does not: every rollout would end PROMPT_TOO_LONG
+    # before the sampler ran).
+    env_config = {"dim": (6, 6), "num_boxes": 1, "max_steps": 3, "compact_prompt": True}
     for section in (config.explore, config.eval):
       section.update(policy=hf_dir, policy_mesh=(-1, 1, 1), num_tasks=tasks, max_steps=3, max_new_tokens=12,
                      max_cache_len=512)
@@ -276,9 +278,13 @@ def test_two_processes_explore_and_evaluate_as_one_process_on_the_same_global_me
            for run in runs}
   assert len(trees["one"]) == 2 and trees["two"] == trees["one"]  # each tree once: process 0 alone wrote them
   ledgers = {run: json.loads((tmp_path / run / "explore" / "ledger.json").read_text()) for run in runs}
-  assert ledgers["two"] == ledgers["one"] and ledgers["one"]["total"]["policy_calls"] > 0
+  assert ledgers["two"] == ledgers["one"]
+  total = ledgers["one"]["total"]  # the global-mesh sampler ran: tokens generated, actions taken, nothing cut
+  assert total["generated_tokens"] > 0 and total["env_steps"] > 0 and total["prompts_too_long"] == 0, total
   outcomes = {run: (tmp_path / run / "eval" / "outcomes.jsonl").read_text().splitlines() for run in runs}
   assert len(outcomes["one"]) == 2 and outcomes["two"] == outcomes["one"]
+  assert all(min(json.loads(line)["steps"]) > 0 and not json.loads(line)["prompts_too_long"]
+             for line in outcomes["one"])
   results = {run: json.loads((tmp_path / run / "eval" / "results.json").read_text()) for run in runs}
   assert results["two"] == results["one"]
 
@@ -313,4 +319,5 @@ def test_two_processes_killed_mid_explore_resume_to_the_trees_of_an_uninterrupte
   got = [t.to_json() for t in load_trees(trees)]
   want = [t.to_json() for t in load_trees(tmp_path / "one" / "explore" / "trees" / "shard-0-of-1.jsonl")]
   assert len(got) == tasks  # no task lost, none written twice
+  assert all(node["turns"] for tree in want for node in tree["nodes"])  # every rollout sampled actions
   assert sorted(got, key=lambda t: t["task_id"]) == sorted(want, key=lambda t: t["task_id"])

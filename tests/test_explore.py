@@ -501,3 +501,36 @@ def test_a_reflection_prompt_too_long_gives_no_branch_and_is_not_unparsable():
   assert root.outcome == "failure" and len(root.reflections) == 1 and not root.reflections[0].queued
   assert ledger.total["prompts_too_long"] == 1 and ledger.total["unparsable_reflections"] == 0
   assert ledger.total["branches"] == 0 and ledger.total["reflections"] == 1
+
+
+class _SeededPolicy:
+  """A sampler stand-in: what it draws for a prompt depends on the call's seed (as JaxPolicy's and a seeded
+  server's samples do); ScriptedPolicy ignores the seed, which hides how the explorer chooses it."""
+
+  def generate(self, prompts, *, seed=0, **kw):
+    out = []
+    for i, messages in enumerate(prompts):
+      content = messages[-1]["content"]
+      draw = hashlib.sha256(f"{content}|{seed}|{i}".encode()).digest()[0]
+      text = (reflection.format_reflection(1 + draw % 2, "try another way") if content.endswith("reflect:")
+              else f"<action>{('up', 'down', 'left', 'right')[draw % 4]}</action>")
+      out.append([Completion(text=text)])
+    return out
+
+
+def test_a_killed_and_resumed_explore_gives_the_trees_of_an_uninterrupted_run_with_a_sampling_policy(tmp_path):
+  # README: "a two-process explore killed mid-run and resumed (the trees of an uninterrupted run ...)". The call
+  # seed was `seed * 1_000_003 + tick`, the tick counted from the start of the process: a resumed run redoes the
+  # unfinished tasks from tick 0 and samples them differently. (tests/test_explore.py's kill test uses a policy
+  # that ignores the seed; test_distributed's slow one has prompts longer than its 512-token cache, so every
+  # rollout ends PROMPT_TOO_LONG before anything is sampled.) One task at a time, as in those tests.
+  config = explore_config()
+  config.explore.concurrency = 1
+  explore_stage.run_with_policy(config, str(tmp_path / "whole"), _SeededPolicy())
+  whole = tmp_path / "whole" / "trees" / "shard-0-of-1.jsonl"
+  killed = tmp_path / "killed" / "trees" / "shard-0-of-1.jsonl"
+  killed.parent.mkdir(parents=True)
+  killed.write_text("".join(whole.read_text().splitlines(keepends=True)[:3]))  # a SIGKILL after three trees
+  explore_stage.run_with_policy(config, str(tmp_path / "killed"), _SeededPolicy())
+  as_set = lambda path: sorted(json.dumps(t.to_json(), sort_keys=True) for t in load_trees(str(path)))
+  assert len(as_set(whole)) == 12 and as_set(killed) == as_set(whole)

@@ -1,5 +1,6 @@
 """Policy clients that need no model: chat encoding, the tiny tokenizer, the OpenAI-compatible client."""
 
+import hashlib
 import http.server
 import json
 import threading
@@ -8,8 +9,11 @@ import pytest
 from transformers import AutoTokenizer
 
 from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
+from leafe_jax.envs import Step
+from leafe_jax.explore import engine
+from leafe_jax.explore.ledger import Ledger
 from leafe_jax.policy import chat
-from leafe_jax.policy.base import PROMPT_TOO_LONG
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion
 from leafe_jax.policy.chat import encode_prompt, encode_turn
 from leafe_jax.policy.openai_policy import OpenAIPolicy, PolicyServerError
 
@@ -117,7 +121,7 @@ def test_openai_policy_returns_n_completions_per_prompt_in_order(server):
   assert [[c.text for c in row] for row in out] == [[f"p{i}-0", f"p{i}-1"] for i in range(3)]
   assert out[0][0].logprobs == (-0.5, -1.0)
   sent = sorted(_Handler.requests, key=lambda r: r["seed"])
-  assert [r["seed"] for r in sent] == [5, 6, 7]
+  assert [r["seed"] for r in sent] == [5 * 2**20, 5 * 2**20 + 1, 5 * 2**20 + 2]
   assert sent[0]["max_tokens"] == 7 and sent[0]["stop"] == ["</action>"] and sent[0]["temperature"] == 0.4
 
 
@@ -157,3 +161,73 @@ def test_openai_policy_answers_a_context_length_refusal_prompt_too_long_and_serv
   assert sum(r["messages"][-1]["content"] == "long" for r in _Handler.requests) == 1  # not retried
   with pytest.raises(PolicyServerError, match="HTTP 400: .*temperature must be non-negative"):
     policy.generate([[{"role": "user", "content": "bad"}]])
+
+
+class _ThreeTasks:
+  """Tasks "a" and "c" are solved by any first action; "b" is never solved and ends after 2 steps."""
+
+  name = "toy"
+  prompt_template = None
+
+  def tasks(self, split):
+    return ["a", "c", "b"]
+
+  def reset(self, task_id):
+    self.task, self.t = task_id, 0
+    return f"start of {task_id}"
+
+  def step(self, action):
+    self.t += 1
+    success = self.task != "b"
+    return Step(f"{self.task} after {self.t}", float(success), success or self.t >= 2, success, {})
+
+  @property
+  def instruction(self):
+    return "do it"
+
+  def admissible_actions(self):
+    return None
+
+
+def _seeded_server(policy, requests):
+  """Makes `policy` answer like a server with per-request seeds: the sample is a function of (prompt, seed)."""
+
+  def post(payload):
+    key = (repr(payload["messages"]), payload["seed"])
+    requests.append(key)
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:8]
+    return {"choices": [{"index": 0, "message": {"content": f"<action>x{digest}</action>"}, "finish_reason": "stop"}]}
+
+  policy._post = post
+
+
+def test_independent_samples_through_a_seeded_server_never_repeat_a_request():
+  # IS: task b's second attempt starts from the same prompt as its first. Its first attempt began at tick 0 as
+  # prompt 2 of the call; its second begins at tick 2 as prompt 0 (a and c are done). With per-prompt seeds
+  # `call seed + i` and call seeds `base + tick`, both get seed base + 2: a seeded server returns the same sample,
+  # so the "independent" attempt repeats the first one's action and spends budget on nothing new.
+  policy, requests = OpenAIPolicy("http://unused/v1", "m", max_concurrency=1), []
+  _seeded_server(policy, requests)
+  settings = engine.ExploreSettings(method="is", max_attempts=2, max_steps=2, history_length=0, concurrency=3,
+                                    stop_on_success=True)
+  trees = []
+  engine.Explorer(policy, _ThreeTasks, "toy", settings, Ledger()).run(_ThreeTasks().tasks("x"), trees.append)
+  (b,) = [t for t in trees if t.task_id == "b"]
+  assert len(b.nodes) == 2
+  assert len(set(requests)) == len(requests), "a (prompt, seed) request was sent twice"
+  assert b.nodes[0].turns[0].response != b.nodes[1].turns[0].response
+
+
+def test_openai_policy_seeds_of_consecutive_calls_are_disjoint(monkeypatch):
+  # The explorer, eval and GRPO pass one seed per call, base + tick; each prompt of a call needs its own stream.
+  policy, sent = OpenAIPolicy("http://unused/v1", "m", max_concurrency=1), []
+  monkeypatch.setattr(policy, "_one", lambda *args: sent.append(args[-1]) or [Completion(text="")])
+  prompts = [[{"role": "user", "content": "same"}]] * 4
+  policy.generate(prompts, seed=100)
+  first = list(sent)
+  sent.clear()
+  policy.generate(prompts, seed=101)
+  assert len(set(first)) == 4 and not set(first) & set(sent)
+  sent.clear()
+  policy.generate(prompts, seed=100)
+  assert sent == first  # still reproducible

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 
 from absl import logging
@@ -109,11 +110,20 @@ class TaskState:
   active: Rollout | None = None
   finished: bool = False
   succeeded: bool = False
+  calls: int = 0  # policy calls that served this task so far (its call seeds count them, not the global tick)
 
 
 def _uniform(values: list):
   """One value when every prompt of the call has the same setting (any Policy takes it), else the list."""
   return values[0] if len(set(values)) == 1 else values
+
+
+def _call_seed(seed: int, served: Sequence[TaskState]) -> int:
+  """The sampling seed of a call serving `served` (in prompt order, each once): a function of the settings' seed and
+  each task's own call count, so a task run alone samples alike whenever it runs (a resumed explore redoes its
+  unfinished tasks from its first tick; a global tick would give them other seeds than the uninterrupted run)."""
+  key = repr((seed, [(t.task_id, t.calls) for t in served])).encode()
+  return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1  # 63 bits, as servers take
 
 
 def _parse(env: Env, text: str) -> str | None:
@@ -230,12 +240,16 @@ class Explorer:
     action_prompts = [self._prompt(t, t.active, show) for t, show in zip(acting, shows)]
     reflection_prompts = [self._reflection_prompt(t.active, t.env) for t in reflecting]
     acts, reflects = len(action_prompts), len(reflection_prompts)
+    served = list({id(t): t for t in acting + reflecting}.values())  # a task acting and reflecting: once
+    seed = _call_seed(self.s.seed, served)
+    for task in served:
+      task.calls += 1
     completions = self.policy.generate(
         action_prompts + reflection_prompts, n=1,
         temperature=_uniform([self.s.temperature] * acts + [self.s.reflection_temperature] * reflects),
         top_p=self.s.top_p,
         max_new_tokens=_uniform([self.s.max_new_tokens] * acts + [self.s.reflection_max_new_tokens] * reflects),
-        seed=self.s.seed * 1_000_003 + self.tick)
+        seed=seed)
     self.ledger.add("policy_calls")
     for task in acting + reflecting:
       self.ledger.add("policy_requests", task_id=task.task_id)

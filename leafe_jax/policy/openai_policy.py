@@ -32,6 +32,19 @@ _CONTEXT_LENGTH = re.compile(r"context_length_exceeded|context length|"
                              r"max_new_tokens` must be|must have less than \d+ tokens|prompt is too long", re.I)
 
 
+# Callers pass one seed per call and often consecutive ones (explorer and eval: base + tick). Prompt i of a call is
+# sent seed * PROMPT_SEED_STRIDE + i, so no two (call seed, prompt index) pairs share a server seed (with `seed + i`,
+# prompt i of one call had the seed of prompt i - 1 of the next, and a seeded server repeated its sample).
+PROMPT_SEED_STRIDE = 2**20
+
+
+def prompt_seed(seed: int, index: int) -> int:
+  """The server seed of prompt `index` of a call with `seed` (a non-negative 63-bit int, as servers take)."""
+  if not 0 <= index < PROMPT_SEED_STRIDE:
+    raise ValueError(f"OpenAIPolicy: at most {PROMPT_SEED_STRIDE} prompts per call, got prompt index {index}")
+  return (seed * PROMPT_SEED_STRIDE + index) % 2**63
+
+
 class OpenAIPolicy:
   """Policy served by `base_url` (e.g. http://host:8000/v1) under `model` name."""
 
@@ -130,7 +143,7 @@ class OpenAIPolicy:
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
       # Distinct seeds per prompt keep prompts independent while the whole call stays reproducible.
       futures = [
-          pool.submit(self._one, m, n, temp, p, max_new, prompt_stop, seed + i)
+          pool.submit(self._one, m, n, temp, p, max_new, prompt_stop, prompt_seed(seed, i))
           for i, (m, (temp, p, max_new, prompt_stop)) in enumerate(zip(prompts, settings))
       ]
       return [f.result() for f in futures]
