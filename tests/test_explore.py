@@ -101,6 +101,7 @@ def test_cf_records_contain_no_experience_tokens(tmp_path):
   train_tokenizer(corpus, vocab_size=300, out_dir=str(tmp_path / "tok"), model_max_length=512)
   config = ml_collections.ConfigDict({"distill": distill_stage.default_config()})
   config.distill.tokenizer, config.distill.reh_fraction = "tok", 1.0
+  config.distill.allow_unfinished_explore = True  # trees stored by hand: no explore stage wrote a ledger
   distill_stage.run(config, str(tmp_path), str(tmp_path / "distill"))
   folder = str(tmp_path / "distill" / "records")
   assert records.read_manifest(folder)["counts"]["cf"] == 1
@@ -534,3 +535,24 @@ def test_a_killed_and_resumed_explore_gives_the_trees_of_an_uninterrupted_run_wi
   explore_stage.run_with_policy(config, str(tmp_path / "killed"), _SeededPolicy())
   as_set = lambda path: sorted(json.dumps(t.to_json(), sort_keys=True) for t in load_trees(str(path)))
   assert len(as_set(whole)) == 12 and as_set(killed) == as_set(whole)
+
+
+def test_distill_refuses_the_trees_of_an_explore_shard_that_has_not_finished(tmp_path):
+  from leafe_jax.explore import distill_stage
+
+  trees, ledger = _explore(_corridor_policy(), _corridor_env, ["level"], _settings())
+  tree_dir = tmp_path / "explore" / "trees"
+  TreeStore(str(tree_dir / "shard-1-of-2.jsonl")).append(trees[0])
+  files = [str(tree_dir / "shard-1-of-2.jsonl")]
+  # A killed (or still running) shard: trees, no ledger yet.
+  with pytest.raises(RuntimeError, match=r"explore shard 1/2 has not finished: .*ledger-shard-1-of-2\.json"):
+    distill_stage.load_finished_trees(str(tree_dir), files)
+  # The ledger of an earlier, shorter run of the shard: it lists none of the file's tasks.
+  (tmp_path / "explore" / "ledger-shard-1-of-2.json").write_text(json.dumps({"per_task": {"other": {}}}))
+  with pytest.raises(RuntimeError, match="1 tasks \\(e.g. 'level'\\) that its ledger"):
+    distill_stage.load_finished_trees(str(tree_dir), files)
+  assert [t.task_id for t in distill_stage.load_finished_trees(str(tree_dir), files, allow_unfinished=True)] == [
+      "level"]
+  ledger.save(str(tmp_path / "explore" / "ledger-shard-1-of-2.json"))  # as the shard saves it when it ends
+  assert [t.task_id for t in distill_stage.load_finished_trees(str(tree_dir), files)] == ["level"]
+

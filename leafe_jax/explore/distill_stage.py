@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 
 import ml_collections
@@ -32,7 +33,50 @@ def default_config() -> ml_collections.ConfigDict:
   c.reh_weight = 1.0
   c.shard_size = 4096  # records per TFRecord shard
   c.seed = 0  # which successful rollouts are rehearsed
+  # Distill only trees whose explore shard finished (its ledger, written at the end, lists their tasks); True
+  # distills unfinished shards' trees as they are (the records then stay: a later distill run skips).
+  c.allow_unfinished_explore = False
   return c
+
+
+_TREE_FILE = re.compile(r"shard-(\d+)-of-(\d+)\.jsonl")
+
+
+def load_finished_trees(tree_dir: str, files: list[str], allow_unfinished: bool = False) -> list:
+  """The trees of `files`; unless `allow_unfinished`, only if each `shard-<i>-of-<n>.jsonl` shard has finished.
+
+  The explore stage saves a shard's ledger (beside the trees folder) when the shard ends: a missing one, or one
+  that does not list every task of the file (an earlier run's), means the shard is still running or was killed,
+  and distilling now would leave its other tasks out of the records for good (a finished distill is not redone).
+  Tree files named otherwise (written by other tools) are not checked.
+  """
+  advice = ("finish that shard's explore (rerun it: it resumes), or set distill.allow_unfinished_explore=True to "
+            "distill its trees as they are")
+  ledgers = {}
+  for path in files:
+    match = _TREE_FILE.fullmatch(os.path.basename(path))
+    if match is None or allow_unfinished:
+      continue
+    index, count = match.groups()
+    name = "ledger.json" if count == "1" else f"ledger-shard-{index}-of-{count}.json"
+    ledgers[path] = (f"{index}/{count}", os.path.join(os.path.dirname(os.path.abspath(tree_dir)), name))
+    if not os.path.exists(ledgers[path][1]):
+      raise RuntimeError(f"distill: explore shard {index}/{count} has not finished: its trees {path} have no "
+                         f"ledger {ledgers[path][1]} yet; {advice}")
+  trees = []
+  for path in files:
+    loaded = list(load_trees(path))
+    if path in ledgers:
+      shard, ledger_path = ledgers[path]
+      with open(ledger_path) as f:
+        listed = set(json.load(f).get("per_task", {}))
+      unlisted = sorted({tree.task_id for tree in loaded} - listed)
+      if unlisted:
+        raise RuntimeError(f"distill: explore shard {shard} has not finished: {path} holds trees of {len(unlisted)} "
+                           f"tasks (e.g. {unlisted[0]!r}) that its ledger {ledger_path} does not list (a later "
+                           f"explore of the shard is running or was killed); {advice}")
+    trees.extend(loaded)
+  return trees
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
@@ -50,7 +94,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   files = sorted(glob.glob(os.path.join(tree_dir, "*.jsonl")))
   if not files:
     raise FileNotFoundError(f"distill: no tree files in {tree_dir}: run the explore stage first")
-  trees = [tree for path in files for tree in load_trees(path)]
+  trees = load_finished_trees(tree_dir, files, cfg.allow_unfinished_explore)
   examples = build_examples(trees, max_cf_per_task=cfg.max_cf_per_task, reh_fraction=cfg.reh_fraction,
                             reh_weight=cfg.reh_weight, seed=cfg.seed)
   if not examples:
