@@ -51,6 +51,16 @@ def test_experience_is_a_separate_block_and_absent_otherwise():
   assert with_e[0] == plain[0]
 
 
+def test_an_experience_for_a_template_without_an_experience_part_is_refused():
+  # A branch would otherwise be sampled without its e: a resample indistinguishable from a correction.
+  template = PromptTemplate(task_intro="{instruction}", current_observation="{observation}", output_format="go")
+  kwargs = dict(instruction="q", history=[], current_observation="o", admissible_actions=None, step_count=0,
+                history_length=0)
+  assert build_action_prompt(template, **kwargs)[-1]["content"] == "q\n\no\n\ngo"
+  with pytest.raises(ValueError, match="no experience part"):
+    build_action_prompt(template, experience="try left", **kwargs)
+
+
 def test_compact_template_same_code_path():
   env = SokobanEnv(compact_prompt=True)
   assert env.prompt_template is SOKOBAN_COMPACT_TEMPLATE

@@ -95,8 +95,15 @@ def build_action_prompt(
     history_length: how many past pairs to show (0 = none).
     experience: reflection text e, shown as its own delimited block; None leaves the prompt unchanged.
     playbook: ACE's rendered playbook, shown before the task; None (or empty) leaves the prompt unchanged.
+
+  Raises ValueError for an experience the template has no part for: a LEAFE branch (or an IR retry) would be
+  sampled without its e, a plain resample that nothing would tell apart from a correction.
   """
   t = template_of(env_or_template)
+  if experience is not None and not t.experience:
+    owner = getattr(env_or_template, "name", type(env_or_template).__name__)
+    raise ValueError(f"build_action_prompt: {owner!r}'s prompt template has no experience part, so the experience "
+                     "would be dropped from the prompt; give the template an `experience` field")
   parts = [t.playbook.format(playbook=playbook)] if playbook and t.playbook else []
   parts.append(_task_intro(t.task_intro, instruction))
   shown = list(history[-history_length:]) if history_length > 0 else []

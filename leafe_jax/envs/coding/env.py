@@ -51,10 +51,11 @@ CODING_TEMPLATE = PromptTemplate(
                    "complete program in a single ```python ... ``` code block (only the last code block is judged)."),
 )
 
-# For tiny demo models: the statement, the feedback, and a code-block cue.
+# For tiny demo models: the statement, the feedback, a LEAFE branch's experience, and a code-block cue.
 CODING_COMPACT_TEMPLATE = PromptTemplate(
     task_intro="{instruction}",
     current_observation="{observation}",
+    experience="hint: {experience}",
     output_format="```python",
 )
 
