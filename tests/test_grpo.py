@@ -384,3 +384,22 @@ def test_two_processes_play_and_train_as_one_process_on_the_same_global_mesh(tmp
   assert sorted(got) == sorted(want)
   for name in want:
     np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _ledger(path, steps, replayed=0, per_task=None):
+  path.write_text(json.dumps({"total": {"env_steps": steps, "replayed_steps": replayed},
+                              "per_task": per_task or {"t": {"successes": 1}}}))
+
+
+def test_budget_from_ledger_refuses_a_sharded_run_with_a_shard_not_finished(tmp_path):
+  _ledger(tmp_path / "ledger-shard-0-of-2.json", 30, 4)  # shard 1 still running: no ledger yet
+  with pytest.raises((RuntimeError, ValueError, FileNotFoundError), match="shard"):
+    grpo_stage.ledger_budget(str(tmp_path))  # was 34: half the interaction LEAFE spends
+
+
+def test_budget_from_ledger_refuses_ledgers_of_two_shard_counts(tmp_path):
+  _ledger(tmp_path / "ledger.json", 60)  # an earlier one-shard explore of the same tasks
+  _ledger(tmp_path / "ledger-shard-0-of-2.json", 30, 4)
+  _ledger(tmp_path / "ledger-shard-1-of-2.json", 25, 6)
+  with pytest.raises((RuntimeError, ValueError), match="shard"):
+    grpo_stage.ledger_budget(str(tmp_path))  # was 125: both runs' interaction summed

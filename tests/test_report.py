@@ -86,3 +86,22 @@ def test_samples_cut_short_are_listed_under_the_table(tmp_path):
   text = (tmp_path / "report" / "report.md").read_text()
   assert "* LEAFE (m): 1 env errors, 3 prompts too long of 4 samples, counted as unsuccessful." in text
   assert "* Base" not in text
+
+
+def _stage_ledger(path, steps, replayed=0, per_task=None):
+  path.write_text(json.dumps({"total": {"env_steps": steps, "replayed_steps": replayed},
+                              "per_task": per_task or {"t": {"successes": 1}}}))
+
+
+def test_report_sampler_rows_refuse_ledgers_of_two_shard_counts_or_a_missing_shard(tmp_path):
+  d = tmp_path / "explore_is"
+  d.mkdir()
+  _stage_ledger(d / "ledger.json", 60, per_task={"a": {"successes": 1}, "b": {"successes": 0}})
+  _stage_ledger(d / "ledger-shard-0-of-2.json", 30, per_task={"a": {"successes": 1}})
+  _stage_ledger(d / "ledger-shard-1-of-2.json", 25, per_task={"b": {"successes": 0}})
+  with pytest.raises((RuntimeError, ValueError), match="shard"):
+    report_stage.sampler_rows(str(tmp_path), ["explore_is"])  # was 4 tasks, 2 solved, 115 steps
+  (d / "ledger.json").unlink()
+  (d / "ledger-shard-1-of-2.json").unlink()
+  with pytest.raises((RuntimeError, ValueError, FileNotFoundError), match="shard"):
+    report_stage.sampler_rows(str(tmp_path), ["explore_is"])  # was 1 task, coverage 100%

@@ -10,6 +10,7 @@ import ml_collections
 from absl import logging
 
 from leafe_jax.eval import plots, tables
+from leafe_jax.explore.ledger import stage_ledger_files
 
 CONFIG_SECTION = "report"
 
@@ -93,7 +94,8 @@ def sampler_rows(workdir: str, sampler_dirs) -> list[dict]:
   """One row per explore stage dir: tasks, coverage and interaction cost, summed over its ledger shards."""
   rows = []
   for name in sampler_dirs:
-    paths = sorted(glob.glob(os.path.join(workdir, name, "ledger*.json")))
+    folder = os.path.join(workdir, name)
+    paths = stage_ledger_files(folder) if os.path.isdir(folder) else []
     if not paths:
       raise FileNotFoundError(f"report: {os.path.join(workdir, name)} has no ledger*.json: run that explore stage")
     tasks = solved = 0

@@ -78,6 +78,20 @@ def _load_done(path: str) -> dict[str, dict]:
   return done
 
 
+def _drop_partial_chunks(path: str, chunks: list[list[str]]) -> None:
+  """Removes the rows of chunks that are not whole in `path` (a torn or crash-cut chunk write keeps its first
+  rows): such a chunk is redone whole, as the uninterrupted run played it. A sample's draw depends on the batch
+  it is in (its row of the seeded call), so redoing only the missing tasks would sample them differently."""
+  done = _load_done(path)
+  partial = {t for chunk in chunks if any(t not in done for t in chunk) for t in chunk if t in done}
+  if partial:
+    logging.warning("eval: %d task(s) of partly written chunks are redone with the rest of their chunk",
+                    len(partial))
+    with open(path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["task_id"] not in partial]
+    durable.write_lines(path, kept)
+
+
 def check_config(cfg: ml_collections.ConfigDict) -> None:
   """Value checks of an eval section that need no files (`main.plan` runs them before any stage starts)."""
   if not cfg.ks or min(cfg.ks) < 1:
@@ -105,15 +119,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if not task_ids:
     raise ValueError(f"eval: environment {cfg.env!r} split {cfg.split!r} has no tasks")
   outcomes_path = os.path.join(stage_dir, "outcomes.jsonl")
+  # Chunks are fixed slices of the task list, so a resumed run samples each task with the same seed.
+  chunks = [task_ids[i : i + cfg.tasks_per_chunk] for i in range(0, len(task_ids), cfg.tasks_per_chunk)]
   if primary:
     durable.cut_torn_tail(outcomes_path)  # a chunk cut short by a kill is redone
+    _drop_partial_chunks(outcomes_path, chunks)
   if spans:
     distributed.barrier("eval: outcomes repaired")  # then every process reads the same finished chunks
   done = _load_done(outcomes_path)
-  # Chunks are fixed slices of the task list, so a resumed run samples each task with the same seed.
-  chunks = [task_ids[i : i + cfg.tasks_per_chunk] for i in range(0, len(task_ids), cfg.tasks_per_chunk)]
-  todo = [(i, [t for t in chunk if t not in done]) for i, chunk in enumerate(chunks)]
-  todo = [(i, chunk) for i, chunk in todo if chunk]
+  todo = [(i, chunk) for i, chunk in enumerate(chunks) if any(t not in done for t in chunk)]
   logging.info("eval %s: %d tasks, %d done, n=%d", cfg.method, len(task_ids), len(done), cfg.num_samples)
   if todo:
     from tqdm import tqdm

@@ -16,6 +16,7 @@ import ml_collections
 from absl import logging
 
 from leafe_jax.explore.distill import build_examples
+from leafe_jax.explore.ledger import ledger_name
 from leafe_jax.explore.tree import load_trees
 from leafe_jax.policy.factory import resolve_path
 
@@ -57,8 +58,8 @@ def load_finished_trees(tree_dir: str, files: list[str], allow_unfinished: bool 
     match = _TREE_FILE.fullmatch(os.path.basename(path))
     if match is None or allow_unfinished:
       continue
-    index, count = match.groups()
-    name = "ledger.json" if count == "1" else f"ledger-shard-{index}-of-{count}.json"
+    index, count = (int(n) for n in match.groups())
+    name = ledger_name(index, count)
     ledgers[path] = (f"{index}/{count}", os.path.join(os.path.dirname(os.path.abspath(tree_dir)), name))
     if not os.path.exists(ledgers[path][1]):
       raise RuntimeError(f"distill: explore shard {index}/{count} has not finished: its trees {path} have no "

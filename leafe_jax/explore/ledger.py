@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import os
+import re
 
 from leafe_jax import durable
 
@@ -63,3 +65,34 @@ class Ledger:
 
   def save(self, path: str) -> None:
     durable.write_json(path, self.to_json())
+
+
+_LEDGER_FILE = re.compile(r"ledger(?:-shard-(\d+)-of-(\d+))?\.json")
+
+
+def ledger_name(index: int, count: int) -> str:
+  """The file name of explore shard `index` of `count`'s ledger, in the stage dir (saved when the shard ends)."""
+  return "ledger.json" if count == 1 else f"ledger-shard-{index}-of-{count}.json"
+
+
+def stage_ledger_files(folder: str) -> list[str]:
+  """The ledgers of one explore stage dir: its ledger.json (one shard), or every ledger-shard-<i>-of-<n>.json of
+  one sharded run; [] when it has none. Refuses ledgers of two shard counts (an earlier run's ledgers beside a
+  later one's: summed, the interaction would be counted twice) and a sharded run with a shard's ledger missing
+  (the shard is still running or was killed: its interaction would be left out)."""
+  shards: dict[int, dict[int, str]] = {}
+  for name in sorted(os.listdir(folder)):
+    match = _LEDGER_FILE.fullmatch(name)
+    if match is not None:
+      index, count = (0, 1) if match.group(1) is None else (int(match.group(1)), int(match.group(2)))
+      shards.setdefault(count, {})[index] = os.path.join(folder, name)
+  if len(shards) > 1:
+    raise ValueError(f"{folder} holds the ledgers of explore runs of {len(shards)} shard counts "
+                     f"({', '.join(str(c) for c in sorted(shards))}); remove the stale shard ledgers")
+  for count, files in shards.items():
+    missing = [i for i in range(count) if i not in files]
+    if missing:
+      raise RuntimeError(f"{folder}: explore shard {missing[0]}/{count} has not finished (no ledger-shard-"
+                         f"{missing[0]}-of-{count}.json; {len(missing)} of {count} shard ledgers missing)")
+    return [files[i] for i in range(count)]
+  return []

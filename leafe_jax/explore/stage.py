@@ -22,6 +22,7 @@ from absl import logging
 from leafe_jax import envs
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled, prompts
+from leafe_jax.explore import ledger as ledger_lib
 from leafe_jax.explore import tree as tree_lib
 from leafe_jax.explore.engine import FAILURE_SIGNALS, Explorer, ExploreSettings
 from leafe_jax.explore.ledger import Ledger
@@ -135,8 +136,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
     ledger.load_task_counts({tree.task_id: tree.ledger})
   todo = [t for t in tasks if t not in done]
   logging.info("explore: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
-  name = "ledger.json" if count == 1 else f"ledger-shard-{index}-of-{count}.json"
-  ledger_path = os.path.join(stage_dir, name)
+  ledger_path = os.path.join(stage_dir, ledger_lib.ledger_name(index, count))
   if os.path.exists(ledger_path):
     # A policy call serves many tasks at once, so trees carry each task's policy_requests (prompts), not calls:
     # take the calls from the last saved ledger (a run killed before saving its ledger loses only its own count).

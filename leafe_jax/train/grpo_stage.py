@@ -21,7 +21,6 @@ slices. Processes check that they agree at every sampler call and on every itera
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import json
 import os
@@ -347,9 +346,12 @@ def tasks_within_budget(budget: int, ledger: dict, group_size: int, tasks: int) 
 
 def ledger_budget(path: str) -> int:
   """The interaction an explore stage spent: env steps + replayed steps of its ledger totals. `path` is one
-  ledger.json, or an explore stage dir, whose ledger*.json files (one per shard of a sharded run) are summed."""
+  ledger.json, or an explore stage dir: its ledger.json, or the ledger-shard-*.json of every shard of its sharded
+  run, summed (explore.ledger.stage_ledger_files refuses a missing shard and ledgers of two shard counts)."""
   if os.path.isdir(path):
-    files = sorted(glob.glob(os.path.join(path, "ledger*.json")))
+    from leafe_jax.explore.ledger import stage_ledger_files
+
+    files = stage_ledger_files(path)
     if not files:
       raise FileNotFoundError(f"grpo.budget_from_ledger: {path} holds no ledger*.json (run the explore stage first)")
   elif os.path.exists(path):
