@@ -135,6 +135,14 @@ def test_eval_stage_writes_pass_at_k_and_resumes_without_redoing_tasks(tmp_path,
   assert json.loads((stage_dir / "results.json").read_text()) == results
 
 
+@pytest.mark.parametrize("field", ["tasks_per_chunk", "num_samples"])
+def test_eval_stage_refuses_a_count_below_one(tmp_path, field):
+  config = _eval_config(tmp_path)
+  config.eval[field] = 0
+  with pytest.raises(ValueError, match=f"'eval.{field}' must be >= 1"):
+    eval_stage.run(config, str(tmp_path), str(tmp_path / "eval"))
+
+
 def test_eval_stage_refuses_k_larger_than_n(tmp_path):
   config = _eval_config(tmp_path)
   config.eval.ks = (1, 8)

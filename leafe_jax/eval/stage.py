@@ -94,6 +94,9 @@ def _drop_partial_chunks(path: str, chunks: list[list[str]]) -> None:
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
   """Value checks of an eval section that need no files (`main.plan` runs them before any stage starts)."""
+  for field in ("tasks_per_chunk", "num_samples"):
+    if cfg[field] < 1:
+      raise ValueError(f"config field 'eval.{field}' must be >= 1, got {cfg[field]}")
   if not cfg.ks or min(cfg.ks) < 1:
     raise ValueError(f"config field 'eval.ks' must list k >= 1, got {tuple(cfg.ks)}")
   if max(cfg.ks) > cfg.num_samples:
