@@ -109,3 +109,12 @@ def test_parse_action_returns_canonical_spelling_and_free_text_without_list():
   assert parse_action("<action>  open   the door </action>", ["Open the door"]) == "Open the door"
   assert parse_action("<action>print(1)</action>") == "print(1)"
   assert parse_action("print(1)") is None  # no tags and no list: nothing to trust
+
+
+@pytest.mark.parametrize("text", [
+    "<think>I must give my answer inside <action> tags. The box is above me.</think>\n<action>up</action>",
+    "<think>Use the <action> tag.</think><action>up</action>",
+])
+def test_action_tag_mentioned_in_reasoning_does_not_hide_the_last_block(text):
+  assert parse_action(text, ACTIONS) == "up"
+  assert parse_action(text, None) == "up"

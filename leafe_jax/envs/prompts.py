@@ -135,7 +135,9 @@ def _task_intro(task_intro: str, instruction: str) -> str:
 
 
 _OPEN = re.compile(r"<\s*action\s*>", re.IGNORECASE)
-_BLOCK = re.compile(r"<\s*action\s*>(.*?)<\s*/\s*action\s*>", re.IGNORECASE | re.DOTALL)
+# A block's content holds no opening tag: "<action>" mentioned in the reasoning before the real block must not
+# swallow it (the block then ends at the LAST opening tag before its closing one).
+_BLOCK = re.compile(r"<\s*action\s*>((?:(?!<\s*action\s*>).)*?)<\s*/\s*action\s*>", re.IGNORECASE | re.DOTALL)
 # Decoration models put around an action: quotes, backticks, bold, brackets, trailing punctuation.
 _STRIP_CHARS = " \t\r\n\"'`*[](){}.,;:!"
 
