@@ -1,5 +1,7 @@
 """ScienceWorld adapter over the real package (JVM): gold sequences win, replay is exact, bad input never raises."""
 
+import pickle
+
 import pytest
 
 pytest.importorskip("scienceworld")
@@ -9,6 +11,7 @@ from leafe_jax.envs import scienceworld as sw_module
 from leafe_jax.envs.pool import EnvPool, EpisodeError
 from leafe_jax.envs.prompts import build_action_prompt
 from leafe_jax.envs.scienceworld import parse_task_id
+from leafe_jax.eval import rollout
 
 GOLD_TASKS = ("find-living-thing/0", "use-thermometer/0")
 
@@ -27,7 +30,11 @@ def test_gold_sequence_reaches_success(env, task_id):
   assert env.instruction.startswith("Your task is")
   step = None
   for action in gold:
-    step = env.step(action)
+    # What a model writing the gold action in its answer sends: the env's parser, as explore and eval call it
+    # (matching against the listed selection turned most gold actions, e.g. "pick up metal pot", into None).
+    sent = rollout._parse(env, f"<think>next</think>\n<action>{action}</action>")
+    assert sent == action
+    step = env.step(sent)
     if step.done:
       break
   assert step.success and step.done and step.info["score"] == 100
@@ -149,3 +156,24 @@ def test_an_idle_jvm_that_died_is_not_handed_out():
   second = registry.make("scienceworld")
   assert second.reset(GOLD_TASKS[0]) and second.engine is not dead and second.jvm_restarts == 0
   second.close()
+
+
+def _listed(n):
+  """n valid actions as ScienceWorld lists them: short general ones first (by word count), long fills after."""
+  return ["look around", "inventory"] + [f"look at thing {i}" for i in range(n)] + ["pick up metal pot",
+                                                                                   "move metal pot to sink",
+                                                                                   "focus on substance in metal pot"]
+
+
+def test_scienceworld_valid_action_outside_the_shown_selection_is_not_rejected():
+  env = sw_module.ScienceWorldEnv()  # no JVM is started until the engine is used
+  env._valid = _listed(300)
+  shown = env.admissible_actions()
+  assert "pick up metal pot" not in shown  # beyond max_admissible=200
+  text = "<think>The pot is on the counter.</think>\n<action>pick up metal pot</action>"
+  assert rollout._parse(env, text) == "pick up metal pot"  # what explore and eval send to the env
+  assert rollout._parse(env, "<action>Look around.</action>") == "Look around"
+  assert rollout._parse(env, "look around") == "look around"  # a bare reply, and Early Experience's listed entries
+  assert rollout._parse(env, "<think>no action given") is None
+  assert rollout._parse(env, "I think the pot\nis hot") is None
+  pickle.loads(pickle.dumps(env.parse_action))  # crosses an EnvPool (a staticmethod, not a bound method)

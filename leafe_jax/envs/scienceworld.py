@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from typing import Any
 
+from leafe_jax.envs import prompts
 from leafe_jax.envs.base import Step
 from leafe_jax.envs.prompts import PromptTemplate
 
@@ -47,6 +49,11 @@ SCIENCEWORLD_TEMPLATE = PromptTemplate(
     output_format=("First reason step-by-step about the current situation inside <think> </think> tags. Then give "
                    "exactly one action inside <action> </action> tags."),
 )
+
+
+_TAG = re.compile(r"<\s*/?\s*[a-z_]+\s*>", re.IGNORECASE)  # <think>, <action>, ...: not a bare action
+_LABEL = re.compile(r"^\s*(?:action|answer)\s*[:=]\s*", re.IGNORECASE)
+_DECORATION = " \t\r\n\"'`*[](){}.,;:!"  # quotes, bold, brackets and trailing punctuation around an action
 
 
 def parse_task_id(task_id: str) -> tuple[str, int]:
@@ -203,6 +210,24 @@ class ScienceWorldEnv:
 
   def admissible_actions(self) -> list[str] | None:
     return sorted(self._valid, key=_admissible_order)[: self.max_admissible]
+
+  @staticmethod
+  def parse_action(text: str) -> str | None:
+    """The action a model wrote: its <action> block (else a bare one-line reply), undecorated, or None.
+
+    Not matched against `admissible_actions()`: that is a selection (the first `max_admissible` of thousands, and
+    the engine accepts actions its own valid list omits), so matching would turn most task-critical actions
+    (pick up, move, pour, focus on) into invalid ones. The engine's parser judges the action. A staticmethod, so
+    it crosses an EnvPool.
+    """
+    candidate = prompts.parse_action(text or "", None)
+    if candidate is None:
+      stripped = (text or "").strip()
+      if not stripped or "\n" in stripped or _TAG.search(stripped):
+        return None
+      candidate = stripped
+    action = " ".join(_LABEL.sub("", candidate, count=1).strip(_DECORATION).split())
+    return action or None
 
   def gold_actions(self, task_id: str) -> list[str]:
     """The package's gold action sequence for a task (loads the task; call reset afterwards)."""
