@@ -149,3 +149,31 @@ def test_tests_selection():
   assert judge_lib.select_tests(problem, "all") == (TestCase("1", "1"), TestCase("2", "2"))
   with pytest.raises(ValueError, match="hidden|public|all"):
     judge_lib.select_tests(problem, "private")
+
+
+_READ_TEST_FILES = """import ast, glob
+_answers = {}
+for _path in glob.glob('test_*.py'):
+  _node = ast.parse(open(_path).read()).body[-1]
+  _answers[ast.unparse(_node.test.left)] = ast.literal_eval(_node.test.comparators[0])
+def max_of_three(a, b, c):
+  return _answers[f'max_of_three({a}, {b}, {c})']
+"""
+_READ_LINECACHE = """import ast, linecache
+def max_of_three(a, b, c):
+  for _path, _entry in list(linecache.cache.items()):
+    if _path.startswith('test_'):
+      _node = ast.parse(''.join(_entry[2])).body[-1]
+      if ast.unparse(_node.test.left) == f'max_of_three({a}, {b}, {c})':
+        return ast.literal_eval(_node.test.comparators[0])
+"""
+
+
+@pytest.mark.parametrize("hack", [_READ_TEST_FILES, _READ_LINECACHE], ids=["test_files", "linecache"])
+def test_assert_program_cannot_read_the_expected_values(hack, sandbox):
+  problem = load_problems(EXAMPLE_FILES["mbpp"], "mbpp")[0]  # max_of_three; hidden adds a challenge test
+  verdict = judge(problem, hack, tests="hidden", sandbox=sandbox)
+  assert not verdict.passed
+  # A failing assert still shows its line in the feedback.
+  wrong = judge(problem, "def max_of_three(a, b, c):\n  return a\n", tests="hidden", sandbox=sandbox)
+  assert not wrong.passed and "assert max_of_three(1, 2, 3) == 3" in wrong.error

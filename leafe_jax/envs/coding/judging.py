@@ -218,17 +218,28 @@ def _leafe_harness():
     out.write("\n" + token + json.dumps(obj) + "\n")
     out.flush()
   spec = json.load(open("tests.json"))
-  # Every source is read before the program runs (it could rewrite the files) and put in linecache so that
-  # tracebacks show the lines.
-  sources = {}
+  # Every source is read before the program runs (it could rewrite the files). The test files are then deleted
+  # and their lines reach linecache only while a traceback is formatted: a program must not read the tests'
+  # expected values (from the directory or from linecache) and return them.
+  sources, hidden = {}, {}
   for path in ["solution.py", "setup.py"] + [f"test_{i}.py" for i in range(spec["num_tests"])]:
     sources[path] = open(path).read()
-    linecache.cache[path] = (len(sources[path]), None, sources[path].splitlines(True), path)
+    entry = (len(sources[path]), None, sources[path].splitlines(True), path)
+    if path.startswith("test_"):
+      hidden[path] = entry
+      os.remove(path)
+    else:
+      linecache.cache[path] = entry
   namespace = {"__name__": "__main__", "__builtins__": __builtins__}
   def trace():
     # The traceback without the harness' own frame, its last 8 frames at most.
     e = sys.exc_info()[1]
-    return "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next, limit=-8))
+    linecache.cache.update(hidden)
+    try:
+      return "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next, limit=-8))
+    finally:
+      for path in hidden:
+        linecache.cache.pop(path, None)
   for phase, path in (("program", "solution.py"), ("setup", "setup.py")):
     try:
       exec(compile(sources[path], path, "exec"), namespace)
