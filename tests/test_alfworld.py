@@ -1,6 +1,8 @@
 """ALFWorld adapter over the real TextWorld PDDL engine, on hand-written games in tests/data/alfworld."""
 
+import json
 import os
+import shutil
 
 import pytest
 
@@ -102,3 +104,34 @@ def test_early_experience_world_model_targets_on_real_games(env):
     for a in plan[:example.step]:
       env.step(a)
     assert env.step(action).observation == example.response
+
+
+ALFWORLD_DATA = os.path.join(DATA, "json_2.1.1")
+FRIDGE = "valid_seen/pick_and_place_simple-Apple-None-Fridge-1/trial_T00000000_000001"
+
+
+def _copy_game(root, src, dst, solvable=True):
+  shutil.copytree(os.path.join(ALFWORLD_DATA, src), os.path.join(root, "json_2.1.1", dst))
+  game = os.path.join(root, "json_2.1.1", dst, "game.tw-pddl")
+  with open(game) as f:
+    data = json.load(f)
+  data["solvable"] = solvable
+  with open(game, "w") as f:
+    json.dump(data, f)
+
+
+def test_alfworld_tasks_match_the_packages_game_list(tmp_path):
+  from alfworld.agents.environment.alfred_tw_env import AlfredTWEnv
+
+  root = str(tmp_path)
+  _copy_game(root, FRIDGE, FRIDGE)
+  _copy_game(root, FRIDGE, "valid_seen/pick_and_place_simple-Apple-None-Fridge-2/trial_T00000000_000009",
+             solvable=False)
+  _copy_game(root, FRIDGE, "valid_seen/pick_heat_then_place_in_recep-AppleSliced-None-Fridge-1/trial_T1")
+  _copy_game(root, FRIDGE, "valid_seen/pick_and_place_with_movable_recep-Apple-Bowl-Fridge-1/trial_T2")
+  config = {"env": {"goal_desc_human_anns_prob": 0, "task_types": [1, 2, 3, 4, 5, 6]},
+            "dataset": {"eval_id_data_path": os.path.join(root, "json_2.1.1", "valid_seen"), "num_eval_games": -1}}
+  reference = AlfredTWEnv(config, train_eval="eval_in_distribution").game_files
+  expected = sorted(os.path.relpath(os.path.dirname(f), os.path.join(root, "json_2.1.1")) for f in reference)
+  assert expected == [FRIDGE]
+  assert registry.make("alfworld", data_dir=root).tasks("valid_seen") == expected

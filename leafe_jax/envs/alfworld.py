@@ -57,6 +57,23 @@ def task_type_of(task_id: str) -> str:
   raise ValueError(f"ALFWorld task id {task_id!r} names none of the task types {TASK_TYPES}")
 
 
+def _playable(root: str, game_file: str) -> bool:
+  """Whether ALFWorld's own loader (`AlfredTWEnv.collect_game_files`, which verl-agent uses) keeps this game: not
+  a movable-receptacle or sliced-object trial, one of the six task types, and marked solvable in its game file."""
+  trial = os.path.dirname(game_file)
+  name = os.path.relpath(trial, root)  # the task id: a data folder's own name must not match
+  if "movable" in name or "Sliced" in name:
+    return False
+  try:
+    with open(os.path.join(trial, TRAJ_FILE)) as f:
+      if json.load(f).get("task_type") not in TASK_TYPES:
+        return False
+  except FileNotFoundError:
+    return False
+  with open(game_file) as f:
+    return bool(json.load(f).get("solvable", False))
+
+
 class ALFWorldEnv:
   """The Env protocol over one TextWorld PDDL game at a time.
 
@@ -89,7 +106,7 @@ class ALFWorldEnv:
     if split not in SPLITS:
       raise ValueError(f"unknown ALFWorld split {split!r}; expected one of {SPLITS}")
     files = glob.glob(os.path.join(self.root, split, "*", "*", GAME_FILE))
-    return sorted(os.path.relpath(os.path.dirname(f), self.root) for f in files)
+    return sorted(os.path.relpath(os.path.dirname(f), self.root) for f in files if _playable(self.root, f))
 
   def _game_env(self, game_file: str):
     """A gym env bound to one game file, built once per game and kept (loading is the costly part)."""
