@@ -163,3 +163,35 @@ def test_env_exception_errors_only_that_episode():
     assert good.observation == "go:1" and pool.restarts == 0
     with pytest.raises(ValueError, match="duplicate"):
       pool.step(["b", "b"], ["go", "go"])
+
+
+class KeyErrorEnv:
+  """Test-only env whose step raises KeyError (a bug inside an env, e.g. a missing dict entry)."""
+
+  name = "keyerror"
+
+  def tasks(self, split):
+    return ["t"]
+
+  def reset(self, task_id):
+    return "start"
+
+  def step(self, action):
+    return {}["missing-" + action]
+
+  @property
+  def instruction(self):
+    return ""
+
+  def admissible_actions(self):
+    return None
+
+
+def test_pool_reports_an_env_keyerror_as_the_env_error():
+  with EnvPool(f"{__name__}:KeyErrorEnv", {}, num_workers=1, step_timeout_s=60.0) as pool:
+    pool.reset(["a"], ["t"])
+    (result,) = pool.step(["a"], ["x"])
+    assert isinstance(result, EpisodeError)
+    assert "KeyError" in result.reason and "missing-x" in result.reason and "unknown episode" not in result.reason
+    (again,) = pool.step(["a"], ["x"])  # the env was dropped: now the episode is unknown
+    assert isinstance(again, EpisodeError) and "unknown episode" in again.reason

@@ -136,8 +136,9 @@ def _worker_main(conn, env_name: str, env_config: dict[str, Any]) -> None:
         else:
           raise ValueError(f"unknown pool op {op!r}")
       except Exception as e:
+        known = episode_id in envs
         envs.pop(episode_id, None)
-        if isinstance(e, KeyError):
+        if isinstance(e, KeyError) and not known:  # a KeyError raised inside the env is the env's own error
           reason = f"unknown episode {episode_id!r} on this worker (not reset, or lost)"
         else:
           reason = f"{op} raised {type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
