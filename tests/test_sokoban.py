@@ -247,3 +247,24 @@ def test_load_xsb_round_trip_and_comments():
 def test_load_xsb_errors_name_level_and_line(text, message):
   with pytest.raises(XsbError, match=message):
     load_xsb(text)
+
+
+def test_unseen_test_rooms_are_the_test_rooms_no_training_seed_has(monkeypatch):
+  from leafe_jax.envs.sokoban import env as env_module
+
+  # A smaller training range keeps the test fast; 6x6 one-box rooms repeat enough for a thousand seeds.
+  monkeypatch.setattr(env_module, "TRAIN_SEED_RANGE", (0, 1200))
+  env_module._train_rooms.cache_clear()
+  try:
+    env = SokobanEnv(dim=(6, 6), num_boxes=1, max_steps=15)
+    room = lambda task: env_module._room(env.level_of(task))
+    train = {room(f"seed:{s}") for s in range(1200)}
+    test = env.tasks("test", 40)
+    assert sum(room(t) in train for t in test) > 5  # disjoint seeds, shared rooms
+    unseen = env.tasks("test_unseen", 12)
+    assert len({room(t) for t in unseen}) == 12 and not {room(t) for t in unseen} & train
+    # The unseen split is the subsequence of the test stream that skips seen rooms.
+    stream = env.tasks("test", 200)
+    assert [t for t in stream if t in set(unseen)] == unseen and stream.index(unseen[-1]) > 12
+  finally:
+    env_module._train_rooms.cache_clear()

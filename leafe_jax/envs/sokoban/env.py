@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.resources
+import itertools
 import random
 from typing import Any
 
@@ -30,6 +31,8 @@ REWARD_FINISHED = 10.0
 TRAIN_SEED_RANGE = (0, 2**16)
 TEST_SEED_RANGE = (2**16, 2**32)
 DEFAULT_NUM_TEST_TASKS = 1000
+# "test_unseen" scans at most this many test seeds per room it returns before saying the room space is exhausted.
+UNSEEN_SCAN_PER_TASK = 200
 # Generation attempts per seed before giving up (each attempt derives its own stream from the seed).
 MAX_GENERATION_ATTEMPTS = 1000
 GENERATED_ROOM_CACHE = 4096  # rooms kept per process; rollback resets the same task many times
@@ -96,16 +99,47 @@ def _train_seeds() -> tuple[int, ...]:
   return tuple(seeds)
 
 
-def _test_seeds(n: int) -> list[int]:
-  """The first n distinct seeds of a fixed stream over the test range."""
+def _test_seed_stream():
+  """Distinct seeds of a fixed stream over the test range."""
   rng = random.Random("sokoban-tasks:test")
-  seen, seeds = set(), []
-  while len(seeds) < n:
+  seen = set()
+  while True:
     s = rng.randrange(*TEST_SEED_RANGE)
     if s not in seen:
       seen.add(s)
-      seeds.append(s)
-  return seeds
+      yield s
+
+
+def _test_seeds(n: int) -> list[int]:
+  """The first n distinct seeds of the test stream."""
+  return list(itertools.islice(_test_seed_stream(), n))
+
+
+def _room(level: Level) -> tuple:
+  """What makes two start states the same room (not the level's name)."""
+  return level.width, level.height, level.walls, level.targets, level.boxes, level.player
+
+
+@functools.cache
+def _train_rooms(params: generator.RoomParams) -> frozenset:
+  """The room of every training seed under `params` (2^16 rooms: ~10 s on one core, once per process)."""
+  return frozenset(_room(generate_level(s, params)) for s in range(*TRAIN_SEED_RANGE))
+
+
+def _unseen_test_seeds(n: int, params: generator.RoomParams) -> list[int]:
+  """The first n seeds of the test stream whose rooms are new: no training seed's room, no earlier one's."""
+  seen, seeds = set(_train_rooms(params)), []
+  for scanned, seed in enumerate(_test_seed_stream(), 1):
+    if len(seeds) == n:
+      return seeds
+    if scanned > UNSEEN_SCAN_PER_TASK * n:
+      raise ValueError(f"sokoban: only {len(seeds)} of {n} test rooms unseen in training after {scanned - 1} test "
+                       f"seeds: the room space of {params} is nearly exhausted by the training seeds")
+    room = _room(generate_level(seed, params))
+    if room not in seen:
+      seen.add(room)
+      seeds.append(seed)
+  raise AssertionError("unreachable: the test seed stream is endless")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +174,9 @@ class SokobanEnv:
   def tasks(self, split: str, n: int | None = None) -> list[str]:
     """Task ids of `split`: "train" / "test" (seeds, verl-agent ranges) or "levels:<file>" (shipped XSB).
 
+    The seed ranges are disjoint, not the rooms: a small room space repeats itself (6x6 with one box: 2^16
+    training seeds give ~11k distinct rooms, and most test seeds give one of them). "test_unseen" is the
+    subsequence of "test" whose rooms are new (in no training seed's room, nor an earlier test seed's).
     The ids are the first `n` of a fixed sequence per split, so tasks(split, 10) is a prefix of tasks(split, 20).
     """
     if self._fixed_level is not None:
@@ -152,7 +189,9 @@ class SokobanEnv:
       return [f"seed:{s}" for s in _train_seeds()[:n]]
     if split == "test":
       return [f"seed:{s}" for s in _test_seeds(DEFAULT_NUM_TEST_TASKS if n is None else n)]
-    raise ValueError(f"sokoban: unknown split {split!r}; use 'train', 'test' or 'levels:<file>'")
+    if split == "test_unseen":
+      return [f"seed:{s}" for s in _unseen_test_seeds(DEFAULT_NUM_TEST_TASKS if n is None else n, self.params)]
+    raise ValueError(f"sokoban: unknown split {split!r}; use 'train', 'test', 'test_unseen' or 'levels:<file>'")
 
   def level_of(self, task_id: str | None) -> Level:
     if task_id in (None, "level") and self._fixed_level is not None:
