@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 
 from leafe_jax.envs import registry
-from leafe_jax.envs.base import INVALID_ACTION, Step
-from leafe_jax.envs.prompts import PromptTemplate
 from leafe_jax.envs.sokoban import SokobanEnv, solve
 from leafe_jax.envs.sokoban.level import LURD
 from leafe_jax.eval import rollout
@@ -224,34 +222,6 @@ def test_a_prompt_too_long_ends_the_episode_unsuccessful_counted_and_its_env_rel
   assert sum(o.prompts_too_long for o in outcomes) > 0 and len(set(released)) == 6
 
 
-class CoinEnv:
-  """One step: "up" succeeds, anything else fails."""
-
-  name = "eval_coin"
-  prompt_template = PromptTemplate()
-
-  def parse_action(self, text):
-    return "up" if "up" in text else "down"
-
-  def tasks(self, split):
-    return [f"{split}-{i}" for i in range(4)]
-
-  def reset(self, task_id):
-    return "Up or down?"
-
-  def step(self, action):
-    if action not in ("up", "down"):
-      return Step(INVALID_ACTION, 0.0, True, False)
-    return Step("done", float(action == "up"), True, action == "up")
-
-  @property
-  def instruction(self):
-    return "Say up."
-
-  def admissible_actions(self):
-    return ["up", "down"]
-
-
 class RowSeededPolicy:
   """A sampler whose row i of a call seeded `seed` draws from its own stream (seed, i), as the in-process
   sampler (one key per call, a categorical per row) and the OpenAI client (seed * 2^20 + i) do."""
@@ -264,26 +234,27 @@ class RowSeededPolicy:
     return out
 
 
-def _coin_config():
+def _bandit_config():
+  """One-step tasks of tests/test_grpo.py's bandit ("up" succeeds), 16 samples each, 2 tasks per chunk."""
   config = ml_collections.ConfigDict({"eval": eval_stage.default_config()})
   cfg = config.eval
-  cfg.env, cfg.num_tasks, cfg.num_samples, cfg.ks, cfg.max_steps = "eval_coin", 4, 16, (1, 16), 1
+  cfg.env, cfg.num_tasks, cfg.num_samples, cfg.ks, cfg.max_steps = "bandit", 4, 16, (1, 16), 1
   cfg.history_length, cfg.tasks_per_chunk = 0, 2
   return config
 
 
 def test_eval_resume_of_a_partly_written_chunk_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-  monkeypatch.setitem(registry._REGISTRY, "eval_coin", f"{__name__}:CoinEnv")
+  monkeypatch.setitem(registry._REGISTRY, "bandit", "test_grpo:BanditEnv")
   monkeypatch.setattr(eval_stage, "make_policy", lambda *a, **k: RowSeededPolicy())
   whole = tmp_path / "whole"
-  eval_stage.run(_coin_config(), str(tmp_path), str(whole))
+  eval_stage.run(_bandit_config(), str(tmp_path), str(whole))
   lines = (whole / "outcomes.jsonl").read_text().splitlines()
   assert len(lines) == 4
   # A kill while chunk 0 (tasks 0 and 1, one write) was written: task 0's row is whole, task 1's torn.
   resumed = tmp_path / "resumed"
   resumed.mkdir()
   (resumed / "outcomes.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])
-  eval_stage.run(_coin_config(), str(tmp_path), str(resumed))
+  eval_stage.run(_bandit_config(), str(tmp_path), str(resumed))
   got = (resumed / "outcomes.jsonl").read_text().splitlines()
   by_task = lambda rows: {json.loads(row)["task_id"]: json.loads(row) for row in rows}
   assert by_task(got) == by_task(lines)  # task 1 was redone alone in its batch: another c than the whole run's
