@@ -134,7 +134,8 @@ def _check_outputs(workdir: str, config) -> None:
   from leafe_jax.explore.tree import load_trees
 
   stage_dirs = [entry.replace("@", "_") for entry in config.stages]
-  assert sorted(stage_dirs) == sorted(os.listdir(workdir))
+  # One folder per stage, and JAX's compilation cache (config.compilation_cache_dir, on by default).
+  assert sorted([*stage_dirs, config.get("compilation_cache_dir", "compilation_cache")]) == sorted(os.listdir(workdir))
 
   stats = _json(workdir, "expert_data", "stats.json")
   assert os.path.exists(os.path.join(workdir, "expert_data", "DONE"))
