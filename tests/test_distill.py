@@ -54,6 +54,17 @@ def test_an_unparsable_branch_action_is_no_cf_record_and_does_not_use_the_cap():
   assert _cf(tree, max_cf_per_task=1) == [(2, 2, "<action>c2</action>")]
 
 
+def test_a_branch_quoting_its_experience_is_no_cf_record_and_does_not_use_the_cap():
+  root = _node(0, None, 0, None, ["a1", "a2"], "failure")
+  quoting = _node(1, 0, 1, 2, ["b2", "b3"], "success", experience="Push It Left")
+  quoting.turns[0].response = "<think>advice: push it left</think><action>b2</action>"  # a model quoting e
+  in_history = _node(2, 0, 1, 2, ["c2", "c3"], "success", experience="mind the wall")
+  in_history.turns[0].clean_messages[0]["content"] += "\n[Step 1 action]: I will mind the wall"  # a raw response
+  clean = _node(3, 0, 1, 2, ["d2", "d3"], "success", experience="go down")
+  tree = Tree("t", "toy", "do it", [root, quoting, in_history, clean])
+  assert _cf(tree, max_cf_per_task=1) == [(3, 2, "<action>d2</action>")]
+
+
 def test_an_independent_restart_rehearses_its_own_turns_only():
   root = _node(0, None, 0, None, ["a1", "a2"], "failure")
   restart = _node(1, 0, 0, None, ["r1", "r2"], "success")  # IS: a fresh attempt, parent set, no tau

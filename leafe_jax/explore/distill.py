@@ -3,7 +3,8 @@
 D_cf: for each branch whose revised action a'_tau lies on a successful trajectory (its own rollout's, or a
 descendant's that branched after tau and so replayed a'_tau: Algorithm 1 marks every branch on a successful path),
 a'_tau as the target of the history h_tau WITHOUT the experience e (the prompt the policy sees at test time), at
-most `max_cf_per_task` per task, shallowest branches first (paper: 3 per task); an unparsable a'_tau is skipped.
+most `max_cf_per_task` per task, shallowest branches first (paper: 3 per task); an unparsable a'_tau is skipped,
+and so is one whose response or clean prompt quotes e (no cf record's tokens hold the experience text).
 D_reh: every agent turn (with a parsed action) of a random `reh_fraction` of successful rollouts, branched ones
 included (paper: 20%), weight beta; their prompts carry no experience either.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Sequence
+
+from absl import logging
 
 from leafe_jax.explore.tree import Node, Tree
 
@@ -37,6 +40,17 @@ def successful_branches(tree: Tree) -> list[Node]:
           and id(n.turns[0]) in on_success_path]
 
 
+def quotes_experience(node: Node) -> bool:
+  """Whether a branch's first turn carries its experience e verbatim (case aside) in the response (a model
+  quoting its advice while reasoning) or in the clean prompt (an earlier raw, unparsed response in the history)."""
+  experience = (node.experience or "").strip().lower()
+  if not experience or not node.turns:
+    return False
+  turn = node.turns[0]
+  return experience in turn.response.lower() or any(experience in str(m.get("content", "")).lower()
+                                                     for m in turn.clean_messages)
+
+
 def build_examples(trees: Sequence[Tree], *, max_cf_per_task: int, reh_fraction: float, reh_weight: float,
                    seed: int) -> list[Example]:
   """All distillation examples of `trees` (sorted by task id first, so the result is independent of order)."""
@@ -46,11 +60,18 @@ def build_examples(trees: Sequence[Tree], *, max_cf_per_task: int, reh_fraction:
       raise ValueError(f"distill: task {tree.task_id!r} has more than one tree (tree files of different explore "
                        "shard counts, or a stale file, in one folder?); keep one tree file per task")
   examples: list[Example] = []
+  quoting = 0
   for tree in trees:
-    for node in sorted(successful_branches(tree), key=lambda n: (n.depth, n.node_id))[:max_cf_per_task]:
+    successful = successful_branches(tree)
+    branches = [n for n in successful if not quotes_experience(n)]
+    quoting += len(successful) - len(branches)
+    for node in sorted(branches, key=lambda n: (n.depth, n.node_id))[:max_cf_per_task]:
       turn = node.turns[0]
       examples.append(Example("cf", tree.task_id, node.node_id, turn.step, turn.clean_messages, turn.response,
                               node.experience or "", 1.0))
+  if quoting:
+    logging.warning("distill: %d successful branches left out of D_cf: their a'_tau response or clean prompt "
+                    "quotes the experience e (the record would teach e, not the action without it)", quoting)
   successes = [(tree, node) for tree in trees for node in tree.nodes if node.outcome == "success"]
   rng = random.Random(seed)
   chosen = rng.sample(successes, round(reh_fraction * len(successes)))
