@@ -299,10 +299,12 @@ def test_micro_batches_give_the_update_of_the_whole_minibatch_in_one_pass(tmp_pa
     ("clip_eps", 1.5, "grpo.clip_eps"),
     ("kl_coef", -1.0, "grpo.kl_coef"),
     ("micro_batch_rows_per_shard", -1, "grpo.micro_batch_rows_per_shard"),
+    ("schedule", "cosine", "grpo.schedule' cannot be cosine with an interaction budget"),
 ])
 def test_bad_values_are_refused_before_any_work(tmp_path, field, value, message):
+  config = _grpo_config(tmp_path, **{field: value}, env_step_budget=100)
   with pytest.raises(ValueError, match=message):
-    grpo_stage.run(_grpo_config(tmp_path, **{field: value}), str(tmp_path), str(tmp_path / "out"))
+    grpo_stage.run(config, str(tmp_path), str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
 
 

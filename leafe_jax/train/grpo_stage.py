@@ -108,6 +108,11 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
                 "micro_batch_rows_per_shard"):
     if cfg[field] < 0:
       fail(field, "must be >= 0")
+  if cfg.schedule == "cosine" and (cfg.env_step_budget or cfg.budget_from_ledger):
+    # The decay spans num_iterations x minibatches optimizer steps; a budget ends the run at an iteration known
+    # only as it plays, so the learning rate would stop wherever the budget ran out.
+    fail("schedule", "cannot be cosine with an interaction budget (env_step_budget or budget_from_ledger): the "
+         "budget, not num_iterations, ends the run; use constant")
   train_stage.check_model_fields(cfg, fail)
 
 
