@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import ml_collections
@@ -139,6 +140,30 @@ def test_eval_stage_refuses_a_count_below_one(tmp_path, field):
   config.eval[field] = 0
   with pytest.raises(ValueError, match=f"'eval.{field}' must be >= 1"):
     eval_stage.run(config, str(tmp_path), str(tmp_path / "eval"))
+
+
+def test_eval_stage_refuses_to_resume_outcomes_of_other_settings_or_weights(tmp_path, monkeypatch):
+  monkeypatch.setattr(eval_stage, "make_policy", lambda spec, workdir, **kwargs: OraclePolicy(_tasks()))
+  weights = tmp_path / "train" / "hf" / "model.safetensors"  # the config's policy dir, as bytes only
+  weights.parent.mkdir(parents=True)
+  weights.write_bytes(bytes(range(256)) * 1024)
+  stage_dir = tmp_path / "eval"
+  eval_stage.run(_eval_config(tmp_path), str(tmp_path), str(stage_dir))
+  relabelled = _eval_config(tmp_path)
+  relabelled.eval.method, relabelled.eval.env_workers = "Renamed", 2  # labels and placement: a plain resume
+  eval_stage.run(relabelled, str(tmp_path), str(stage_dir))
+  hotter = _eval_config(tmp_path)
+  hotter.eval.temperature = 0.9
+  with pytest.raises(ValueError, match=r"sampled with other settings \(temperature changed"):
+    eval_stage.run(hotter, str(tmp_path), str(stage_dir))
+  data = bytearray(weights.read_bytes())
+  data[len(data) // 2] ^= 1  # a retrained export of the same shapes
+  weights.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match=r"\(policy_weights changed"):
+    eval_stage.run(_eval_config(tmp_path), str(tmp_path), str(stage_dir))
+  # A copy of the same weights (a moved workdir, new file times) has their fingerprint.
+  shutil.copytree(weights.parent, tmp_path / "copy")
+  assert eval_stage.weights_fingerprint(str(tmp_path / "copy")) == eval_stage.weights_fingerprint(str(weights.parent))
 
 
 def test_eval_stage_refuses_k_larger_than_n(tmp_path):

@@ -13,6 +13,7 @@ host): every process plays the same samples, the sampler runs on the global mesh
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 
@@ -65,6 +66,54 @@ def default_config() -> ml_collections.ConfigDict:
   c.playbook = ""  # an ace stage's playbook.json (relative to workdir) shown in every action prompt; "" = none
   c.seed = 0  # sampling seed
   return c
+
+
+# Fields that change only where or how fast the samples are played, not which: a rerun may change them.
+_PLACEMENT_FIELDS = ("method", "model_label", "env_workers", "env_step_timeout_s", "policy_mesh")
+_FINGERPRINT_BYTES = 1 << 16  # bytes read at the start, middle and end of each weights file
+
+
+def weights_fingerprint(hf_dir: str) -> str | None:
+  """A digest of an HF directory's config and weights (sizes and samples of every safetensors file; a retrained
+  export differs everywhere, a copy does not), cheap for any model size. None if the directory is missing."""
+  if not os.path.isdir(hf_dir):
+    return None
+  digest = hashlib.sha256()
+  for name in sorted(os.listdir(hf_dir)):
+    path = os.path.join(hf_dir, name)
+    if name == "config.json" or name.endswith(".safetensors"):
+      size = os.path.getsize(path)
+      digest.update(f"{name}:{size}".encode())
+      with open(path, "rb") as f:
+        for offset in (0, max(size // 2 - _FINGERPRINT_BYTES // 2, 0), max(size - _FINGERPRINT_BYTES, 0)):
+          f.seek(offset)
+          digest.update(f.read(_FINGERPRINT_BYTES))
+  return digest.hexdigest()
+
+
+def sampling_settings(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+  """What the outcomes depend on: every field but the placement ones, and the in-process policy's weights."""
+  settings = json.loads(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in _PLACEMENT_FIELDS}))
+  if in_process(cfg.policy):
+    from leafe_jax.policy.factory import resolve_path
+
+    settings["policy_weights"] = weights_fingerprint(resolve_path(cfg.policy, workdir))
+  return settings
+
+
+def _check_settings(path: str, settings: dict, has_outcomes: bool, primary: bool) -> None:
+  """Refuses to resume outcomes sampled with other settings (a retrained policy, another seed or temperature):
+  reusing them would report the old numbers as the new ones."""
+  if has_outcomes and os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    if changed:
+      raise ValueError(f"eval: the outcomes in {os.path.dirname(path)} were sampled with other settings "
+                       f"({', '.join(changed)} changed since, per settings.json): move that folder away to "
+                       "evaluate again, or evaluate under another variant")
+  elif primary:
+    durable.write_json(path, settings, sort_keys=True)
 
 
 def _load_done(path: str) -> dict[str, dict]:
@@ -130,6 +179,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if spans:
     distributed.barrier("eval: outcomes repaired")  # then every process reads the same finished chunks
   done = _load_done(outcomes_path)
+  _check_settings(os.path.join(stage_dir, "settings.json"), sampling_settings(cfg, workdir), bool(done), primary)
   todo = [(i, chunk) for i, chunk in enumerate(chunks) if any(t not in done for t in chunk)]
   logging.info("eval %s: %d tasks, %d done, n=%d", cfg.method, len(task_ids), len(done), cfg.num_samples)
   if todo:
