@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import re
 import shutil
 
 import ml_collections
@@ -17,7 +16,7 @@ from absl import logging
 
 from leafe_jax.explore.distill import build_examples
 from leafe_jax.explore.ledger import ledger_name
-from leafe_jax.explore.tree import load_trees
+from leafe_jax.explore.tree import TREE_FILE, load_trees
 from leafe_jax.policy.factory import resolve_path
 
 CONFIG_SECTION = "distill"
@@ -40,9 +39,6 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-_TREE_FILE = re.compile(r"shard-(\d+)-of-(\d+)\.jsonl")
-
-
 def load_finished_trees(tree_dir: str, files: list[str], allow_unfinished: bool = False) -> list:
   """The trees of `files`; unless `allow_unfinished`, only if each `shard-<i>-of-<n>.jsonl` shard has finished.
 
@@ -55,7 +51,7 @@ def load_finished_trees(tree_dir: str, files: list[str], allow_unfinished: bool 
             "distill its trees as they are")
   ledgers = {}
   for path in files:
-    match = _TREE_FILE.fullmatch(os.path.basename(path))
+    match = TREE_FILE.fullmatch(os.path.basename(path))
     if match is None or allow_unfinished:
       continue
     index, count = (int(n) for n in match.groups())

@@ -125,7 +125,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   env_config = cfg.env_config.to_dict()
   all_tasks = envs.make(cfg.env, **env_config).tasks(cfg.split)[: cfg.num_tasks]
   tasks = all_tasks[index::count]
-  tree_path = os.path.join(stage_dir, "trees", f"shard-{index}-of-{count}.jsonl")
+  tree_path = os.path.join(stage_dir, "trees", tree_lib.tree_file_name(index, count))
   store = (tree_lib.TreeStore(tree_path, fsync_every=cfg.tree_fsync_every, fsync_s=cfg.tree_fsync_s)
            if primary else None)
   barrier("explore: tree file repaired")

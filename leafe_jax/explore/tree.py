@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -105,6 +106,15 @@ def _encode_field(obj: Any) -> dict[str, Any]:
 # fsync; they are redone on resume. fsync costs milliseconds, a Sokoban tree's JSON line much less.
 DEFAULT_FSYNC_EVERY = 64  # trees between fsyncs
 DEFAULT_FSYNC_S = 30.0  # seconds between fsyncs (checked when a tree is appended)
+
+
+# An explore shard's tree file, in <stage_dir>/trees: shard-<i>-of-<n>.jsonl.
+TREE_FILE = re.compile(r"shard-(\d+)-of-(\d+)\.jsonl")
+
+
+def tree_file_name(index: int, count: int) -> str:
+  """The file name of explore shard `index` of `count`'s trees (TREE_FILE parses it back)."""
+  return f"shard-{index}-of-{count}.jsonl"
 
 
 class TreeStore:

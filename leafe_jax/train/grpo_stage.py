@@ -33,6 +33,7 @@ from absl import logging
 from leafe_jax import durable
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import prompts
+from leafe_jax.explore.ledger import stage_ledger_files
 from leafe_jax.train import stage as train_stage
 
 CONFIG_SECTION = "grpo"
@@ -354,8 +355,6 @@ def ledger_budget(path: str) -> int:
   ledger.json, or an explore stage dir: its ledger.json, or the ledger-shard-*.json of every shard of its sharded
   run, summed (explore.ledger.stage_ledger_files refuses a missing shard and ledgers of two shard counts)."""
   if os.path.isdir(path):
-    from leafe_jax.explore.ledger import stage_ledger_files
-
     files = stage_ledger_files(path)
     if not files:
       raise FileNotFoundError(f"grpo.budget_from_ledger: {path} holds no ledger*.json (run the explore stage first)")
