@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Iterable
 from typing import Any
 
 from absl import logging
 
 
-def write_lines(path: str, lines: Iterable[str]) -> None:
-  """Replaces `path` by `lines` (each with its own newline)."""
-  tmp = path + ".tmp"
+def write_lines(path: str, lines: Iterable[str], *, shared: bool = False) -> None:
+  """Replaces `path` by `lines` (each with its own newline). `shared`: processes of other hosts may write the
+  same path at once (a shared workdir), so the temporary file is this process's own."""
+  tmp = f"{path}.{socket.gethostname()}-{os.getpid()}.tmp" if shared else path + ".tmp"
   with open(tmp, "w") as f:
     f.writelines(lines)
     f.flush()
@@ -24,9 +26,9 @@ def write_lines(path: str, lines: Iterable[str]) -> None:
   os.replace(tmp, path)
 
 
-def write_json(path: str, obj: Any, *, sort_keys: bool = False) -> None:
-  """Replaces `path` by `obj` as indented JSON."""
-  write_lines(path, [json.dumps(obj, indent=1, sort_keys=sort_keys)])
+def write_json(path: str, obj: Any, *, sort_keys: bool = False, shared: bool = False) -> None:
+  """Replaces `path` by `obj` as indented JSON (`shared`: as in write_lines)."""
+  write_lines(path, [json.dumps(obj, indent=1, sort_keys=sort_keys)], shared=shared)
 
 
 def cut_torn_tail(path: str) -> None:

@@ -107,6 +107,21 @@ def test_a_run_that_dies_mid_batch_resumes_to_the_uninterrupted_playbook(tmp_pat
   assert ace_stage.run_with_policy(_config(), str(tmp_path / "cut"), _AcePolicy()) == whole
 
 
+def test_a_rerun_resumes_for_more_epochs_and_refuses_other_settings(tmp_path):
+  ace_stage.run_with_policy(_config(), str(tmp_path), _AcePolicy(), policy_weights="w1")
+  def no_model():
+    raise AssertionError("a finished stage loads no model")
+  ace_stage.run_with_policy(_config(), str(tmp_path), no_model, policy_weights="w1")
+  longer = _config()
+  longer.ace.num_epochs = 2  # the batches done are the first four of the longer run
+  ace_stage.run_with_policy(longer, str(tmp_path), _AcePolicy(), policy_weights="w1")
+  assert json.loads((tmp_path / "playbook.json").read_text())["batches_done"] == 8
+  with pytest.raises(ValueError, match=r"ace: the playbook batches in .* \(max_bullets changed"):
+    ace_stage.run_with_policy(_config(max_bullets=6), str(tmp_path), no_model, policy_weights="w1")
+  with pytest.raises(ValueError, match=r"\(policy_weights changed"):
+    ace_stage.run_with_policy(longer, str(tmp_path), no_model, policy_weights="w2")
+
+
 def test_evaluation_episodes_show_the_playbook_in_every_action_prompt():
   policy = _AcePolicy()
   env_config = dict(ENV_CONFIG)

@@ -249,3 +249,20 @@ def test_sigkill_then_rerun_gives_the_records_of_an_uninterrupted_run(tmp_path):
   assert sum(manifest["counts"].values()) == len(whole)
   stats = json.loads((tmp_path / "whole" / "stats.json").read_text())
   assert stats["tasks"] == 6 and stats["records_sft"] == manifest["counts"]["sft"]
+
+
+def test_a_rerun_refuses_records_of_other_settings_or_policy_weights(tmp_path):
+  from transformers import AutoTokenizer
+
+  make_tokenizer(tmp_path / "tok")
+  tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+  run = lambda config, weights="w1": ee_stage.run_with_policy(
+      config, str(tmp_path / "ee"), _reflecting_policy({"up", "left"}), tok, policy_weights=weights)
+  run(_stage_config(num_tasks=2))
+  assert run(_stage_config(num_tasks=4))["tasks"] == 4  # more tasks: a plain resume
+  with pytest.raises(ValueError, match=r"early_experience: the records in .* \(iwm_alternatives changed"):
+    config = _stage_config(num_tasks=4)
+    config.early_experience.iwm_alternatives = 3
+    run(config)
+  with pytest.raises(ValueError, match=r"\(policy_weights changed"):
+    run(_stage_config(num_tasks=4), weights="w2")

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from leafe_jax import stage_settings
 from leafe_jax.envs import registry
 from leafe_jax.envs.sokoban import SokobanEnv, solve
 from leafe_jax.envs.sokoban.level import LURD
@@ -151,10 +152,12 @@ def test_eval_stage_refuses_to_resume_outcomes_of_other_settings_or_weights(tmp_
   eval_stage.run(_eval_config(tmp_path), str(tmp_path), str(stage_dir))
   relabelled = _eval_config(tmp_path)
   relabelled.eval.method, relabelled.eval.env_workers = "Renamed", 2  # labels and placement: a plain resume
+  relabelled.eval.ks = (1,)  # another report of the same samples
   eval_stage.run(relabelled, str(tmp_path), str(stage_dir))
+  assert list(json.loads((stage_dir / "results.json").read_text())["pass_at"]) == ["1"]
   hotter = _eval_config(tmp_path)
   hotter.eval.temperature = 0.9
-  with pytest.raises(ValueError, match=r"sampled with other settings \(temperature changed"):
+  with pytest.raises(ValueError, match=r"outcomes in .* made with other settings \(temperature changed"):
     eval_stage.run(hotter, str(tmp_path), str(stage_dir))
   data = bytearray(weights.read_bytes())
   data[len(data) // 2] ^= 1  # a retrained export of the same shapes
@@ -163,7 +166,8 @@ def test_eval_stage_refuses_to_resume_outcomes_of_other_settings_or_weights(tmp_
     eval_stage.run(_eval_config(tmp_path), str(tmp_path), str(stage_dir))
   # A copy of the same weights (a moved workdir, new file times) has their fingerprint.
   shutil.copytree(weights.parent, tmp_path / "copy")
-  assert eval_stage.weights_fingerprint(str(tmp_path / "copy")) == eval_stage.weights_fingerprint(str(weights.parent))
+  assert stage_settings.hf_dir_fingerprint(str(tmp_path / "copy")) == stage_settings.hf_dir_fingerprint(
+      str(weights.parent))
 
 
 def test_eval_stage_refuses_k_larger_than_n(tmp_path):

@@ -4,6 +4,7 @@ import dataclasses
 import random
 
 import ml_collections
+import pytest
 
 from leafe_jax.baselines import expert_stage
 from leafe_jax.baselines.sokoban_expert import noisy_expert_trajectory
@@ -106,3 +107,6 @@ def test_stage_writes_tokenizer_records_and_is_skipped_when_done(tmp_path):
   stamp = (tmp_path / "expert_data" / "DONE").stat().st_mtime_ns
   expert_stage.run(config, str(tmp_path), stage_dir)  # complete: not redone
   assert (tmp_path / "expert_data" / "DONE").stat().st_mtime_ns == stamp
+  config.expert_data.mistake_prob = 0.3  # other records than the finished ones
+  with pytest.raises(ValueError, match=r"expert_data: the records and tokenizer in .* \(mistake_prob changed"):
+    expert_stage.run(config, str(tmp_path), stage_dir)

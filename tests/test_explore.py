@@ -333,6 +333,25 @@ def _distilled_records(tmp_path, name: str) -> list[tuple]:
                  r.experience, r.messages_json, r.tokenizer) for r in records.iter_records(str(out / "records")))
 
 
+def test_a_finished_distill_refuses_other_settings_or_trees_explored_since(tmp_path):
+  from leafe_jax.explore import distill_stage
+
+  config = explore_config()
+  config.explore.num_tasks = 4
+  explore_stage.run_with_policy(config, str(tmp_path / "run"), ScriptedPolicy(_stable_action))
+  first = _distilled_records(tmp_path, "run")
+  assert _distilled_records(tmp_path, "run") == first  # a rerun of the finished stage skips
+  distill = ml_collections.ConfigDict({"distill": distill_stage.default_config()})
+  distill.distill.trees, distill.distill.tokenizer = str(tmp_path / "run" / "trees"), str(tmp_path / "tok")
+  distill.distill.reh_fraction, distill.distill.max_cf_per_task = 1.0, 1
+  with pytest.raises(ValueError, match=r"distill: the records in .* \(max_cf_per_task changed"):
+    distill_stage.run(distill, str(tmp_path / "run"), str(tmp_path / "run" / "distill"))
+  config.explore.num_tasks = 6  # the explore stage extended: its new trees are in no record
+  explore_stage.run_with_policy(config, str(tmp_path / "run"), ScriptedPolicy(_stable_action))
+  with pytest.raises(ValueError, match=r"\(trees_files changed"):
+    _distilled_records(tmp_path, "run")
+
+
 def _late_rollback(messages):
   """Acts like `_stable_action`; reflects with tau = the last step, so every branch replays a prefix."""
   content = messages[-1]["content"]
@@ -399,6 +418,28 @@ def test_rerun_of_a_finished_explore_keeps_the_ledger_totals(tmp_path):
   again = explore_stage.run_with_policy(explore_config(), str(tmp_path), ScriptedPolicy(_stable_action)).to_json()
   assert again["total"] == first["total"]
   assert json.loads((tmp_path / "ledger.json").read_text())["total"] == first["total"]
+
+
+def test_explore_refuses_to_resume_trees_of_other_settings_or_policy_weights(tmp_path):
+  run = lambda config, weights="w1": explore_stage.run_with_policy(
+      config, str(tmp_path), ScriptedPolicy(_stable_action), policy_weights=weights)
+  config = explore_config()
+  config.explore.num_tasks = 4
+  run(config)
+  more = explore_config()  # more tasks, at another concurrency: extent and placement, a plain resume
+  more.explore.num_tasks, more.explore.concurrency = 6, 2
+  run(more)
+  assert len(list(load_trees(str(tmp_path / "trees" / "shard-0-of-1.jsonl")))) == 6
+  hotter = explore_config()
+  hotter.explore.temperature = 0.5
+  with pytest.raises(ValueError, match=r"explore: the trees in .* made with other settings \(temperature changed"):
+    run(hotter)
+  with pytest.raises(ValueError, match=r"\(policy_weights changed"):
+    run(config, weights="w2")  # a retrained policy
+  other_shard = explore_config()  # another host of the same stage dir, with its own seed
+  other_shard.explore.shard, other_shard.explore.seed = "1/2", 1
+  with pytest.raises(ValueError, match=r"\(seed changed"):
+    run(other_shard)
 
 
 def test_tree_line_round_trips_and_writes_equal_clean_messages_once(tmp_path):

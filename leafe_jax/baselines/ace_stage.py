@@ -16,7 +16,7 @@ import os
 import ml_collections
 from absl import logging
 
-from leafe_jax import durable, envs
+from leafe_jax import durable, envs, stage_settings
 from leafe_jax.baselines import ace
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled
@@ -52,14 +52,25 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Fields a rerun may change: where and how fast episodes are played, and more epochs over the same tasks (the
+# batches done are the first ones of a longer run).
+_FREE_FIELDS = ("env_workers", "env_step_timeout_s", "policy_mesh", "num_epochs")
+
+
 def check_config(cfg: ml_collections.ConfigDict) -> None:
   """Value checks of `config.ace` that need no files (main.plan runs them before any stage)."""
   if cfg.tasks_per_batch < 1 or cfg.num_epochs < 1 or cfg.max_bullets < 1:
     raise ValueError("config fields 'ace.tasks_per_batch', 'ace.num_epochs' and 'ace.max_bullets' must be >= 1")
 
 
-def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -> ace.Playbook:
-  """Evolves the playbook with `policy`; returns it (also saved in stage_dir)."""
+def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *,
+                    policy_weights: str | None = None) -> ace.Playbook:
+  """Evolves the playbook with `policy`; returns it (also saved in stage_dir).
+
+  `policy`: a Policy, or a zero-argument function that makes one, called only if a batch is left (a rerun of a
+  finished stage loads no model). `policy_weights`: the fingerprint of an in-process policy's weights: a
+  playbook evolved with other weights, or other settings, is refused (stage_settings).
+  """
   cfg = config.ace
   check_config(cfg)
   env_config = cfg.env_config.to_dict()
@@ -74,6 +85,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   if os.path.exists(state_path):
     with open(state_path) as f:
       state = json.load(f)
+  settings = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
+  stage_settings.check("ace", stage_dir, settings, has_outputs=state["batches_done"] > 0, what="playbook batches")
   playbook = ace.Playbook.from_json(state["playbook"])
   stats = collections.Counter(state["stats"])
   logging.info("ace: %d batches, %d done, %d bullets", len(batches), state["batches_done"], len(playbook.bullets))
@@ -81,6 +94,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
   if state["batches_done"] < len(batches):
     from tqdm import tqdm
 
+    if not hasattr(policy, "generate"):
+      policy = policy()
     with (tqdm(total=len(batches), initial=state["batches_done"], desc="ace", unit="batch") as bar,
           pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
       for index in range(state["batches_done"], len(batches)):
@@ -126,10 +141,11 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy) -
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
-  from leafe_jax.policy.factory import make_policy
+  from leafe_jax.policy.factory import in_process, make_policy, resolve_path
 
   cfg = config.ace
   check_config(cfg)  # before loading a model
-  policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
-                       dtype=cfg.policy_dtype, field="ace.policy")
-  run_with_policy(config, stage_dir, policy)
+  weights = stage_settings.hf_dir_fingerprint(resolve_path(cfg.policy, workdir)) if in_process(cfg.policy) else None
+  run_with_policy(config, stage_dir, lambda: make_policy(
+      cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
+      dtype=cfg.policy_dtype, field="ace.policy"), policy_weights=weights)

@@ -13,13 +13,14 @@ n-th task and writes with its own writer id. Training follows the EE recipes wit
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
 import ml_collections
 from absl import logging
 
-from leafe_jax import durable, envs
+from leafe_jax import durable, envs, stage_settings
 from leafe_jax.baselines.early_experience import Builder, EnvRunner, Settings
 from leafe_jax.envs.base import ExpertEnv
 from leafe_jax.explore.stage import parse_shard
@@ -27,6 +28,9 @@ from leafe_jax.explore.stage import parse_shard
 CONFIG_SECTION = "early_experience"
 # A group's records are made durable together by finish_shard(); the writer must never roll a shard mid-group.
 _UNBOUNDED_SHARD = 1 << 40
+# Fields a rerun may change: where and how much is built, not how (the tasks of a group share a policy call, so
+# tasks_per_shard stays a setting).
+_FREE_FIELDS = ("env_workers", "policy_mesh", "shard", "num_tasks")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -99,8 +103,14 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config field 'early_experience.env_workers' must be >= 0, got {cfg.env_workers}")
 
 
-def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, tokenizer) -> dict:
-  """Builds the configured tasks' records with `policy` (None when no method needs one); returns the stats."""
+def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, tokenizer, *,
+                    policy_weights: str | None = None) -> dict:
+  """Builds the configured tasks' records with `policy`; returns the stats.
+
+  `policy`: a Policy, None when no method needs one, or a zero-argument function that makes one, called only if
+  a task is left (a rerun of a finished stage loads no model). `policy_weights`: the fingerprint of an
+  in-process policy's weights: records made with other weights, or other settings, are refused (stage_settings).
+  """
   from tqdm import tqdm
 
   from leafe_jax.data import records
@@ -115,8 +125,6 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
   tasks = env.tasks(cfg.split)[: cfg.num_tasks][index::count]
   if not tasks:
     raise ValueError(f"early_experience: split {cfg.split!r} of {cfg.env!r} gives no tasks for shard {cfg.shard}")
-  runner = EnvRunner(env, cfg.env, cfg.env_config.to_dict(), cfg.env_workers)
-  builder = Builder(env, policy, settings_of(cfg), runner)
   os.makedirs(stage_dir, exist_ok=True)
   records_dir = os.path.join(stage_dir, "records")
   writer_id = f"ee{index}"
@@ -124,12 +132,21 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
   stats_path = os.path.join(stage_dir, "stats.json" if count == 1 else f"stats-{index}-of-{count}.json")
   durable.cut_torn_tail(done_path)  # else the next line would be appended to a torn one
   done = _done_tasks(done_path, records_dir, writer_id)
+  fingerprint = records.tokenizer_fingerprint(tokenizer)
+  # Any shard's finished tasks count: hosts of one stage dir build with one set of settings.
+  has_outputs = bool(done) or any(os.path.getsize(f) for f in glob.glob(os.path.join(stage_dir, "done-*.jsonl")))
+  settings = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights,
+                                       tokenizer_fingerprint=fingerprint)
+  stage_settings.check("early_experience", stage_dir, settings, has_outputs=has_outputs, what="records")
+  todo = [t for t in tasks if t not in done]
+  logging.info("early_experience: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
+  if todo and callable(policy) and not hasattr(policy, "generate"):
+    policy = policy()
+  runner = EnvRunner(env, cfg.env, cfg.env_config.to_dict(), cfg.env_workers)
+  builder = Builder(env, policy, settings_of(cfg), runner)
   if os.path.exists(stats_path):
     with open(stats_path) as f:
       builder.stats.update(json.load(f))
-  todo = [t for t in tasks if t not in done]
-  logging.info("early_experience: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
-  fingerprint = records.tokenizer_fingerprint(tokenizer)
   with (runner,
         records.RecordWriter(records_dir, tokenizer_fingerprint=fingerprint, config_json=json.dumps(cfg.to_dict()),
                              shard_size=_UNBOUNDED_SHARD, writer_id=writer_id) as writer,
@@ -157,15 +174,18 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   from transformers import AutoTokenizer
 
-  from leafe_jax.policy.factory import make_policy, resolve_path
+  from leafe_jax.policy.factory import in_process, make_policy, resolve_path
 
   cfg = config.early_experience
   check_config(cfg)  # before loading a model
-  policy = None
-  if "sr" in cfg.methods:
-    policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
-                         dtype=cfg.policy_dtype, field="early_experience.policy")
   if cfg.policy.startswith("openai:") and not cfg.tokenizer:
     raise ValueError("early_experience.tokenizer must name a HF tokenizer dir when the policy is a server")
+  policy, weights = None, None
+  if "sr" in cfg.methods:  # only self-reflection samples from the policy
+    policy = lambda: make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len,
+                                 mesh_shape=tuple(cfg.policy_mesh), dtype=cfg.policy_dtype,
+                                 field="early_experience.policy")
+    if in_process(cfg.policy):
+      weights = stage_settings.hf_dir_fingerprint(resolve_path(cfg.policy, workdir))
   tokenizer_dir = resolve_path(cfg.tokenizer or cfg.policy, workdir)
-  run_with_policy(config, stage_dir, policy, AutoTokenizer.from_pretrained(tokenizer_dir))
+  run_with_policy(config, stage_dir, policy, AutoTokenizer.from_pretrained(tokenizer_dir), policy_weights=weights)

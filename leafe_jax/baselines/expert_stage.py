@@ -24,7 +24,7 @@ import shutil
 import ml_collections
 from absl import logging
 
-from leafe_jax import envs
+from leafe_jax import envs, stage_settings
 from leafe_jax.baselines.sokoban_expert import ExpertTrajectory, noisy_expert_trajectory
 from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
 from leafe_jax.envs.prompts import build_action_prompt
@@ -32,6 +32,7 @@ from leafe_jax.explore import reflection
 from leafe_jax.policy.chat import encode_turns
 
 CONFIG_SECTION = "expert_data"
+_FREE_FIELDS = ("shard_size",)  # how the records are split into files, not which records
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -115,11 +116,20 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
 
   cfg = config.expert_data
   check_config(cfg)
-  if os.path.exists(os.path.join(stage_dir, "DONE")):
+  source_tokenizer = (cfg.tokenizer if os.path.isabs(cfg.tokenizer) else os.path.join(workdir, cfg.tokenizer)
+                      if cfg.tokenizer else "")
+  inputs = {}
+  if source_tokenizer and os.path.isdir(source_tokenizer):
+    inputs["tokenizer_files"] = stage_settings.files_fingerprint(
+        [os.path.join(source_tokenizer, n) for n in os.listdir(source_tokenizer)], source_tokenizer)
+  settings = stage_settings.of_section(cfg, _FREE_FIELDS, **inputs)
+  done = os.path.exists(os.path.join(stage_dir, "DONE"))
+  if done:
+    stage_settings.check("expert_data", stage_dir, settings, has_outputs=True, what="records and tokenizer")
     logging.info("expert_data: %s is complete, skipping", stage_dir)
     return
   shutil.rmtree(stage_dir, ignore_errors=True)
-  os.makedirs(stage_dir)
+  stage_settings.check("expert_data", stage_dir, settings, has_outputs=False)
   env = envs.make(cfg.env, **cfg.env_config.to_dict())
   rng = random.Random(cfg.seed)
   examples = []
@@ -134,9 +144,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                num_trajectories, successes)
 
   tokenizer_dir = os.path.join(stage_dir, "tokenizer")
-  if cfg.tokenizer:
-    shutil.copytree(cfg.tokenizer if os.path.isabs(cfg.tokenizer) else os.path.join(workdir, cfg.tokenizer),
-                    tokenizer_dir)
+  if source_tokenizer:
+    shutil.copytree(source_tokenizer, tokenizer_dir)
   else:
     corpus = (m["content"] for _, messages, response, _ in examples for m in [*messages, {"content": response}])
     train_tokenizer(corpus, cfg.tokenizer_vocab_size, tokenizer_dir, cfg.tokenizer_max_length)

@@ -13,14 +13,13 @@ host): every process plays the same samples, the sampler runs on the global mesh
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 
 import ml_collections
 from absl import logging
 
-from leafe_jax import durable, envs
+from leafe_jax import durable, envs, stage_settings
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled, prompts
 from leafe_jax.eval import passk
@@ -68,52 +67,19 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-# Fields that change only where or how fast the samples are played, not which: a rerun may change them.
-_PLACEMENT_FIELDS = ("method", "model_label", "env_workers", "env_step_timeout_s", "policy_mesh")
-_FINGERPRINT_BYTES = 1 << 16  # bytes read at the start, middle and end of each weights file
-
-
-def weights_fingerprint(hf_dir: str) -> str | None:
-  """A digest of an HF directory's config and weights (sizes and samples of every safetensors file; a retrained
-  export differs everywhere, a copy does not), cheap for any model size. None if the directory is missing."""
-  if not os.path.isdir(hf_dir):
-    return None
-  digest = hashlib.sha256()
-  for name in sorted(os.listdir(hf_dir)):
-    path = os.path.join(hf_dir, name)
-    if name == "config.json" or name.endswith(".safetensors"):
-      size = os.path.getsize(path)
-      digest.update(f"{name}:{size}".encode())
-      with open(path, "rb") as f:
-        for offset in (0, max(size // 2 - _FINGERPRINT_BYTES // 2, 0), max(size - _FINGERPRINT_BYTES, 0)):
-          f.seek(offset)
-          digest.update(f.read(_FINGERPRINT_BYTES))
-  return digest.hexdigest()
+# Fields a rerun may change: labels, where or how fast the samples are played, and the k values reported from
+# them; not which samples are drawn.
+_FREE_FIELDS = ("method", "model_label", "env_workers", "env_step_timeout_s", "policy_mesh", "ks")
 
 
 def sampling_settings(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """What the outcomes depend on: every field but the placement ones, and the in-process policy's weights."""
-  settings = json.loads(json.dumps({k: v for k, v in cfg.to_dict().items() if k not in _PLACEMENT_FIELDS}))
+  """What the outcomes depend on: every field but the free ones, and the in-process policy's weights."""
+  inputs = {}
   if in_process(cfg.policy):
     from leafe_jax.policy.factory import resolve_path
 
-    settings["policy_weights"] = weights_fingerprint(resolve_path(cfg.policy, workdir))
-  return settings
-
-
-def _check_settings(path: str, settings: dict, has_outcomes: bool, primary: bool) -> None:
-  """Refuses to resume outcomes sampled with other settings (a retrained policy, another seed or temperature):
-  reusing them would report the old numbers as the new ones."""
-  if has_outcomes and os.path.exists(path):
-    with open(path) as f:
-      stored = json.load(f)
-    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
-    if changed:
-      raise ValueError(f"eval: the outcomes in {os.path.dirname(path)} were sampled with other settings "
-                       f"({', '.join(changed)} changed since, per settings.json): move that folder away to "
-                       "evaluate again, or evaluate under another variant")
-  elif primary:
-    durable.write_json(path, settings, sort_keys=True)
+    inputs["policy_weights"] = stage_settings.hf_dir_fingerprint(resolve_path(cfg.policy, workdir))
+  return stage_settings.of_section(cfg, _FREE_FIELDS, **inputs)
 
 
 def _load_done(path: str) -> dict[str, dict]:
@@ -179,7 +145,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if spans:
     distributed.barrier("eval: outcomes repaired")  # then every process reads the same finished chunks
   done = _load_done(outcomes_path)
-  _check_settings(os.path.join(stage_dir, "settings.json"), sampling_settings(cfg, workdir), bool(done), primary)
+  stage_settings.check("eval", stage_dir, sampling_settings(cfg, workdir), has_outputs=bool(done), write=primary,
+                       what="outcomes")
   todo = [(i, chunk) for i, chunk in enumerate(chunks) if any(t not in done for t in chunk)]
   logging.info("eval %s: %d tasks, %d done, n=%d", cfg.method, len(task_ids), len(done), cfg.num_samples)
   if todo:

@@ -14,12 +14,14 @@ import shutil
 import ml_collections
 from absl import logging
 
+from leafe_jax import stage_settings
 from leafe_jax.explore.distill import build_examples
 from leafe_jax.explore.ledger import ledger_name
 from leafe_jax.explore.tree import TREE_FILE, load_trees
 from leafe_jax.policy.factory import resolve_path
 
 CONFIG_SECTION = "distill"
+_FREE_FIELDS = ("shard_size",)  # how the records are split into files, not which records
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -34,7 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.shard_size = 4096  # records per TFRecord shard
   c.seed = 0  # which successful rollouts are rehearsed
   # Distill only trees whose explore shard finished (its ledger, written at the end, lists their tasks); True
-  # distills unfinished shards' trees as they are (the records then stay: a later distill run skips).
+  # distills unfinished shards' trees as they are (a later run, with more trees, then refuses these records).
   c.allow_unfinished_explore = False
   return c
 
@@ -84,23 +86,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
 
   cfg = config.distill
   final = os.path.join(stage_dir, "records")
-  if os.path.exists(os.path.join(final, "manifest.json")):
-    logging.info("distill: %s is complete, skipping", final)
-    return
+  complete = os.path.exists(os.path.join(final, "manifest.json"))
   tree_dir = resolve_path(cfg.trees, workdir)
   files = sorted(glob.glob(os.path.join(tree_dir, "*.jsonl")))
+  if complete and not files:
+    logging.warning("distill: no tree files in %s any more; keeping the records made from them", tree_dir)
+    return
   if not files:
     raise FileNotFoundError(f"distill: no tree files in {tree_dir}: run the explore stage first")
+  tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg.tokenizer, workdir))
+  fingerprint = records.tokenizer_fingerprint(tokenizer)
+  # Trees explored since (more tasks, a finished shard) or other settings would make other records.
+  settings = stage_settings.of_section(cfg, _FREE_FIELDS, trees_files=stage_settings.files_fingerprint(files, tree_dir),
+                                       tokenizer_fingerprint=fingerprint)
+  stage_settings.check("distill", stage_dir, settings, has_outputs=complete, what="records")
+  if complete:
+    logging.info("distill: %s is complete, skipping", final)
+    return
   trees = load_finished_trees(tree_dir, files, cfg.allow_unfinished_explore)
   examples = build_examples(trees, max_cf_per_task=cfg.max_cf_per_task, reh_fraction=cfg.reh_fraction,
                             reh_weight=cfg.reh_weight, seed=cfg.seed)
   if not examples:
     raise ValueError(f"distill: {len(trees)} trees hold no successful rollout, so there is nothing to distill")
-  tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg.tokenizer, workdir))
-  fingerprint = records.tokenizer_fingerprint(tokenizer)
   partial = os.path.join(stage_dir, "records.partial")
   shutil.rmtree(partial, ignore_errors=True)
-  os.makedirs(stage_dir, exist_ok=True)
   with records.RecordWriter(partial, tokenizer_fingerprint=fingerprint, config_json=json.dumps(cfg.to_dict()),
                             shard_size=cfg.shard_size, writer_id="distill") as writer:
     encoded = encode_turns(tokenizer, [(ex.messages, ex.response) for ex in examples])

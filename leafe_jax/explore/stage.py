@@ -13,13 +13,14 @@ and the ledger. Such a launch is one shard (`shard = "0/1"`); shards are for ind
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 
 import ml_collections
 from absl import logging
 
-from leafe_jax import envs
+from leafe_jax import envs, stage_settings
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled, prompts
 from leafe_jax.explore import ledger as ledger_lib
@@ -79,6 +80,12 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Fields a rerun may change: where, how fast and how much is explored, not how a task is explored. (A changed
+# concurrency batches other tasks together: the redone tasks draw other samples from the same distribution.)
+_FREE_FIELDS = ("env_workers", "env_step_timeout_s", "policy_mesh", "concurrency", "tree_fsync_every",
+                "tree_fsync_s", "shard", "num_tasks", "env_step_budget")
+
+
 def parse_shard(shard: str, field: str = "explore.shard") -> tuple[int, int]:
   """(i, n) of an "i/n" shard spec; `field` names the config field in the error."""
   try:
@@ -111,12 +118,14 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
 
 
 def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *, primary: bool = True,
-                    barrier=lambda name: None) -> Ledger:
+                    barrier=lambda name: None, policy_weights: str | None = None) -> Ledger:
   """Explores the configured tasks with `policy`; returns the ledger (also saved next to the trees).
 
   `policy`: a Policy, or a zero-argument function that makes one, called only if a task is left to explore (a
   rerun of a finished stage loads no model). On a multi-process launch every process calls this alike: only the
   `primary` one writes, and `barrier(name)` waits for all processes (its repair of the tree file is read by all).
+  `policy_weights`: the fingerprint of an in-process policy's weights: trees explored with other weights, or
+  other settings, are refused (stage_settings).
   """
   cfg = config.explore
   check_config(cfg)
@@ -134,6 +143,10 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   for tree in tree_lib.read_trees(tree_path):  # as the primary's store left it, on every process
     done[tree.task_id] = tree
     ledger.load_task_counts({tree.task_id: tree.ledger})
+  # Any shard's trees count: hosts of one stage dir explore with one set of settings.
+  has_trees = any(os.path.getsize(f) for f in glob.glob(os.path.join(stage_dir, "trees", "*.jsonl")))
+  recorded = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
+  stage_settings.check("explore", stage_dir, recorded, has_outputs=has_trees, write=primary, what="trees")
   todo = [t for t in tasks if t not in done]
   logging.info("explore: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
   ledger_path = os.path.join(stage_dir, ledger_lib.ledger_name(index, count))
@@ -169,7 +182,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
-  from leafe_jax.policy.factory import make_policy
+  from leafe_jax.policy.factory import make_policy, resolve_path
 
   cfg = config.explore
   processes = {}
@@ -183,6 +196,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       raise ValueError(f"config field 'explore.shard' is {cfg.shard!r}, but the {jax.process_count()} processes of "
                        "this launch explore one task list together: use '0/1' (shards are for separate hosts)")
   os.makedirs(stage_dir, exist_ok=True)
+  weights = (stage_settings.hf_dir_fingerprint(resolve_path(cfg.policy, workdir)) if in_process(cfg.policy)
+             else None)
   run_with_policy(config, stage_dir, lambda: make_policy(
       cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
-      dtype=cfg.policy_dtype, field="explore.policy"), **processes)
+      dtype=cfg.policy_dtype, field="explore.policy"), policy_weights=weights, **processes)

@@ -1,0 +1,52 @@
+import json
+import os
+
+import ml_collections
+import pytest
+
+from leafe_jax import stage_settings
+
+
+def _section(**kw):
+  return ml_collections.ConfigDict({"seed": 0, "workers": 1, **kw})
+
+
+def test_free_fields_may_change_and_others_are_refused_naming_them(tmp_path):
+  stage_settings.check("s", str(tmp_path / "s"), stage_settings.of_section(_section(), ("workers",)),
+                       has_outputs=False)
+  moved = stage_settings.of_section(_section(workers=4), ("workers",))
+  stage_settings.check("s", str(tmp_path / "s"), moved, has_outputs=True)
+  with pytest.raises(ValueError, match=r"s: the outputs in .* \(seed changed since"):
+    stage_settings.check("s", str(tmp_path / "s"), stage_settings.of_section(_section(seed=1), ("workers",)),
+                         has_outputs=True)
+  # No outputs yet: the new settings replace the recorded ones.
+  stage_settings.check("s", str(tmp_path / "s"), stage_settings.of_section(_section(seed=1), ("workers",)),
+                       has_outputs=False)
+  assert json.loads((tmp_path / "s" / "settings.json").read_text()) == {"seed": 1}
+  assert os.listdir(tmp_path / "s") == ["settings.json"]  # no temporary file left
+
+
+def test_outputs_without_recorded_settings_are_adopted(tmp_path):
+  stage_settings.check("s", str(tmp_path), {"seed": 3}, has_outputs=True)
+  assert json.loads((tmp_path / "settings.json").read_text()) == {"seed": 3}
+
+
+def test_a_free_field_that_is_not_in_the_section_is_an_error():
+  with pytest.raises(KeyError, match="worker"):
+    stage_settings.of_section(_section(), ("worker",))
+
+
+def test_fingerprints_differ_for_changed_or_appended_files_and_not_for_copies(tmp_path):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "model.safetensors").write_bytes(bytes(range(256)) * 1024)
+  (tmp_path / "a" / "config.json").write_text("{}")
+  (tmp_path / "a" / "notes.txt").write_text("not part of the weights")
+  first = stage_settings.hf_dir_fingerprint(str(tmp_path / "a"))
+  (tmp_path / "a" / "notes.txt").write_text("edited")
+  assert stage_settings.hf_dir_fingerprint(str(tmp_path / "a")) == first
+  os.rename(tmp_path / "a", tmp_path / "b")
+  assert stage_settings.hf_dir_fingerprint(str(tmp_path / "b")) == first
+  with open(tmp_path / "b" / "model.safetensors", "ab") as f:
+    f.write(b"\0")
+  assert stage_settings.hf_dir_fingerprint(str(tmp_path / "b")) != first
+  assert stage_settings.hf_dir_fingerprint(str(tmp_path / "missing")) is None
