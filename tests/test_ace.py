@@ -39,6 +39,12 @@ def test_replies_are_parsed_from_prose_and_fences_and_garbage_is_none():
   assert ace.parse_curation('{"operations": "none"}') is None and ace.parse_curation("") is None
 
 
+def test_a_reflection_whose_bullet_tags_is_not_a_list_tags_nothing_and_does_not_raise():
+  assert ace.parse_reflection('{"bullet_tags": 3}') is None
+  assert ace.parse_reflection('{"bullet_tags": true, "lesson": "push boxes along walls"}') == (
+      [], "push boxes along walls")
+
+
 def test_the_playbook_block_comes_first_and_is_absent_without_a_playbook():
   env = SokobanEnv()
   env.reset(env.tasks("train", 1)[0])

@@ -158,7 +158,8 @@ def parse_reflection(text: str) -> tuple[list[tuple[str, str]], str] | None:
   if value is None:
     return None
   tags = []
-  for item in value.get("bullet_tags") or []:
+  items = value.get("bullet_tags")
+  for item in items if isinstance(items, list) else []:
     if isinstance(item, dict) and _ID.match(str(item.get("id", ""))) and item.get("tag") in TAGS:
       tags.append((str(item["id"]), item["tag"]))
   lesson = value.get("lesson")
