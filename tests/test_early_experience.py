@@ -266,3 +266,37 @@ def test_a_rerun_refuses_records_of_other_settings_or_policy_weights(tmp_path):
     run(config)
   with pytest.raises(ValueError, match=r"\(policy_weights changed"):
     run(_stage_config(num_tasks=4), weights="w2")
+
+
+def test_a_rerun_after_a_kill_between_a_shard_rename_and_its_manifest_update_duplicates_nothing(tmp_path):
+  # The shard is durable (RecordWriter adopts it on reopen), so its tasks are done: building them again wrote
+  # the group's records twice.
+  from transformers import AutoTokenizer
+
+  make_tokenizer(tmp_path / "tok")
+  tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+  config = _stage_config(num_tasks=4)
+  config.early_experience.methods = ("iwm",)  # no policy needed
+  ee_stage.run_with_policy(config, str(tmp_path / "whole"), None, tok)
+  killed = tmp_path / "killed"
+  ee_stage.run_with_policy(config, str(killed), None, tok)
+  part_path = killed / "records" / "manifest-ee0.json"  # back to: 2nd shard renamed, manifest and done log not
+  part = json.loads(part_path.read_text())
+  assert len(part["shards"]) == 2
+  part_path.write_text(json.dumps({**part, "shards": part["shards"][:1]}))
+  done = killed / "done-0-of-1.jsonl"
+  done.write_text("".join(done.read_text().splitlines(keepends=True)[:2]))
+  ee_stage.run_with_policy(config, str(killed), None, tok)
+  assert _record_set(killed) == _record_set(tmp_path / "whole")
+
+
+def test_policy_proposals_never_make_a_listed_template_an_alternative():
+  # uniform_alternatives skips a listed entry the env's parser rejects (WebShop's `search[<your query>]`); a
+  # policy copying it into its <action> block got it executed as an SR alternative.
+  from leafe_jax.envs.webshop.env import SEARCH_TEMPLATE, WebShopEnv
+
+  state = ee.ExpertState("t", 0, "q", (), "o", (SEARCH_TEMPLATE, "click[a]", "click[b]", "click[c]"), "click[a]",
+                         "o2")
+  chosen, replaced = ee.proposed_alternatives([f"<action>{SEARCH_TEMPLATE}</action>", "<action>click[b]</action>"],
+                                              state, 2, random.Random(0), WebShopEnv.parse_action)
+  assert SEARCH_TEMPLATE not in chosen and "click[b]" in chosen and len(chosen) == 2 and replaced == 1

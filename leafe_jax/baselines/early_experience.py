@@ -160,12 +160,14 @@ def uniform_alternatives(state: ExpertState, k: int, rng: random.Random,
 
 def proposed_alternatives(texts: Sequence[str], state: ExpertState, k: int, rng: random.Random,
                           accepts: Callable[[str], str | None] | None = None) -> tuple[list[str], int]:
-  """The policy's proposals as distinct non-expert actions, unusable ones (no parsable admissible action, the
-  expert's, a repeat) replaced by random admissible actions while unused ones remain; returns (alternatives,
-  number of random replacements made)."""
+  """The policy's proposals as distinct non-expert actions, unusable ones (no parsable admissible action, a
+  listed entry `accepts` rejects, the expert's, a repeat) replaced by random admissible actions while unused ones
+  remain; returns (alternatives, number of random replacements made)."""
   chosen: list[str] = []
   for text in texts[:k]:
     action = parse_action(text, state.admissible)
+    if accepts is not None and action is not None and accepts(action) is None:
+      action = None  # a listed template the env does not take as an action (as in uniform_alternatives)
     if action is not None and action != state.expert_action and action not in chosen:
       chosen.append(action)
   wanted = min(k, len(texts))

@@ -78,7 +78,7 @@ def settings_of(cfg: ml_collections.ConfigDict) -> Settings:
 
 
 def _done_tasks(done_path: str, records_dir: str, writer_id: str) -> set[str]:
-  """Tasks finished by an earlier run: a done line, or a record in one of this writer's durable shards."""
+  """Tasks finished by an earlier run: a done line, or a record in one of this writer's finished shards."""
   from leafe_jax.data import records
 
   done = set()
@@ -87,9 +87,8 @@ def _done_tasks(done_path: str, records_dir: str, writer_id: str) -> set[str]:
       for line in f:
         if line.endswith("\n"):  # a line cut by a kill is not a finished task
           done.add(json.loads(line)["task_id"])
-  part = records.read_manifest_parts(records_dir).get(writer_id) if os.path.isdir(records_dir) else None
-  for shard in (part or {}).get("shards", []):
-    for raw in records.iter_serialized(os.path.join(records_dir, shard["file"])):
+  for path in records.finished_shards(records_dir, writer_id):  # listed in the manifest or about to be adopted
+    for raw in records.iter_serialized(path):
       done.add(records.from_example(raw).task_id)
   return done
 

@@ -235,6 +235,12 @@ def _list(folder: str) -> list[str]:
   return sorted(tf.io.gfile.listdir(folder)) if tf.io.gfile.isdir(folder) else []
 
 
+def finished_shards(folder: str, writer_id: str) -> list[str]:
+  """Paths of `writer_id`'s finished shard files in `folder`, whether its manifest part lists them yet or not (a
+  kill between a shard's rename and the manifest update leaves one unlisted; the writer adopts it on reopen)."""
+  return [_join(folder, name) for name in _list(folder) if _shard_index(writer_id, name) is not None]
+
+
 def read_manifest_parts(folder: str) -> dict[str, dict]:
   """writer_id -> that writer's manifest part."""
   parts = {}
