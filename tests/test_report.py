@@ -105,3 +105,14 @@ def test_report_sampler_rows_refuse_ledgers_of_two_shard_counts_or_a_missing_sha
   (d / "ledger-shard-1-of-2.json").unlink()
   with pytest.raises((RuntimeError, ValueError, FileNotFoundError), match="shard"):
     report_stage.sampler_rows(str(tmp_path), ["explore_is"])  # was 1 task, coverage 100%
+
+
+def test_two_evals_of_one_method_and_model_are_refused_not_one_of_them_shown(tmp_path):
+  # An eval variant left with the base config's method label (configs/paper/common.py: "Base", "set per
+  # variant") lands in the Base row: the table showed whichever eval sorted last.
+  for stage, c in (("eval_base", 0), ("eval_hotter", 4)):
+    _write_json(tmp_path / stage / "results.json", {"method": "Base", "model": "m", "tasks": {"a": {"n": 4, "c": c}}})
+  config = _config(ks=(1,), explore_dir="", records_dir="")
+  config.stages = ("eval@base", "eval@hotter", "report")
+  with pytest.raises(ValueError, match=r"eval_base and .*eval_hotter both hold results of method 'Base'"):
+    report_stage.run(config, str(tmp_path), str(tmp_path / "report"))

@@ -39,7 +39,7 @@ def _load_results(workdir: str, pattern: str, stages=()) -> list[dict]:
   results = []
   for path in sorted(paths, key=lambda p: (position.get(p, len(position)), p)):
     with open(path) as f:
-      results.append(json.load(f))
+      results.append({**json.load(f), "_dir": os.path.dirname(path)})
   return results
 
 
@@ -137,7 +137,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   lines = [f"# {cfg.title}", ""]
   if results:
     by_method: dict = {}
+    source: dict = {}  # (method, model) -> the stage dir its cell comes from
     for r in results:
+      cell = (r["method"], r["model"])
+      if cell in source:  # one cell, two evals: the table would show whichever came last
+        raise ValueError(f"report: {source[cell]} and {r['_dir']} both hold results of method {cell[0]!r} on model "
+                         f"{cell[1]!r}; give one eval another eval.method / eval.model_label, or move it out of "
+                         f"{cfg.eval_glob!r}")
+      source[cell] = r["_dir"]
       by_method.setdefault(r["method"], {})[r["model"]] = {t: (v["n"], v["c"]) for t, v in r["tasks"].items()}
     table = tables.results_table(by_method, ks=tuple(cfg.ks))
     tables.write_table(table, stage_dir)
