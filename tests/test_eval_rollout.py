@@ -170,6 +170,29 @@ def test_eval_stage_refuses_to_resume_outcomes_of_other_settings_or_weights(tmp_
       str(weights.parent))
 
 
+def test_eval_stage_refuses_to_resume_outcomes_sampled_with_another_ace_playbook(tmp_path, monkeypatch):
+  # The ACE row's outcomes depend on the playbook every action prompt shows: a re-learned playbook (same
+  # playbook.json path) resumed, and reported, the old playbook's outcomes.
+  from leafe_jax.baselines import ace
+
+  monkeypatch.setattr(eval_stage, "make_policy", lambda spec, workdir, **kwargs: OraclePolicy(_tasks()))
+  config = _eval_config(tmp_path)
+  config.eval.playbook = "ace/playbook.json"
+
+  def write_playbook(bullet):
+    playbook = ace.Playbook()
+    playbook.add([bullet], max_bullets=10)
+    (tmp_path / "ace").mkdir(exist_ok=True)
+    (tmp_path / "ace" / "playbook.json").write_text(json.dumps({"playbook": playbook.to_json(), "batches_done": 1}))
+
+  write_playbook("Push boxes along walls.")
+  eval_stage.run(config, str(tmp_path), str(tmp_path / "eval"))
+  eval_stage.run(config, str(tmp_path), str(tmp_path / "eval"))  # the same playbook: a plain resume
+  write_playbook("Never push a box into a corner.")  # the ace stage re-learned its playbook
+  with pytest.raises(ValueError, match=r"\(playbook_text changed"):
+    eval_stage.run(config, str(tmp_path), str(tmp_path / "eval"))
+
+
 def test_eval_stage_refuses_k_larger_than_n(tmp_path):
   config = _eval_config(tmp_path)
   config.eval.ks = (1, 8)

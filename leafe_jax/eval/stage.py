@@ -13,6 +13,7 @@ host): every process plays the same samples, the sampler runs on the global mesh
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 
@@ -73,13 +74,24 @@ _FREE_FIELDS = ("method", "model_label", "env_workers", "env_step_timeout_s", "p
 
 
 def sampling_settings(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  """What the outcomes depend on: every field but the free ones, and the in-process policy's weights."""
+  """What the outcomes depend on: every field but the free ones, the in-process policy's weights, and the text
+  of the ACE playbook every action prompt shows (a re-learned playbook keeps its path)."""
+  from leafe_jax.policy.factory import resolve_path
+
   inputs = {}
   if in_process(cfg.policy):
-    from leafe_jax.policy.factory import resolve_path
-
     inputs["policy_weights"] = stage_settings.hf_dir_fingerprint(resolve_path(cfg.policy, workdir))
+  if cfg.playbook:
+    inputs["playbook_text"] = hashlib.sha256((_playbook_text(resolve_path(cfg.playbook, workdir)) or "").encode()
+                                             ).hexdigest()
   return stage_settings.of_section(cfg, _FREE_FIELDS, **inputs)
+
+
+def _playbook_text(path: str) -> str | None:
+  """The rendered ACE playbook of an ace stage's playbook.json (None when it has no bullets)."""
+  from leafe_jax.baselines.ace import load_playbook
+
+  return load_playbook(path).render() or None
 
 
 def _load_done(path: str) -> dict[str, dict]:
@@ -157,10 +169,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     playbook = None
     if cfg.playbook:
-      from leafe_jax.baselines.ace import load_playbook
       from leafe_jax.policy.factory import resolve_path
 
-      playbook = load_playbook(resolve_path(cfg.playbook, workdir)).render() or None
+      playbook = _playbook_text(resolve_path(cfg.playbook, workdir))
     remaining = sum(len(chunk) for _, chunk in todo)
     with (open(outcomes_path, "a") if primary else contextlib.nullcontext() as out,
           tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task", disable=not primary) as bar,
