@@ -18,10 +18,14 @@ if [[ $# -lt 4 ]]; then
 fi
 TPU_NAME=$1 ZONE=$2 CONFIG=$3 WORKDIR=$4
 shift 4
-REPO_DIR=${REPO_DIR:-~/leafe_jax}
+# '~/leafe_jax' quoted: the workers' home, expanded by their shell, not this machine's.
+REPO_DIR=${REPO_DIR:-'~/leafe_jax'}
 PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
-EXTRA=$(printf ' %q' "$@")
-CMD="cd $REPO_DIR && .venv/bin/python -m leafe_jax.main --config=$CONFIG --workdir=$WORKDIR \
---config.train.distributed.mode=cluster$EXTRA"
+EXTRA=""
+if [[ $# -gt 0 ]]; then
+  EXTRA=$(printf ' %q' "$@")  # with no arguments printf would still print one empty word ('')
+fi
+CMD="cd $REPO_DIR && .venv/bin/python -m leafe_jax.main --config=$(printf %q "$CONFIG") \
+--workdir=$(printf %q "$WORKDIR") --config.train.distributed.mode=cluster$EXTRA"
 # shellcheck disable=SC2086
 gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_FLAG --worker=all --command="$CMD"
