@@ -110,8 +110,23 @@ def _check_model(section: ml_collections.ConfigDict, path: str, complete: bool) 
       complete=complete and init != "hf", why=f"with {path}.init={init!r} the model is built from this section")
 
 
+def _check_complete(stage_id: str, module: ModuleType, stage_config: ml_collections.ConfigDict) -> None:
+  """The stage's section exists and holds every field of its default_config() (the stages read them all)."""
+  name = module.CONFIG_SECTION
+  if name not in stage_config:
+    raise config_schema.ConfigError(
+        f"stage {stage_id!r}: the config has no {name!r} section; start it from "
+        f"{module.__name__}.default_config()")
+  path = f"config.{name}" if stage_id == name else f"config.{name} (stage {stage_id!r})"
+  missing = [key for key in module.default_config() if key not in stage_config[name]]
+  if missing:
+    raise config_schema.ConfigError(
+        f"{path} lacks field(s) {', '.join(missing)}: start the section from {module.__name__}.default_config()")
+
+
 def _check_values(stage_id: str, module: ModuleType, stage_config: ml_collections.ConfigDict) -> None:
   """The stage's own value checks (`check_config(section)`, pure by contract) and its model section's."""
+  _check_complete(stage_id, module, stage_config)
   name = module.CONFIG_SECTION
   path = f"config.{name}" if stage_id == name else f"config.{name} (stage {stage_id!r})"
   if name in _MODEL_SECTIONS:

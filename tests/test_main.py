@@ -210,11 +210,13 @@ def test_stages_after_a_train_that_started_several_processes_are_refused(tmp_pat
   # for that after the plan, as the real thing needs several hosts.
   import jax
 
+  from leafe_jax.eval import report_stage
   from leafe_jax.train import stage as train_stage
 
   config = _config()
   with config.unlocked():
     config.stages = ("train", "report")
+    config.report = report_stage.default_config()
 
   def fake_train(*args):
     monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
@@ -324,3 +326,24 @@ def test_a_bad_compilation_cache_bound_is_refused_before_any_work(tmp_path, fiel
   with pytest.raises(config_schema.ConfigError, match=message):
     main.run(config, str(tmp_path / "work"))
   assert not (tmp_path / "work").exists()
+
+
+def test_a_stage_without_its_section_is_named_by_plan():
+  # config.stages names eval, the config has no eval section: plan raised a bare KeyError 'eval'.
+  config = _config()
+  with config.unlocked():
+    config.stages = ("train", "eval")
+  with pytest.raises(config_schema.ConfigError, match=r"stage 'eval'.*no 'eval' section"):
+    main.plan(config)
+
+
+def test_a_partial_section_from_a_variant_is_named_by_plan():
+  # The eval section comes only from a variant's overrides: the stage saw a section of one field and plan
+  # raised a bare KeyError 'tasks_per_chunk' from the eval stage's check_config.
+  config = _config()
+  with config.unlocked():
+    config.stages = ("train", "eval@x")
+    config.variants = ml_collections.ConfigDict({"x": {"eval": {"policy": "train/hf"}}})
+  with pytest.raises(config_schema.ConfigError, match=r"config.eval \(stage 'eval_x'\) lacks field\(s\).*"
+                     r"tasks_per_chunk"):
+    main.plan(config)
