@@ -116,3 +116,14 @@ def test_two_evals_of_one_method_and_model_are_refused_not_one_of_them_shown(tmp
   config.stages = ("eval@base", "eval@hotter", "report")
   with pytest.raises(ValueError, match=r"eval_base and .*eval_hotter both hold results of method 'Base'"):
     report_stage.run(config, str(tmp_path), str(tmp_path / "report"))
+
+
+def test_the_exploration_ledger_section_sums_the_shards_of_a_sharded_explore(tmp_path):
+  # It read explore/ledger.json only: a sharded explore (ledger-shard-<i>-of-<n>.json) showed no ledger at all.
+  for i, steps in enumerate((5, 7)):
+    _write_json(tmp_path / "explore" / f"ledger-shard-{i}-of-2.json",
+                {"total": {"env_steps": steps, "policy_calls": 2}, "per_task": {f"t{i}": {}}, "num_tasks": 1})
+  _write_json(tmp_path / "eval" / "results.json", {"method": "Base", "model": "m", "tasks": {"a": {"n": 4, "c": 1}}})
+  report_stage.run(_config(ks=(1,), records_dir=""), str(tmp_path), str(tmp_path / "report"))
+  text = (tmp_path / "report" / "report.md").read_text()
+  assert "| env_steps | 12 |" in text and "| policy_calls | 4 |" in text

@@ -70,16 +70,29 @@ def _records_section(folder: str) -> list[str]:
   return lines
 
 
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _summed_totals(ledgers: list[dict]) -> dict[str, int]:
+  """The ledgers' `total` counters summed (the shards of one explore run)."""
+  total: dict[str, int] = {}
+  for ledger in ledgers:
+    for k, v in ledger.get("total", {}).items():
+      total[k] = total.get(k, 0) + v
+  return total
+
+
 def _tree_section(workdir: str, explore_dir: str, stage_dir: str) -> list[str]:
   """The explorer's ledger totals and one rendered tree (the first one with a successful branch)."""
   from leafe_jax.explore import show
 
   root = os.path.join(workdir, explore_dir)
   lines: list[str] = []
-  ledger_path = os.path.join(root, "ledger.json")
-  if os.path.exists(ledger_path):
-    with open(ledger_path) as f:
-      totals = json.load(f).get("total", {})
+  ledgers = [_read_json(p) for p in stage_ledger_files(root)] if os.path.isdir(root) else []
+  if ledgers:  # one ledger.json, or every shard's of a sharded explore
+    totals = _summed_totals(ledgers)
     lines += ["## Exploration ledger (totals)", "", "| counter | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(totals.items())]
     lines.append("")
@@ -98,15 +111,10 @@ def sampler_rows(workdir: str, sampler_dirs) -> list[dict]:
     paths = stage_ledger_files(folder) if os.path.isdir(folder) else []
     if not paths:
       raise FileNotFoundError(f"report: {os.path.join(workdir, name)} has no ledger*.json: run that explore stage")
-    tasks = solved = 0
-    total: dict[str, int] = {}
-    for path in paths:
-      with open(path) as f:
-        ledger = json.load(f)
-      tasks += ledger.get("num_tasks") or len(ledger["per_task"])
-      solved += sum(1 for counts in ledger["per_task"].values() if counts.get("successes"))
-      for k, v in ledger["total"].items():
-        total[k] = total.get(k, 0) + v
+    ledgers = [_read_json(p) for p in paths]
+    tasks = sum(ledger.get("num_tasks") or len(ledger["per_task"]) for ledger in ledgers)
+    solved = sum(1 for ledger in ledgers for counts in ledger["per_task"].values() if counts.get("successes"))
+    total = _summed_totals(ledgers)
     rows.append({
         "sampler": name, "tasks": tasks, "solved": solved, "coverage": 100.0 * solved / tasks if tasks else 0.0,
         "interaction_steps": total.get("env_steps", 0) + total.get("replayed_steps", 0),
