@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from leafe_jax.data import records
+from leafe_jax.data import pipeline, records
 from leafe_jax.train.feed import TrainFeed
 
 FP = "tok-feed"
@@ -91,3 +91,38 @@ def test_a_feed_refuses_the_position_of_other_records_or_another_folder_count(tm
     _feed([other]).restore(first.state())
   with pytest.raises(ValueError, match="checkpoint data state is for records folders"):
     _feed([folder, other]).restore(first.state())
+
+
+def _mixed_length_folder(path, n=36, seq_len=64, seed=0):
+  """n records of 6..39 tokens; each ends with its own id 1000 + i (its only target)."""
+  rng = np.random.default_rng(seed)
+  with records.RecordWriter(str(path), FP, shard_size=16, writer_id="w") as writer:
+    for i in range(n):
+      length = int(rng.integers(6, seq_len - 24))
+      writer.write(records.CorrectionRecord(input_ids=[5] * (length - 1) + [1000 + i],
+                                            loss_mask=[0] * (length - 1) + [1], kind="cf", tokenizer=FP))
+  return str(path)
+
+
+@pytest.mark.parametrize("batch_size", [2, 4])
+def test_the_first_epoch_of_the_feed_reads_no_record_twice(tmp_path, batch_size):
+  # A small records folder (fewer records than a packing window, as the demo's): the trainer's stream repeats
+  # forever, and train.num_epochs x batches_per_epoch() steps are meant to be that many passes over the records.
+  folder = _mixed_length_folder(tmp_path / "records")
+  feed = TrainFeed([folder], seq_len=64, batch_size=batch_size, pack=True, seed=0, kinds=None, process_index=0,
+                   process_count=1, expected_tokenizer=FP)
+  epoch = feed.batches_per_epoch()
+  stream = [feed.next() for _ in range(epoch)]
+  seen = collections.Counter()
+  for batch in stream:
+    ids = batch["input_ids_BxT"]
+    seen.update(int(x) for x in ids[ids >= 1000])
+  twice = sorted(i - 1000 for i, count in seen.items() if count > 1)
+  assert not twice, f"records {twice} are read more than once in the first epoch ({epoch} batches)"
+  # The endless stream's first epoch is the one-epoch stream batches_per_epoch() counted.
+  one_epoch = list(pipeline.build_dataset(pipeline.scan(folder, 64), 64, batch_size, seed=0,
+                                          num_epochs=1).as_numpy_iterator())
+  assert len(one_epoch) == epoch
+  for got, want in zip(stream, one_epoch, strict=True):
+    for key in pipeline.BATCH_KEYS:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)

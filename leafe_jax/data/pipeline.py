@@ -15,10 +15,11 @@ position t-1 of the same segment. The trainer computes
 and needs no segment test: the pipeline clears `loss_mask` at the first position of every segment (a token
 with no previous token in its segment is never a target), so no target pair crosses a segment boundary.
 
-Packing: greedy first-fit, in arrival (shuffled) order, of whole examples into rows of seq_len, within windows
-of `pack_window` examples. Examples longer than seq_len are truncated from the LEFT (their last seq_len tokens
-are kept: the targets of `cf` records are the final action, and `reh` keeps its latest turns); the number of
-truncated examples and of target tokens lost is counted per host by the up-front scan and logged.
+Packing: greedy first-fit, in arrival (shuffled) order, of whole examples into rows of seq_len, within windows of
+`pack_window` examples of one epoch (a window never spans two). Examples longer than seq_len are truncated from
+the LEFT (their last seq_len tokens are kept: the targets of `cf` records are the final action, and `reh` keeps
+its latest turns); the number of truncated examples and of target tokens lost is counted per host by the up-front
+scan and logged.
 
 Multi-host: the finished shards, in file-name order, form one sequence of N records; host i of n takes records
 [i·N/n, (i+1)·N/n) of it, so hosts hold disjoint shares that differ by at most one record (whole shards per host
@@ -48,7 +49,8 @@ PAD_KIND = -1
 DEFAULT_PACK_WINDOW = 1024
 # Records per batch in the up-front shard scan.
 _SCAN_BATCH = 1024
-_STATE_VERSION = 1
+# 2: epochs are packed separately (version 1 packed windows across epochs: another stream for the same count).
+_STATE_VERSION = 2
 BATCH_KEYS = ("input_ids_BxT", "loss_mask_BxT", "weight_BxT", "segment_ids_BxT", "positions_BxT", "kind_BxT")
 
 
@@ -330,7 +332,6 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
   buffer = host.num_stored if shuffle_buffer is None else shuffle_buffer
   if buffer > 1:
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-  ds = ds.repeat(num_epochs)
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if kinds is not None:
     wanted = tf.constant(list(kinds))
@@ -338,6 +339,11 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
   ds = ds.map(_traced_as_is(lambda ex: {k: v for k, v in ex.items() if k != "kind_name"}))
   ds = ds.ragged_batch(pack_window)
   ds = ds.map(pack_window_fn)
+  # Repeated after packing: a packing window never spans two epochs, so an epoch's rows hold each of its records
+  # once (repeated before, a window of a small folder held several epochs and first-fit pulled later epochs'
+  # short records into the first rows), and the first epoch of an endless stream is the num_epochs=1 stream.
+  # Each repetition reshuffles (reshuffle_each_iteration); rows left at an epoch's end fill the next batch.
+  ds = ds.repeat(num_epochs)
   ds = ds.unbatch().batch(batch_size, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True
@@ -353,9 +359,9 @@ def make_dataset(folder: str, seq_len: int, batch_size: int, pack: bool = True, 
 
   Reads only finished shards listed by the manifest (host i of n gets records [i·N/n, (i+1)·N/n) of them, in
   file-name order), checks them up front (see `scan`), shuffles records with `seed` (a full shuffle of the
-  host's records unless `shuffle_buffer` caps it; a new order every epoch), repeats `num_epochs` times (None:
-  forever), keeps `kinds` (None: all), then packs (pack=True) or pads (pack=False) into rows and batches with
-  drop_remainder=True.
+  host's records unless `shuffle_buffer` caps it; a new order every epoch), keeps `kinds` (None: all), packs
+  (pack=True) or pads (pack=False) each epoch's records into rows, repeats that `num_epochs` times (None:
+  forever) and batches the rows with drop_remainder=True.
   """
   host = scan(folder, seq_len, process_index, process_count, expected_tokenizer, kinds, verify)
   _log_host(host, process_index, process_count)
