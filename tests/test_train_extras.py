@@ -15,7 +15,7 @@ from test_train_step import CFG, NUM_KINDS, _batch, _single_device_mesh
 
 from leafe_jax import models, parallel
 from leafe_jax.data import records
-from leafe_jax.train import metrics, optimizer, stage
+from leafe_jax.train import checkpoint, metrics, optimizer, stage
 from leafe_jax.train import state as state_lib
 from leafe_jax.train import step as step_lib
 
@@ -66,6 +66,44 @@ def test_orbax_init_starts_from_the_source_runs_last_checkpoint(workdir):
   random_init = _load_hf(workdir / "random_hf")
   assert sorted(random_init) == sorted(want)
   assert any(not np.array_equal(random_init[name], want[name]) for name in want)
+
+
+_SOURCE_MODEL = dict(vocab_size=64, d_model=16, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=8, d_ff=32,
+              dtype="float32", param_dtype="float32", family="llama")
+
+
+def _abstract_params(mesh, **overrides):
+  cfg = models.ModelConfig(**{**_SOURCE_MODEL, **overrides})
+  sharding = parallel.param_shardings(models.Decoder(cfg), mesh)
+  init_fn = jax.jit(lambda key: models.init_params(cfg, key), out_shardings=sharding)
+  return cfg, checkpoint.abstract_like(jax.eval_shape(init_fn, jax.random.PRNGKey(0)), sharding)
+
+
+@pytest.fixture(scope="module")
+def two_layer_checkpoint(tmp_path_factory):
+  """A train stage's checkpoints dir (TrainState under `state`) of a 2-layer model."""
+  directory = str(tmp_path_factory.mktemp("source") / "checkpoints")
+  cfg = models.ModelConfig(**_SOURCE_MODEL)
+  tx = optax.adamw(1e-3)
+  train_state = state_lib.create(models.init_params(cfg, jax.random.PRNGKey(0)), tx, jax.random.PRNGKey(1))
+  ckpt = checkpoint.Checkpointer(directory, keep=1, async_save=False)
+  ckpt.save(3, train_state, {"batches": 3})
+  ckpt.close()
+  return directory
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_orbax_init_from_a_checkpoint_of_another_layer_count_is_refused(two_layer_checkpoint, num_layers):
+  mesh = parallel.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  # The same config restores (the control).
+  _, same = _abstract_params(mesh)
+  restored = checkpoint.restore_params(two_layer_checkpoint, same)
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(restored))
+  # One layer: the checkpoint's second layer was silently dropped; three: the third came back as a
+  # ShapeDtypeStruct (never restored), to fail later as an unrelated error.
+  _, other = _abstract_params(mesh, num_layers=num_layers)
+  with pytest.raises(ValueError, match="another model config"):
+    checkpoint.restore_params(two_layer_checkpoint, other)
 
 
 # --- 2. TensorBoard -----------------------------------------------------------------------------------------------

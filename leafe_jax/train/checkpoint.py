@@ -75,12 +75,38 @@ def restore_params(directory: str, abstract_params: Any) -> Any:
   step = manager.latest_step()
   if step is None:
     raise FileNotFoundError(f"init orbax: no checkpoint under {directory!r}")
+  # partial_restore (the optimizer state is not wanted) also skips params the target lacks and leaves the target's
+  # params the checkpoint lacks as ShapeDtypeStructs: compare the trees first, so another config is named.
+  saved = ocp.PyTreeCheckpointer().metadata(os.path.join(manager.directory, str(step), "state")).item_metadata
+  try:
+    _check_same_params(saved.tree["params"], abstract_params, f"{directory}/{step}")
+  except ValueError:
+    manager.close()
+    raise
   target = {"params": abstract_params}
   restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target)
   state_args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
   restored = manager.restore(step, args=ocp.args.Composite(state=state_args))
   manager.close()
   return restored["state"]["params"]
+
+
+def _check_same_params(saved: Any, wanted: Any, where: str) -> None:
+  """Raises ValueError naming the params that `saved` (checkpoint metadata) and `wanted` do not share, or whose
+  shapes differ."""
+  def shapes(tree):
+    return {jax.tree_util.keystr(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  have, want = shapes(saved), shapes(wanted)
+  problems = [f"not in the checkpoint {k}" for k in sorted(want.keys() - have.keys())]
+  problems += [f"not in this model {k}" for k in sorted(have.keys() - want.keys())]
+  problems += [f"{k} is {have[k]}, this model has {want[k]}" for k in sorted(have.keys() & want.keys())
+               if have[k] != want[k]]
+  if problems:
+    shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+    raise ValueError(f"init orbax: checkpoint {where} holds the params of another model config ({shown}); "
+                     "set the model section to the source run's")
 
 
 def copy_tokenizer_files(tokenizer_dir: str, out_dir: str) -> list[str]:
