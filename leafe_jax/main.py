@@ -105,9 +105,18 @@ def _check_model(section: ml_collections.ConfigDict, path: str, complete: bool) 
   from leafe_jax.models.config import ModelConfig  # imports jax, as the train and grpo stage modules do
 
   init = section.get("init", "random")
+  model = section.get("model") or ml_collections.ConfigDict()
   config_schema.validate_dataclass_section(
-      section.get("model") or ml_collections.ConfigDict(), ModelConfig, f"{path}.model",
+      model, ModelConfig, f"{path}.model",
       complete=complete and init != "hf", why=f"with {path}.init={init!r} the model is built from this section")
+  if complete and init != "hf":
+    from leafe_jax.models import CheckpointError
+    from leafe_jax.models.checkpoint import check_expressible
+
+    try:  # the stage ends by exporting it (to_hf): refuse before training what the export cannot write
+      check_expressible(ModelConfig(**model.to_dict()))
+    except CheckpointError as e:
+      raise config_schema.ConfigError(f"{path}.model: {e}") from None
 
 
 def _check_complete(stage_id: str, module: ModuleType, stage_config: ml_collections.ConfigDict) -> None:

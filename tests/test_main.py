@@ -74,6 +74,9 @@ def _replace_section(config, name, edit):
         (lambda m: m.update(qk_norm=1), "config.train.model.qk_norm: has type int"),
         (lambda m: m.pop("num_layers"), "config.train.model lacks ModelConfig field(s) num_layers"),
         (lambda m: m.update(num_heads=3), "config.train.model: ModelConfig: num_heads=3 is not a multiple"),
+        # The run ends by exporting the model: a qwen3 checkpoint always has q/k norms (found by a review helper).
+        (lambda m: m.update(family="qwen3", qk_norm=False), r"config.train.model: to_hf: a qwen3 checkpoint "
+         r"cannot express this model: qk_norm=False"),
     ],
 )
 def test_model_section_is_checked_against_model_config_before_any_work(tmp_path, edit, message):

@@ -1,6 +1,7 @@
 """Decoder numerics: parity with transformers (PyTorch), RoPE frequencies, KV cache, packing, scan, remat."""
 
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -288,3 +289,35 @@ def test_bf16_cache_writes_and_embedding_rows_move_the_exact_bits():
   assert rows.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(rows, np.float32), expected_rows)
   np.testing.assert_array_equal(layers.take_rows(table.astype(jnp.float32), ids), expected_rows)
+
+
+def _export_config(**overrides):
+  return models.ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
+                            d_ff=64, **overrides)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"family": "qwen3"},  # qk_norm=False (the ModelConfig default): a Qwen3 checkpoint always has q/k norms
+    {"family": "llama", "qk_norm": True},  # Llama has no q/k norms: transformers drops them
+    {"family": "qwen2", "qkv_bias": True, "qk_norm": True},
+])
+def test_to_hf_refuses_a_config_its_family_checkpoint_cannot_express(tmp_path, overrides):
+  """A `train.model` of family qwen3 (qk_norm defaults to False) used to export a checkpoint that transformers
+  loaded with freshly initialised q/k norms (other logits) and that from_hf refused (missing tensors): the
+  end of a training run produced an unusable model. Refused before anything is written, naming the field."""
+  config = _export_config(**overrides)
+  params = models.init_params(config, jax.random.PRNGKey(0))
+  out = str(tmp_path / "hf")
+  with pytest.raises(models.CheckpointError, match="qk_norm"):
+    models.to_hf(models.Decoder(config), params, out)
+  assert not os.path.exists(os.path.join(out, "model.safetensors"))
+
+
+def test_to_hf_still_exports_what_its_family_expresses(tmp_path):
+  config = _export_config(family="qwen3", qk_norm=True)
+  params = models.init_params(config, jax.random.PRNGKey(0))
+  models.to_hf(models.Decoder(config), params, str(tmp_path))
+  model, reloaded = models.from_hf(str(tmp_path))
+  assert model.config == config
+  np.testing.assert_array_equal(np.asarray(reloaded["layers_0"]["self_attn"]["q_norm"]["scale"]),
+                                np.asarray(params["layers_0"]["self_attn"]["q_norm"]["scale"]))

@@ -160,6 +160,24 @@ def from_hf(path: str, dtype=jnp.float32, mesh=None, param_dtype=None, scan_laye
 # plus `model.safetensors.index.json`, which transformers and `from_hf` both read.
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
+# The ModelConfig fields a checkpoint carries (the others say how to run it, not what it computes).
+_ARCHITECTURE_FIELDS = ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim", "d_ff",
+                        "rope_theta", "rope_scaling", "norm_eps", "qkv_bias", "o_bias", "qk_norm", "tie_embeddings")
+
+
+def check_expressible(config: ModelConfig, hf_config: dict | None = None) -> None:
+  """Refuses a model its family's checkpoint would not reproduce: transformers and `from_hf` read `hf_config` as
+  the family defines it (e.g. every qwen3 has q/k norms, no llama has them), whatever tensors are written.
+  `hf_config`: the family's HF config of `config`, if already built."""
+  if hf_config is None:
+    hf_config = registry.family(config.family).hf_config(config)
+  reread = registry.family(config.family).config_from_hf(hf_config)
+  differ = [f"{name}={getattr(config, name)!r} (the {config.family} checkpoint reads back "
+            f"{getattr(reread, name)!r})" for name in _ARCHITECTURE_FIELDS
+            if getattr(config, name) != getattr(reread, name)]
+  if differ:
+    raise CheckpointError(f"to_hf: a {config.family} checkpoint cannot express this model: {'; '.join(differ)}")
+
 
 def to_hf(model: Decoder, params: dict, path: str, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
           fetch: Callable[[Any], np.ndarray] | None = None, write: bool = True) -> None:
@@ -171,6 +189,8 @@ def to_hf(model: Decoder, params: dict, path: str, *, max_shard_bytes: int = DEF
   passes a cross-process gather as `fetch` on every process and `write=False` on all but one.
   """
   config = model.config
+  hf_config = registry.family(config.family).hf_config(config)
+  check_expressible(config, hf_config)
   fetch = fetch or (lambda leaf: np.asarray(jax.device_get(leaf)))
   planned = []
   for hf_name, ours, _, to_hf_fn, shape in registry.family(config.family).tensor_maps(config):
@@ -213,7 +233,6 @@ def to_hf(model: Decoder, params: dict, path: str, *, max_shard_bytes: int = DEF
     total = sum(entry[-1] for entry in planned)
     _write_json({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
                 os.path.join(path, "model.safetensors.index.json"))
-  hf_config = registry.family(config.family).hf_config(config)
   _write_json(hf_config, os.path.join(path, "config.json"))
   generation = {key: hf_config[key] for key in ("bos_token_id", "eos_token_id") if key in hf_config}
   if generation:  # what `generate` stops on; transformers reads it next to config.json
