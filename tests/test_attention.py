@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from leafe_jax import models
 from leafe_jax.models import ModelConfig, attention
 
 B, T, K, G, H = 3, 11, 2, 3, 8
@@ -92,3 +93,48 @@ def test_auto_is_rowwise_on_cpu_and_unknown_implementations_are_refused():
                 attention_impl="flash")
   with pytest.raises(ValueError, match="not one of"):
     attention.causal_attention("flash", *_inputs(), 4, jnp.float32)
+
+
+def test_a_long_prefill_does_not_hold_the_whole_prompt_by_cache_score_matrix():
+  """The sampler's prefill ran dense attention of every prompt token against every cache slot at once: float32
+  scores (and probabilities) of [B, heads, T, S], quadratic in the prompt. The paper's explore configs prefill
+  reflection prompts of up to 32k tokens into a 32k cache in-process: 4 GiB per head and layer, some 120 GB for a
+  28-head 7B model, far beyond an accelerator. A prefill now holds one query block's scores at a time."""
+  import jax.numpy as jnp
+
+  config = models.ModelConfig(vocab_size=64, d_model=64, num_layers=1, num_heads=8, num_kv_heads=2, head_dim=8,
+                              d_ff=64)
+  model = models.Decoder(config)
+  params = models.init_params(config, jax.random.PRNGKey(0))
+  t, s = 2048, 4096
+  prefill = jax.jit(lambda p, ids, cache: model.apply({"params": p}, ids, cache=cache,
+                                                      logits_positions=jnp.full((1, 1), t - 1)))
+  compiled = prefill.lower(params, jnp.zeros((1, t), jnp.int32), models.init_cache(config, 1, s)).compile()
+  full_scores = config.num_heads * t * s * 4  # one float32 [heads, T, S] score matrix (the code held two)
+  assert compiled.memory_analysis().temp_size_in_bytes < full_scores / 4
+
+
+def test_a_prefill_in_query_blocks_equals_the_full_forward_pass_on_left_padded_prompts():
+  import dataclasses
+
+  import jax.numpy as jnp
+
+  config = models.ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
+                              d_ff=64, attention_block=8)  # 21 prompt tokens: blocks of 8, 8 and 5 (padded)
+  model = models.Decoder(config)
+  params = models.init_params(config, jax.random.PRNGKey(1))
+  ids = np.random.RandomState(2).randint(1, 64, (2, 23))
+  mask = np.ones((2, 23), np.int32)
+  mask[1, :6] = 0
+  full, _ = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
+  logits, cache = model.apply({"params": params}, jnp.asarray(ids[:, :21]), attention_mask=jnp.asarray(mask[:, :21]),
+                              cache=models.init_cache(config, 2, 32))
+  for i in (21, 22):  # then two decode steps
+    step, cache = model.apply({"params": params}, jnp.asarray(ids[:, i:i + 1]), cache=cache)
+    logits = jnp.concatenate([logits, step], axis=1)
+  one_block = models.Decoder(dataclasses.replace(config, attention_block=0))
+  single, _ = one_block.apply({"params": params}, jnp.asarray(ids[:, :21]), attention_mask=jnp.asarray(mask[:, :21]),
+                              cache=models.init_cache(config, 2, 32))
+  valid = mask.astype(bool)
+  assert np.abs(np.asarray(logits) - np.asarray(full))[valid].max() <= 1e-5
+  assert np.abs(np.asarray(logits[:, :21]) - np.asarray(single))[valid[:, :21]].max() <= 1e-5

@@ -41,6 +41,24 @@ def dense_attention(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax
   return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).astype(dtype)
 
 
+def blocked_dense_attention(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array,
+                            mask_BxTxS: jax.Array, block: int, dtype) -> jax.Array:
+  """`dense_attention` with the queries in blocks of `block`, one block at a time (`lax.map`): a prefill holds the
+  scores of one block, [B, K, G, block, S], not of the whole prompt against the whole cache (a 32k-token prompt's
+  [T, S] float32 scores are 4 GiB per head). One block (plain `dense_attention`) when T <= block or block is 0."""
+  b, t, k, g, h = q_BxTxKxGxH.shape
+  if not block or t <= block:
+    return dense_attention(q_BxTxKxGxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, dtype)
+  blocks, pad = -(-t // block), -t % block
+  # Padded queries see no key (finite garbage, see MASKED) and are sliced off.
+  q_NxBxCxKxGxH = jnp.pad(q_BxTxKxGxH, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0))).reshape(
+      b, blocks, block, k, g, h).swapaxes(0, 1)
+  mask_NxBxCxS = jnp.pad(mask_BxTxS, ((0, 0), (0, pad), (0, 0))).reshape(b, blocks, block, -1).swapaxes(0, 1)
+  out_NxBxCxKxGxH = jax.lax.map(lambda qm: dense_attention(qm[0], k_BxKxSxH, v_BxKxSxH, qm[1], dtype),
+                                (q_NxBxCxKxGxH, mask_NxBxCxS))
+  return out_NxBxCxKxGxH.swapaxes(0, 1).reshape(b, blocks * block, k, g, h)[:, :t]
+
+
 def dense_causal_attention(q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
                            mask_BxTxT: jax.Array, block: int, dtype) -> jax.Array:
   """`dense_attention` of T queries over the same T positions, in query blocks that skip the keys after them."""

@@ -51,7 +51,8 @@ class ModelConfig:
   scan_layers: bool = False
   # Without a KV cache (training, teacher forcing) causal attention runs in query blocks of this many tokens,
   # each against the keys up to its own end: the blocks above the diagonal are never computed (about half the
-  # score matrix for long rows) and each block's scores stay small. 0 = one block (the whole row).
+  # score matrix for long rows) and each block's scores stay small. 0 = one block (the whole row). With a KV cache
+  # a prefill's queries run in blocks of this many too, each against the whole cache.
   attention_block: int = 128
   # How causal attention without a cache is computed (models/attention.py): "dense" (batched; accelerators),
   # "rowwise" (a row at a time with a recomputing backward; cache-friendly on CPU), "auto" (rowwise on a CPU

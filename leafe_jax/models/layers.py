@@ -185,8 +185,9 @@ class Attention(nn.Module):
       k_BxKxSxH = update_slice(cache_k, k_BxKxTxH, (0, 0, write_index, 0))
       v_BxKxSxH = update_slice(cache_v, v_BxKxTxH, (0, 0, write_index, 0))
       new_kv = (k_BxKxSxH, v_BxKxSxH)
-      out_BxTxKxGxH = attention.dense_attention(q_BxTxKxGxH, k_BxKxSxH.astype(q_BxTxNxH.dtype), v_BxKxSxH,
-                                                mask_BxTxS, cfg.compute_dtype)
+      # A prefill's queries in blocks (a decode step is one query): see `blocked_dense_attention`.
+      out_BxTxKxGxH = attention.blocked_dense_attention(q_BxTxKxGxH, k_BxKxSxH.astype(q_BxTxNxH.dtype), v_BxKxSxH,
+                                                        mask_BxTxS, cfg.attention_block, cfg.compute_dtype)
     out_LxNxH = out_BxTxKxGxH.reshape(b * t, n, h)
     out_LxD = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), use_bias=cfg.o_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
