@@ -276,7 +276,7 @@ def test_a_prompt_too_long_ends_the_episode_unsuccessful_counted_and_its_env_rel
 
 class RowSeededPolicy:
   """A sampler whose row i of a call seeded `seed` draws from its own stream (seed, i), as the in-process
-  sampler (one key per call, a categorical per row) and the OpenAI client (seed * 2^20 + i) do."""
+  sampler and the OpenAI client (prompt i of a call seeded `seed` samples with seed * 2^20 + i) do."""
 
   def generate(self, prompts, *, n=1, seed=0, **kwargs):
     out = []

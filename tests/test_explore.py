@@ -19,7 +19,7 @@ from leafe_jax.explore import distill, engine, reflection, show
 from leafe_jax.explore import stage as explore_stage
 from leafe_jax.explore.ledger import Ledger
 from leafe_jax.explore.tree import TreeStore, load_trees
-from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, prompt_seeds
 from leafe_jax.policy.scripted import ScriptedPolicy
 
 CORRIDOR = load_xsb("#######\n#@ $ .#\n#######")[0]  # right x3 solves it
@@ -546,28 +546,30 @@ def test_a_reflection_prompt_too_long_gives_no_branch_and_is_not_unparsable():
 
 
 class _SeededPolicy:
-  """A sampler stand-in: what it draws for a prompt depends on the call's seed (as JaxPolicy's and a seeded
+  """A sampler stand-in: what it draws for a prompt depends on the prompt's seed (as JaxPolicy's and a seeded
   server's samples do); ScriptedPolicy ignores the seed, which hides how the explorer chooses it."""
 
   def generate(self, prompts, *, seed=0, **kw):
     out = []
-    for i, messages in enumerate(prompts):
+    for messages, prompt_seed in zip(prompts, prompt_seeds(seed, len(prompts))):
       content = messages[-1]["content"]
-      draw = hashlib.sha256(f"{content}|{seed}|{i}".encode()).digest()[0]
+      draw = hashlib.sha256(f"{content}|{prompt_seed}".encode()).digest()[0]
       text = (reflection.format_reflection(1 + draw % 2, "try another way") if content.endswith("reflect:")
               else f"<action>{('up', 'down', 'left', 'right')[draw % 4]}</action>")
       out.append([Completion(text=text)])
     return out
 
 
-def test_a_killed_and_resumed_explore_gives_the_trees_of_an_uninterrupted_run_with_a_sampling_policy(tmp_path):
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_killed_and_resumed_explore_gives_the_trees_of_an_uninterrupted_run_with_a_sampling_policy(tmp_path,
+                                                                                                    concurrency):
   # README: "a two-process explore killed mid-run and resumed (the trees of an uninterrupted run ...)". The call
   # seed was `seed * 1_000_003 + tick`, the tick counted from the start of the process: a resumed run redoes the
-  # unfinished tasks from tick 0 and samples them differently. (tests/test_explore.py's kill test uses a policy
-  # that ignores the seed; test_distributed's slow one has prompts longer than its 512-token cache, so every
-  # rollout ends PROMPT_TOO_LONG before anything is sampled.) One task at a time, as in those tests.
+  # unfinished tasks from tick 0 and samples them differently; then one seed per call, from the tasks it served,
+  # so a redone task sharing calls with other tasks than before sampled differently. Now each prompt has its own
+  # seed, from its task and the task's own call count.
   config = explore_config()
-  config.explore.concurrency = 1
+  config.explore.concurrency = concurrency
   explore_stage.run_with_policy(config, str(tmp_path / "whole"), _SeededPolicy())
   whole = tmp_path / "whole" / "trees" / "shard-0-of-1.jsonl"
   killed = tmp_path / "killed" / "trees" / "shard-0-of-1.jsonl"

@@ -288,8 +288,10 @@ def test_micro_batches_give_the_update_of_the_whole_minibatch_in_one_pass(tmp_pa
   assert whole["rows"] == micro["rows"] == 16 and (whole["micro_batches"], micro["micro_batches"]) == (1, 2)
   for key in ("loss", "pg_loss", "kl", "tokens", "grad_norm"):
     np.testing.assert_allclose(micro[key], whole[key], rtol=1e-5, atol=1e-7, err_msg=key)
+  # AdamW's first step moves a weight by ~lr x sign(grad) whatever the gradient's size, so a gradient that is ~0
+  # up to rounding can move it anywhere within lr x 1e-3: atol scales with lr.
   for name in whole_params:
-    np.testing.assert_allclose(micro_params[name], whole_params[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(micro_params[name], whole_params[name], rtol=1e-5, atol=1e-5, err_msg=name)
   assert whole["tokens"] > 0 and whole["grad_norm"] > 1e-3  # a real update, not two unchanged inits
 
 
@@ -347,8 +349,8 @@ _MULTI_PROCESS_GRPO = textwrap.dedent(
     sys.path.insert(0, tests_dir)
     import test_grpo
 
-    registry._REGISTRY["bandit"] = "test_grpo:BanditEnv"
-    config = test_grpo._grpo_config(pathlib.Path(workdir).parent, lr=2e-2)
+    registry._REGISTRY["coin"] = "test_grpo:CoinEnv"  # about half the episodes succeed: mixed groups, an update
+    config = test_grpo._grpo_config(pathlib.Path(workdir).parent, lr=2e-2, env="coin")
     config.train = ml_collections.ConfigDict({"distributed": distributed.default_config()})
     if nproc > 1:
       config.train.distributed.update(mode="explicit", coordinator_address=f"localhost:{port}",

@@ -70,15 +70,33 @@ def test_seeds_n_samples_and_top_k_one(tiny):
   assert ids(sampler.generate(PROMPTS, n=3, max_new_tokens=8, temperature=0.0)) == [r * 3 for r in ids(greedy)]
 
 
-def test_seeds_2_to_the_32_apart_sample_differently_and_small_seeds_keep_their_key(tiny):
+def test_seeds_2_to_the_32_apart_sample_differently(tiny):
   _, model, params = tiny
-  # Seeds below 2^32 keep their key, so their outputs are unchanged.
-  np.testing.assert_array_equal(np.asarray(sampler_lib.seed_key(7)), np.asarray(jax.random.PRNGKey(7)))
+  keys = np.asarray(sampler_lib.prompt_keys([7, 2**32 + 7, 7]))
+  assert not np.array_equal(keys[0], keys[1]) and np.array_equal(keys[0], keys[2])  # PRNGKey alone: both [0, 7]
   sampler = Sampler(model, params, max_cache_len=64)
   ids = lambda seed: [[s.token_ids for s in row] for row in
                       sampler.generate(PROMPTS, n=2, max_new_tokens=8, temperature=1.0, seed=seed)]
-  assert ids(7) != ids(2**32 + 7)  # PRNGKey alone gives both seeds the key [0, 7]
+  assert ids([7, 7, 7]) != ids([2**32 + 7] * 3)
   assert ids(2**32 + 7) == ids(2**32 + 7)
+
+
+def test_a_prompt_with_its_own_seed_samples_alike_whatever_else_is_in_the_call(tiny):
+  # The explorer's resume redoes a task in calls with other tasks than the uninterrupted run: with one seed per
+  # prompt its samples must not depend on them (they did with one key per call: a row's draw was its row's).
+  _, model, params = tiny
+  sampler = Sampler(model, params, max_cache_len=64)
+  ids = lambda out: [[s.token_ids for s in row] for row in out]
+  alone = sampler.generate([PROMPTS[1]], n=2, max_new_tokens=8, temperature=1.0, seed=[41])
+  crowded = sampler.generate([PROMPTS[0], PROMPTS[2], PROMPTS[1]], n=2, max_new_tokens=[8, 8, 8],
+                             temperature=[0.7, 1.0, 1.0], seed=[40, 42, 41])
+  assert ids(crowded)[2] == ids(alone)[0]
+  assert alone[0][0].token_ids != alone[0][1].token_ids  # the n samples of a prompt draw apart
+  # One seed for the call is spread over the prompts: prompt i of the call draws with seed * 2^20 + i.
+  assert ids(sampler.generate(PROMPTS, max_new_tokens=8, temperature=1.0, seed=3)) == ids(
+      sampler.generate(PROMPTS, max_new_tokens=8, temperature=1.0, seed=[3 * 2**20 + i for i in range(3)]))
+  with pytest.raises(ValueError, match="seed has 2 values for 3 prompts"):
+    sampler.generate(PROMPTS, max_new_tokens=8, seed=[1, 2])
 
 
 def test_eos_ends_a_row_and_stop_strings_truncate_text(tiny):
@@ -232,7 +250,8 @@ def _draw(top_k, temperatures, top_ps):
   logits = np.tile(np.log(PROBS).astype(np.float32), (DRAWS * len(temperatures), 1))
   temperature_B = np.repeat(np.asarray(temperatures, np.float32), DRAWS)
   top_p_B = np.repeat(np.asarray(top_ps, np.float32), DRAWS)
-  tokens = sampler_lib._choose(jnp.asarray(logits), jnp.asarray(logits.max(-1)), jax.random.PRNGKey(0),
+  keys_B = jax.random.split(jax.random.PRNGKey(0), len(logits))  # one key per row, as the sampler draws
+  tokens = sampler_lib._choose(jnp.asarray(logits), jnp.asarray(logits.max(-1)), keys_B,
                                jnp.asarray(temperature_B), jnp.asarray(top_p_B), greedy=False, top_k=top_k,
                                nucleus=min(top_ps) < 1.0)
   tokens = np.asarray(tokens).reshape(len(temperatures), DRAWS)

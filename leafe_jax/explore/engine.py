@@ -110,7 +110,7 @@ class TaskState:
   active: Rollout | None = None
   finished: bool = False
   succeeded: bool = False
-  calls: int = 0  # policy calls that served this task so far (its call seeds count them, not the global tick)
+  calls: int = 0  # policy calls that served this task so far (its prompt seeds count them, not the global tick)
 
 
 def _uniform(values: list):
@@ -118,11 +118,11 @@ def _uniform(values: list):
   return values[0] if len(set(values)) == 1 else values
 
 
-def _call_seed(seed: int, served: Sequence[TaskState]) -> int:
-  """The sampling seed of a call serving `served` (in prompt order, each once): a function of the settings' seed and
-  each task's own call count, so a task run alone samples alike whenever it runs (a resumed explore redoes its
-  unfinished tasks from its first tick; a global tick would give them other seeds than the uninterrupted run)."""
-  key = repr((seed, [(t.task_id, t.calls) for t in served])).encode()
+def _prompt_seed(seed: int, task: TaskState, kind: str) -> int:
+  """The sampling seed of `task`'s `kind` ("act" or "reflect") prompt in its next call: a function of the
+  settings' seed, the task and its own call count only, so a task samples alike whichever tasks share its calls
+  (a resumed explore redoes its unfinished tasks beside other tasks, from its first tick)."""
+  key = repr((seed, task.task_id, task.calls, kind)).encode()
   return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1  # 63 bits, as servers take
 
 
@@ -240,16 +240,16 @@ class Explorer:
     action_prompts = [self._prompt(t, t.active, show) for t, show in zip(acting, shows)]
     reflection_prompts = [self._reflection_prompt(t.active, t.env) for t in reflecting]
     acts, reflects = len(action_prompts), len(reflection_prompts)
-    served = list({id(t): t for t in acting + reflecting}.values())  # a task acting and reflecting: once
-    seed = _call_seed(self.s.seed, served)
-    for task in served:
+    seeds = ([_prompt_seed(self.s.seed, t, "act") for t in acting] +
+             [_prompt_seed(self.s.seed, t, "reflect") for t in reflecting])
+    for task in {id(t): t for t in acting + reflecting}.values():  # a task acting and reflecting: once
       task.calls += 1
     completions = self.policy.generate(
         action_prompts + reflection_prompts, n=1,
         temperature=_uniform([self.s.temperature] * acts + [self.s.reflection_temperature] * reflects),
         top_p=self.s.top_p,
         max_new_tokens=_uniform([self.s.max_new_tokens] * acts + [self.s.reflection_max_new_tokens] * reflects),
-        seed=seed)
+        seed=seeds)
     self.ledger.add("policy_calls")
     for task in acting + reflecting:
       self.ledger.add("policy_requests", task_id=task.task_id)

@@ -81,7 +81,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 # Fields a rerun may change: where, how fast and how much is explored, not how a task is explored. (A changed
-# concurrency batches other tasks together: the redone tasks draw other samples from the same distribution.)
+# concurrency batches other tasks together; each prompt's seed is its task's own, so a redone task samples alike.)
 _FREE_FIELDS = ("env_workers", "env_step_timeout_s", "policy_mesh", "concurrency", "tree_fsync_every",
                 "tree_fsync_s", "shard", "num_tasks", "env_step_budget")
 

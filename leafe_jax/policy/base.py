@@ -43,6 +43,26 @@ def per_prompt(value: T | Sequence[T], count: int, name: str, kind: type[T]) -> 
   return values
 
 
+# A call's seed given once is spread over its prompts as seed * PROMPT_SEED_STRIDE + i: no two (call seed, prompt
+# index) pairs share a prompt seed, also for consecutive call seeds (with seed + i, prompt i of one call had the
+# seed of prompt i - 1 of the next, and a seeded server repeated its sample).
+PROMPT_SEED_STRIDE = 1 << 20
+_SEED_MODULUS = 2**63  # non-negative 63-bit seeds, as servers take
+
+
+def prompt_seeds(seed: int | Sequence[int], count: int) -> list[int]:
+  """One sampling seed per prompt: `seed` given once for the call (prompt i gets seed * PROMPT_SEED_STRIDE + i),
+  or one per prompt (a prompt's samples then depend on its own seed only, not on the call's other prompts)."""
+  if isinstance(seed, numbers.Integral):
+    if count > PROMPT_SEED_STRIDE:
+      raise ValueError(f"generate: at most {PROMPT_SEED_STRIDE} prompts per call with one seed, got {count}")
+    return [(int(seed) * PROMPT_SEED_STRIDE + i) % _SEED_MODULUS for i in range(count)]
+  seeds = [int(s) % _SEED_MODULUS for s in seed]
+  if len(seeds) != count:
+    raise ValueError(f"generate: seed has {len(seeds)} values for {count} prompts")
+  return seeds
+
+
 def stops_per_prompt(stop: str | Sequence[str] | Sequence[Sequence[str]], count: int) -> list[tuple[str, ...]]:
   """Stop strings given once for every prompt (a flat list, or one string) or as one list per prompt."""
   if isinstance(stop, str):
@@ -63,7 +83,9 @@ class Policy(Protocol):
 
   `temperature`, `top_p` and `max_new_tokens` are one value for every prompt or a sequence with one per prompt:
   the explorer serves a tick's action and reflection prompts, whose settings differ, in ONE call. `stop` is one
-  list of strings for every prompt or one list per prompt.
+  list of strings for every prompt or one list per prompt. `seed` is one seed for the call or one per prompt
+  (`prompt_seeds`); with one per prompt a prompt samples alike whichever prompts share its call (the explorer's
+  resume after a kill relies on it).
   A prompt that does not fit the model's context gets completions with finish_reason PROMPT_TOO_LONG (no text,
   no tokens); the other prompts of the call are served as usual.
   """
@@ -77,7 +99,7 @@ class Policy(Protocol):
       top_p: float | Sequence[float] = 1.0,
       max_new_tokens: int | Sequence[int] = 256,
       stop: Sequence[str] | Sequence[Sequence[str]] = (),
-      seed: int = 0,
+      seed: int | Sequence[int] = 0,
   ) -> list[list[Completion]]:
     """Returns, for each prompt, `n` completions."""
     ...

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from absl import logging
 
-from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt, stops_per_prompt
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt, prompt_seeds, stops_per_prompt
 from leafe_jax.policy.chat import encode_prompt
 
 _FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -79,7 +79,7 @@ class JaxPolicy:
       top_p: float | Sequence[float] = 1.0,
       max_new_tokens: int | Sequence[int] = 256,
       stop: Sequence[str] | Sequence[Sequence[str]] = (),
-      seed: int = 0,
+      seed: int | Sequence[int] = 0,
   ) -> list[list[Completion]]:
     if not prompts:
       return []
@@ -96,6 +96,7 @@ class JaxPolicy:
                         "answered %s", i, len(ids), new, limit, PROMPT_TOO_LONG)
     pick = lambda values: values if isinstance(values, numbers.Number) else [values[i] for i in fits]
     stops = stops_per_prompt(stop, count)
+    seeds = prompt_seeds(seed, count)  # of every prompt: a prompt too long does not move the others' seeds
     samples = self.sampler.generate(
         [prompt_ids[i] for i in fits],
         n=n,
@@ -103,7 +104,7 @@ class JaxPolicy:
         temperature=pick(temperature),
         top_p=pick(top_p),
         stop_strings=[stops[i] for i in fits],
-        seed=seed,
+        seed=[seeds[i] for i in fits],
     ) if fits else []
     too_long = [Completion(text="", finish_reason=PROMPT_TOO_LONG)] * n
     served = dict(zip(fits, samples))

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt, stops_per_prompt
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt, prompt_seeds, stops_per_prompt
 
 
 class PolicyServerError(RuntimeError):
@@ -30,19 +30,6 @@ class ContextLengthError(PolicyServerError):
 # than N tokens", "Input validation error: `inputs` tokens + `max_new_tokens` must be <= N").
 _CONTEXT_LENGTH = re.compile(r"context_length_exceeded|context length|"
                              r"max_new_tokens` must be|must have less than \d+ tokens|prompt is too long", re.I)
-
-
-# Callers pass one seed per call and often consecutive ones (explorer and eval: base + tick). Prompt i of a call is
-# sent seed * PROMPT_SEED_STRIDE + i, so no two (call seed, prompt index) pairs share a server seed (with `seed + i`,
-# prompt i of one call had the seed of prompt i - 1 of the next, and a seeded server repeated its sample).
-PROMPT_SEED_STRIDE = 2**20
-
-
-def prompt_seed(seed: int, index: int) -> int:
-  """The server seed of prompt `index` of a call with `seed` (a non-negative 63-bit int, as servers take)."""
-  if not 0 <= index < PROMPT_SEED_STRIDE:
-    raise ValueError(f"OpenAIPolicy: at most {PROMPT_SEED_STRIDE} prompts per call, got prompt index {index}")
-  return (seed * PROMPT_SEED_STRIDE + index) % 2**63
 
 
 class OpenAIPolicy:
@@ -132,18 +119,18 @@ class OpenAIPolicy:
       top_p: float | Sequence[float] = 1.0,
       max_new_tokens: int | Sequence[int] = 256,
       stop: Sequence[str] | Sequence[Sequence[str]] = (),
-      seed: int = 0,
+      seed: int | Sequence[int] = 0,
   ) -> list[list[Completion]]:
     if not prompts:
       return []
     count = len(prompts)
+    seeds = prompt_seeds(seed, count)  # distinct per prompt: independent prompts, a reproducible call
     settings = zip(per_prompt(temperature, count, "temperature", float), per_prompt(top_p, count, "top_p", float),
                    per_prompt(max_new_tokens, count, "max_new_tokens", int), stops_per_prompt(stop, count))
     workers = min(self.max_concurrency, count)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-      # Distinct seeds per prompt keep prompts independent while the whole call stays reproducible.
       futures = [
-          pool.submit(self._one, m, n, temp, p, max_new, prompt_stop, prompt_seed(seed, i))
-          for i, (m, (temp, p, max_new, prompt_stop)) in enumerate(zip(prompts, settings))
+          pool.submit(self._one, m, n, temp, p, max_new, prompt_stop, prompt_seed)
+          for m, (temp, p, max_new, prompt_stop), prompt_seed in zip(prompts, settings, seeds)
       ]
       return [f.result() for f in futures]

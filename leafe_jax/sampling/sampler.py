@@ -30,7 +30,7 @@ import numpy as np
 from leafe_jax import parallel
 from leafe_jax.models import init_cache
 from leafe_jax.parallel import distributed
-from leafe_jax.policy.base import per_prompt, stops_per_prompt
+from leafe_jax.policy.base import per_prompt, prompt_seeds, stops_per_prompt
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -79,8 +79,9 @@ def _first_max_index(logits_BxV, max_B):
   return jnp.minimum(jnp.min(index_BxV, axis=-1), vocab - 1)  # a row of NaNs has no maximum: last id
 
 
-def _choose(logits_BxV, max_B, key, temperature_B, top_p_B, *, greedy: bool, top_k: int, nucleus: bool):
-  """The next token per row: argmax, or a draw from that row's temperature / top-k / top-p shaped distribution.
+def _choose(logits_BxV, max_B, keys_B, temperature_B, top_p_B, *, greedy: bool, top_k: int, nucleus: bool):
+  """The next token per row: argmax, or a draw with the row's own key from its temperature / top-k / top-p shaped
+  distribution.
 
   `greedy` (static): every row is greedy. Otherwise rows with temperature <= 0 still take the argmax, and rows
   with top_p >= 1 keep their whole distribution.
@@ -106,19 +107,20 @@ def _choose(logits_BxV, max_B, key, temperature_B, top_p_B, *, greedy: bool, top
     # A row with top_p >= 1 keeps every token (rounding can push the cumulated mass of its tail to 1).
     threshold_B = jnp.where(top_p_B >= 1.0, -jnp.inf, threshold_B)
     logits_BxV = jnp.where(logits_BxV < threshold_B[:, None], -jnp.inf, logits_BxV)
-  sampled_B = jax.random.categorical(key, logits_BxV, axis=-1).astype(jnp.int32)
+  sampled_B = jax.vmap(jax.random.categorical)(keys_B, logits_BxV).astype(jnp.int32)
   return jnp.where(temperature_B <= 0.0, argmax_B, sampled_B)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "pad_id", "eos_ids", "cache_len", "out_len", "n", "greedy",
                                              "top_k", "nucleus"))
-def _generate(params, tokens_BxP, mask_BxP, rng, temperature_B, top_p_B, max_new_B, *, model, pad_id: int,
+def _generate(params, tokens_BxP, mask_BxP, keys_B, temperature_B, top_p_B, max_new_B, *, model, pad_id: int,
               eos_ids: tuple[int, ...], cache_len: int, out_len: int, n: int, greedy: bool, top_k: int,
               nucleus: bool):
   """Prefill B prompts once, repeat each row n times, decode up to `max_new_B` tokens for the B*n rows.
 
-  Sampling settings are per prompt ([B] arrays, repeated n times with the rows); a row past its own
-  `max_new_B` is done (pad tokens, log-prob 0), and the loop ends when every row is.
+  Sampling settings and PRNG keys are per prompt ([B] arrays, repeated n times with the rows; sample j of a
+  prompt draws with its key folded with j, then with the step): a row's draws depend on its own key only. A row
+  past its own `max_new_B` is done (pad tokens, log-prob 0), and the loop ends when every row is.
   """
   _traces["generate"] += 1
   choose = functools.partial(_choose, greedy=greedy, top_k=top_k, nucleus=nucleus)
@@ -133,11 +135,13 @@ def _generate(params, tokens_BxP, mask_BxP, rng, temperature_B, top_p_B, max_new
     logits_BxV = jnp.repeat(logits_BxV, n, axis=0)
   temperature_R, top_p_R, max_new_R = (jnp.repeat(x, n, axis=0) for x in (temperature_B, top_p_B, max_new_B))
   rows = logits_BxV.shape[0]
+  keys_R = jax.vmap(jax.random.fold_in)(jnp.repeat(keys_B, n, axis=0), jnp.tile(jnp.arange(n), keys_B.shape[0]))
   ones_Rx1 = jnp.ones((rows, 1), jnp.int32)
 
   def emit(step, logits_RxV, out_RxO, logp_RxO, done_R):
     max_R = jnp.max(logits_RxV, axis=-1)  # shared by argmax and the log-normaliser
-    token_R = choose(logits_RxV, max_R, jax.random.fold_in(rng, step), temperature_R, top_p_R)
+    step_keys_R = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_R, step)
+    token_R = choose(logits_RxV, max_R, step_keys_R, temperature_R, top_p_R)
     token_R = jnp.where(done_R, pad_id, token_R)
     log_norm_R = max_R + jnp.log(jnp.sum(jnp.exp(logits_RxV - max_R[:, None]), axis=-1))
     logp_R = jnp.take_along_axis(logits_RxV, token_R[:, None], axis=-1)[:, 0] - log_norm_R
@@ -164,12 +168,17 @@ def _generate(params, tokens_BxP, mask_BxP, rng, temperature_B, top_p_B, max_new
   return out_RxO, logp_RxO
 
 
-def seed_key(seed: int) -> jax.Array:
-  """The PRNG key of an integer seed of up to 64 bits. `PRNGKey` alone keeps a seed's low 32 bits (without x64),
-  so seeds 2^32 apart, as derived seeds such as seed * 1_000_003 + iteration can be, would sample alike."""
-  seed = int(seed) % 2**64
-  key = jax.random.PRNGKey(seed % 2**32)
-  return key if seed < 2**32 else jax.random.fold_in(key, seed >> 32)
+@jax.jit
+def _prompt_keys(seed_hi_B, seed_lo_B):
+  """The PRNG keys of 64-bit prompt seeds given as their high and low 32 bits (`PRNGKey` alone keeps a seed's low
+  32 bits without x64, so seeds 2^32 apart would sample alike)."""
+  return jax.vmap(lambda hi, lo: jax.random.fold_in(jax.random.PRNGKey(lo), hi))(seed_hi_B, seed_lo_B)
+
+
+def prompt_keys(seeds: Sequence[int]) -> jax.Array:
+  """[B] PRNG keys of per-prompt seeds (non-negative, up to 64 bits)."""
+  seeds_B = np.asarray([int(x) % 2**64 for x in seeds], np.uint64)
+  return _prompt_keys((seeds_B >> np.uint64(32)).astype(np.uint32), (seeds_B & np.uint64(2**32 - 1)).astype(np.uint32))
 
 
 class Sampler:
@@ -203,8 +212,12 @@ class Sampler:
   def generate(self, prompt_ids: Sequence[Sequence[int]], *, n: int = 1,
                max_new_tokens: int | Sequence[int] = 64, temperature: float | Sequence[float] = 1.0,
                top_p: float | Sequence[float] = 1.0, top_k: int = 0,
-               stop_strings: Sequence[str] | Sequence[Sequence[str]] = (), seed: int = 0) -> list[list[Sample]]:
+               stop_strings: Sequence[str] | Sequence[Sequence[str]] = (),
+               seed: int | Sequence[int] = 0) -> list[list[Sample]]:
     """`n` samples for each prompt (lists of token ids); temperature 0 is greedy; same seed => same samples.
+
+    `seed`: one for the call, or one per prompt (`policy.base.prompt_seeds`); a prompt draws from its own seed's
+    key whatever else is in the call (up to float rounding of the batch it is padded into).
 
     `max_new_tokens`, `temperature` and `top_p` are one value for every prompt or one per prompt (an explorer
     tick serves action and reflection prompts, with their own settings, in one call); `stop_strings` likewise
@@ -219,6 +232,7 @@ class Sampler:
     temperatures = per_prompt(temperature, count, "temperature", float)
     top_ps = per_prompt(top_p, count, "top_p", float)
     stops = stops_per_prompt(stop_strings, count)
+    seeds = prompt_seeds(seed, count)
     if n < 1 or min(max_new) < 1:
       raise ValueError(f"generate: n={n} and max_new_tokens={min(max_new)} must both be >= 1")
     for i, (prompt, new) in enumerate(zip(prompt_ids, max_new)):
@@ -226,16 +240,15 @@ class Sampler:
         raise ValueError(f"prompt {i} of {len(prompt)} tokens + max_new_tokens={new} = {len(prompt) + new} "
                          f"exceeds the cache length max_cache_len={self.max_cache_len}")
     def request_digest() -> str:  # what every process of a multi-process mesh must ask alike (class docstring)
-      request = ([tuple(p) for p in prompt_ids], max_new, temperatures, top_ps, stops, n, top_k, seed)
+      request = ([tuple(p) for p in prompt_ids], max_new, temperatures, top_ps, stops, n, top_k, seeds)
       return hashlib.sha256(repr(request).encode()).hexdigest()
 
     distributed.check_processes_agree(request_digest, "Sampler.generate")
     samples: list[list[Sample]] = [[] for _ in prompt_ids]
-    for g, rows in enumerate(self._length_groups([len(p) for p in prompt_ids], max_new)):
-      key = seed_key(seed) if g == 0 else jax.random.fold_in(seed_key(seed), g)
+    for rows in self._length_groups([len(p) for p in prompt_ids], max_new):
       group = self._generate_group([prompt_ids[i] for i in rows], [max_new[i] for i in rows],
                                    [temperatures[i] for i in rows], [top_ps[i] for i in rows], n, top_k,
-                                   [stops[i] for i in rows], key)
+                                   [stops[i] for i in rows], [seeds[i] for i in rows])
       for i, row_samples in zip(rows, group):
         samples[i] = row_samples
     return samples
@@ -273,7 +286,7 @@ class Sampler:
     return [sorted(g) for g in groups]
 
   def _generate_group(self, prompt_ids, max_new, temperatures, top_ps, n, top_k, stops,
-                      key) -> list[list[Sample]]:
+                      seeds) -> list[list[Sample]]:
     """One compiled program over these prompts (padded to the group's longest prompt and largest budget)."""
     count, longest, most_new = len(prompt_ids), max(len(p) for p in prompt_ids), max(max_new)
     batch = _bucket(count, self.batch_buckets)
@@ -291,6 +304,7 @@ class Sampler:
     temperature_B = np.asarray(list(temperatures) + [0.0] * pad, np.float32)
     top_p_B = np.asarray(list(top_ps) + [1.0] * pad, np.float32)
     max_new_B = np.asarray(list(max_new) + [1] * pad, np.int32)
+    keys_B = prompt_keys(list(seeds) + [0] * pad)
     if self.mesh is None:
       tokens_in, mask_in = jnp.asarray(tokens), jnp.asarray(mask)
     else:
@@ -299,7 +313,7 @@ class Sampler:
         sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       tokens_in, mask_in = (distributed.global_from_host(x, sharding) for x in (tokens, mask))
     greedy = max(temperatures) <= 0.0
-    out, logp = _generate(self.params, tokens_in, mask_in, key, temperature_B, top_p_B,
+    out, logp = _generate(self.params, tokens_in, mask_in, keys_B, temperature_B, top_p_B,
                           max_new_B, model=self.model, pad_id=self.pad_id, eos_ids=self.eos_ids,
                           cache_len=cache_len, out_len=out_len, n=int(n), greedy=greedy,
                           top_k=0 if greedy else int(top_k), nucleus=(not greedy) and min(top_ps) < 1.0)
