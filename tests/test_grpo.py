@@ -316,10 +316,12 @@ def test_index_width_for_responses_is_a_configured_fraction():
 
 def test_the_last_iteration_plays_only_the_tasks_the_remaining_budget_allows():
   ledger = {"episodes": 64, "env_steps": 1600}  # 8 tasks x 8 episodes so far: 200 steps per task
-  assert grpo_stage.tasks_within_budget(0, ledger, 8, 32) == 32  # no budget
-  assert grpo_stage.tasks_within_budget(5000, {}, 8, 32) == 32  # nothing played yet: no estimate
-  assert grpo_stage.tasks_within_budget(5000, ledger, 8, 32) == 17  # (5000 - 1600) / 200
-  assert grpo_stage.tasks_within_budget(1650, ledger, 8, 32) == 1  # at least one
+  assert grpo_stage.tasks_within_budget(0, ledger, 8, 32, 15) == 32  # no budget
+  # Nothing played yet: the worst case, 8 episodes x 15 steps a task (it played all 32 tasks whatever the budget).
+  assert grpo_stage.tasks_within_budget(5000, {}, 8, 32, 15) == 32
+  assert grpo_stage.tasks_within_budget(500, {}, 8, 32, 15) == 4
+  assert grpo_stage.tasks_within_budget(5000, ledger, 8, 32, 15) == 17  # (5000 - 1600) / 200
+  assert grpo_stage.tasks_within_budget(1650, ledger, 8, 32, 15) == 1  # at least one
 
 
 def test_the_budget_from_a_sharded_explore_run_sums_its_shard_ledgers(tmp_path):

@@ -253,7 +253,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       began = time.perf_counter()
       rng = np.random.default_rng([cfg.seed, iteration])
       tasks = [task_pool[i] for i in rng.choice(len(task_pool), cfg.tasks_per_iteration, replace=False)]
-      tasks = tasks[:tasks_within_budget(budget, ledger, cfg.group_size, len(tasks))]
+      tasks = tasks[:tasks_within_budget(budget, ledger, cfg.group_size, len(tasks), cfg.max_steps)]
       policy.update_params(state.params)
       episodes = play_episodes(policy, make_env, tasks, num_samples=cfg.group_size, max_steps=cfg.max_steps,
                                sampling=sampling, history_length=cfg.history_length,
@@ -338,16 +338,17 @@ def _logprobs(logprob_fn, params, host: dict[str, np.ndarray], micro: int, shard
                          for start in range(0, rows, micro)])
 
 
-def tasks_within_budget(budget: int, ledger: dict, group_size: int, tasks: int) -> int:
+def tasks_within_budget(budget: int, ledger: dict, group_size: int, tasks: int, max_steps: int) -> int:
   """How many of this iteration's tasks to play so that the budget is about used up, not overshot.
 
-  A group's env steps are estimated from the run so far (the ledger); the first iteration plays them all.
+  A group's env steps are estimated from the run so far (the ledger); before any play, from the worst case (every
+  episode runs `max_steps`), so a budget smaller than one iteration is not overshot by a whole iteration.
   """
-  played = ledger.get("episodes", 0) // group_size
-  if not budget or not played:
+  if not budget:
     return tasks
-  steps_per_task = ledger["env_steps"] / played
-  return max(1, min(tasks, round((budget - ledger["env_steps"]) / steps_per_task)))
+  played = ledger.get("episodes", 0) // group_size
+  steps_per_task = ledger["env_steps"] / played if played else group_size * max_steps
+  return max(1, min(tasks, round((budget - ledger.get("env_steps", 0)) / steps_per_task)))
 
 
 def ledger_budget(path: str) -> int:
