@@ -8,7 +8,9 @@ import textwrap
 import psutil
 import pytest
 
+from leafe_jax.envs.coding import judging as judge_lib
 from leafe_jax.envs.coding import sandbox as sandbox_lib
+from leafe_jax.envs.coding.problems import Problem, TestCase
 from leafe_jax.envs.coding.sandbox import Job, Limits, Sandbox
 
 FAST = Limits(wall_time_s=1.5, memory_mb=256, max_processes=8)
@@ -258,3 +260,27 @@ def test_process_isolation_fallback_limits_and_cleans_up():
     assert _no_process_with(marker)
   finally:
     sb.close()
+
+
+_READ_TOKEN_FILE = """
+import json, os, sys
+token = open(".stdin").read().strip()
+for event in ({"start": 0}, {"test": 0, "passed": True}, {"done": True}):
+  sys.stdout.write("\\n" + token + json.dumps(event) + "\\n")
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_process_isolation_program_cannot_read_the_harness_token_from_its_stdin_file():
+  """The fallback isolation (non-root host without user namespaces) ran the program in the staging directory,
+  where the harness' stdin (the secret token) was a file `.stdin`: any MBPP/HumanEval program faked a pass."""
+  problem = Problem("t", "mbpp", "s", (TestCase(code="assert f(1) == 2"),), (TestCase(code="assert f(1) == 2"),))
+  sandbox = Sandbox(isolation="process")
+  try:
+    verdict = judge_lib.judge(problem, _READ_TOKEN_FILE, sandbox=sandbox)
+    assert not verdict.passed, verdict
+    # stdin itself still reaches programs
+    assert sandbox.run("print(input()[::-1])", stdin="abc\n").stdout == "cba\n"
+  finally:
+    sandbox.close()
