@@ -195,3 +195,53 @@ def test_pool_reports_an_env_keyerror_as_the_env_error():
     assert "KeyError" in result.reason and "missing-x" in result.reason and "unknown episode" not in result.reason
     (again,) = pool.step(["a"], ["x"])  # the env was dropped: now the episode is unknown
     assert isinstance(again, EpisodeError) and "unknown episode" in again.reason
+
+
+class SlowEchoEnv:
+  """Test-only env: step(action) sleeps for actions starting with "slow" and echoes the action."""
+
+  name = "slowecho"
+
+  def tasks(self, split):
+    return ["t"]
+
+  def reset(self, task_id):
+    return f"{task_id}:0"
+
+  def step(self, action):
+    if action.startswith("slow"):
+      time.sleep(1.0)
+    return Step(f"echo {action}", 0.0, False, False, {})
+
+  @property
+  def instruction(self):
+    return ""
+
+  def admissible_actions(self):
+    return None
+
+
+class _Interrupted(Exception):
+  pass
+
+
+def test_a_call_interrupted_in_the_parent_does_not_shift_replies_onto_the_next_call():
+  """E.g. Ctrl-C (KeyboardInterrupt) in a notebook during a long step, then the pool is used again: the late reply
+  of the interrupted call was read as the reply of the next one, i.e. given to the wrong episodes/actions."""
+  def interrupt(signum, frame):
+    raise _Interrupted()
+
+  with EnvPool(f"{__name__}:SlowEchoEnv", {}, num_workers=1, step_timeout_s=30.0) as pool:
+    pool.reset(["a", "b"], ["t", "t"])
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+      signal.setitimer(signal.ITIMER_REAL, 0.3)
+      with pytest.raises(_Interrupted):
+        pool.step(["a", "b"], ["slow-1", "slow-2"])
+    finally:
+      signal.setitimer(signal.ITIMER_REAL, 0)
+      signal.signal(signal.SIGALRM, old)
+    (step,) = pool.step(["b"], ["fast-3"])
+    assert step.observation == "echo fast-3"
+    a, b = pool.step(["a", "b"], ["fast-4", "fast-5"])
+    assert (a.observation, b.observation) == ("echo fast-4", "echo fast-5")

@@ -102,7 +102,7 @@ def _worker_main(conn, env_name: str, env_config: dict[str, Any]) -> None:
   conn.send(("ready", None))
   while True:
     try:
-      op, items, options = conn.recv()
+      op, items, options, seq = conn.recv()
     except (EOFError, KeyboardInterrupt):
       return
     if op == "close":
@@ -143,7 +143,7 @@ def _worker_main(conn, env_name: str, env_config: dict[str, Any]) -> None:
         else:
           reason = f"{op} raised {type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}"
         results.append(EpisodeError(episode_id, reason))
-    conn.send(("ok", results))
+    conn.send(("ok", seq, results))  # the request's number: the parent drops replies of calls it gave up on
 
 
 @dataclasses.dataclass
@@ -168,6 +168,7 @@ class EnvPool:
     self._owner: dict[str, int] = {}  # episode id -> worker index
     self.restarts = 0
     self._closed = False
+    self._calls = 0  # number of the current call; a reply carries its request's number
     for i in range(num_workers):
       self._start(i)
     for i in range(num_workers):
@@ -239,11 +240,13 @@ class EnvPool:
       by_worker.setdefault(index, []).append(pos)
 
     deadlines, failed = {}, {}
+    self._calls += 1
+    call = self._calls
     start = time.monotonic()
     for index, positions in by_worker.items():
       items = [(episode_ids[p], payloads[p]) for p in positions]
       try:
-        self._workers[index].conn.send((op, items, options))
+        self._workers[index].conn.send((op, items, options, call))
       except (BrokenPipeError, OSError) as e:
         # Dead before the request reached it: the same crash as an EOF on the reply (whichever the kill races).
         failed[index] = (f"worker {index} crashed ({type(e).__name__} on send, exit code "
@@ -255,13 +258,19 @@ class EnvPool:
       timeout = max(0.0, min(deadlines[i] for i in pending.values()) - time.monotonic())
       ready = multiprocessing.connection.wait(list(pending), timeout=timeout)
       for conn in ready:
-        index = pending.pop(conn)
+        index = pending[conn]
         try:
-          _, replies = conn.recv()
+          _, number, replies = conn.recv()
         except (EOFError, OSError):
+          pending.pop(conn)
           code = self._workers[index].process.exitcode
           failed[index] = f"worker {index} crashed (exit code {code})"
           continue
+        if number != call:
+          # The late reply of an earlier call that was interrupted in this process (e.g. KeyboardInterrupt) before
+          # it read it: not this call's; this call's reply follows it.
+          continue
+        pending.pop(conn)
         for pos, reply in zip(by_worker[index], replies):
           results[pos] = reply
           if isinstance(reply, EpisodeError) or op == "release":
@@ -328,7 +337,7 @@ class EnvPool:
     self._closed = True
     for worker in self._workers:
       with contextlib.suppress(BrokenPipeError, OSError):
-        worker.conn.send(("close", None, None))
+        worker.conn.send(("close", None, None, None))
     for worker in self._workers:
       worker.process.join(_KILL_JOIN_TIMEOUT_S)
       if worker.process.is_alive():
