@@ -199,3 +199,17 @@ def test_problem_files_are_parsed_once_per_process_and_reread_when_changed(tmp_p
   path.write_text(lines[0] + "\n")  # edited: the cache must not serve the old problems
   assert CodingEnv(problems=str(path)).tasks("test") == ["ex_sum_of_pairs"]
   assert len(calls) == 2
+
+
+def test_stdio_problem_without_public_tests_does_not_tell_a_broken_program_it_ran_without_errors(tmp_path):
+  """CodeContests records may have no public tests (only private/generated ones): the stdio judge then runs nothing
+  on the public tests, yet the feedback said "the program ran without errors" to a program with a syntax error."""
+  record = {"name": "nopublic", "description": "Print the sum.", "public_tests": {"input": [], "output": []},
+            "private_tests": {"input": ["1 2\n"], "output": ["3\n"]}}
+  path = tmp_path / "cc.jsonl"
+  path.write_text(json.dumps(record) + "\n")
+  env = CodingEnv("codecontests", problems=str(path))
+  env.reset("nopublic")
+  step = env.step("```python\nprint(sum(map(int, input().split()))\n```")  # a SyntaxError
+  assert not step.success
+  assert "ran without errors" not in step.observation, step.observation

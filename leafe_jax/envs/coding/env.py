@@ -225,19 +225,24 @@ class CodingEnv:
       public = self.judge(code, "public")
       hidden = self.judge(code, "hidden")
       success = hidden.passed
-      observation = f"{head} {feedback(public, hidden.passed)}"
+      # The stdio judge runs nothing when there are no public tests; the assert harness always runs the program.
+      observation = f"{head} {feedback(public, hidden.passed, ran=self._problem.io_kind != 'stdio')}"
       info.update(no_code_block=False, verdict={"public": public.summary(), "hidden": hidden.summary()})
     self._done = success or self._attempt >= self.horizon
     info["irreversible"] = self._done and not success
     return Step(observation, 1.0 if success else 0.0, self._done, success, info)
 
 
-def feedback(public: judge_lib.Verdict, hidden_passed: bool) -> str:
-  """The agent-facing text for one submission: public tests only (plus whether the hidden tests passed)."""
+def feedback(public: judge_lib.Verdict, hidden_passed: bool, ran: bool = True) -> str:
+  """The agent-facing text for one submission: public tests only (plus whether the hidden tests passed).
+
+  `ran`: whether the public judging ran the program at all (False: a stdio problem without public tests)."""
   n = len(public.results)
   if public.passed:
     if hidden_passed:
       return "accepted: the program passed all tests."
+    if n == 0 and not ran:
+      return "this problem has no public tests, and the program failed the hidden tests."
     if n == 0:
       return "the program ran without errors (this problem has no public tests), but it failed the hidden tests."
     return f"the program passed all {n} public tests, but it failed the hidden tests."
