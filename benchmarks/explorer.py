@@ -265,6 +265,7 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as workdir:
     tree_dir = os.path.join(workdir, "explore", "trees")
     run = explore_timed(args, tasks, os.path.join(tree_dir, "shard-0-of-1.jsonl"))
+    run["ledger"].save(os.path.join(workdir, "explore", "ledger.json"))  # as the stage ends: distill needs it
     trees = list(load_trees(os.path.join(tree_dir, "shard-0-of-1.jsonl")))
     bare_s, bare_steps = bare_stepping(trees, env_config)
     total = run["ledger"].total
