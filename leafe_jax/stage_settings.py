@@ -55,19 +55,22 @@ def of_section(section: ml_collections.ConfigDict, free_fields: Sequence[str], *
 
 
 def check(stage: str, stage_dir: str, settings: dict, *, has_outputs: bool, write: bool = True,
-          what: str = "outputs") -> None:
+          what: str = "outputs", free_fields: Sequence[str] = ()) -> None:
   """Refuses outputs in `stage_dir` made with other settings; records `settings` where none are recorded.
 
   `has_outputs`: the stage has outputs to resume (or skip to). Without outputs the settings are (re)written, so
   a stage that has made nothing yet takes the new settings. Outputs of a version without settings.json are
   adopted with the current settings. `write`: this process writes files (the primary of a multi-process launch).
   Several hosts (explore shards) may write the same settings at once: each renames a temporary file of its own.
+  `free_fields`: the section's free fields, ignored where a recorded settings.json holds them (recorded before
+  they were free, e.g. `eval.ks`).
   """
   path = os.path.join(stage_dir, FILE_NAME)
   if has_outputs and os.path.exists(path):
     with open(path) as f:
       stored = json.load(f)
-    changed = sorted(k for k in set(stored) | set(settings) if stored.get(k) != settings.get(k))
+    keys = (set(stored) - set(free_fields)) | set(settings)
+    changed = sorted(k for k in keys if stored.get(k) != settings.get(k))
     if changed:
       raise ValueError(f"{stage}: the {what} in {stage_dir} were made with other settings ({', '.join(changed)} "
                        f"changed since, per {FILE_NAME}): move that folder away to run the stage again, or run "

@@ -50,3 +50,12 @@ def test_fingerprints_differ_for_changed_or_appended_files_and_not_for_copies(tm
     f.write(b"\0")
   assert stage_settings.hf_dir_fingerprint(str(tmp_path / "b")) != first
   assert stage_settings.hf_dir_fingerprint(str(tmp_path / "missing")) is None
+
+
+def test_a_field_recorded_before_it_was_free_does_not_refuse_a_resume(tmp_path):
+  # eval's settings.json of the previous version holds `ks`, a free field now: a rerun must not see it as changed.
+  (tmp_path / "settings.json").write_text(json.dumps({"seed": 0, "workers": 1}))
+  settings = stage_settings.of_section(_section(workers=2), ("workers",))
+  stage_settings.check("s", str(tmp_path), settings, has_outputs=True, free_fields=("workers",))
+  with pytest.raises(ValueError, match=r"\(workers changed"):
+    stage_settings.check("s", str(tmp_path), settings, has_outputs=True)

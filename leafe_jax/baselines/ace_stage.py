@@ -86,7 +86,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
     with open(state_path) as f:
       state = json.load(f)
   settings = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
-  stage_settings.check("ace", stage_dir, settings, has_outputs=state["batches_done"] > 0, what="playbook batches")
+  stage_settings.check("ace", stage_dir, settings, has_outputs=state["batches_done"] > 0, what="playbook batches",
+                       free_fields=_FREE_FIELDS)
   playbook = ace.Playbook.from_json(state["playbook"])
   stats = collections.Counter(state["stats"])
   logging.info("ace: %d batches, %d done, %d bullets", len(batches), state["batches_done"], len(playbook.bullets))

@@ -125,11 +125,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   settings = stage_settings.of_section(cfg, _FREE_FIELDS, **inputs)
   done = os.path.exists(os.path.join(stage_dir, "DONE"))
   if done:
-    stage_settings.check("expert_data", stage_dir, settings, has_outputs=True, what="records and tokenizer")
+    stage_settings.check("expert_data", stage_dir, settings, has_outputs=True, what="records and tokenizer",
+                         free_fields=_FREE_FIELDS)
     logging.info("expert_data: %s is complete, skipping", stage_dir)
     return
   shutil.rmtree(stage_dir, ignore_errors=True)
-  stage_settings.check("expert_data", stage_dir, settings, has_outputs=False)
+  stage_settings.check("expert_data", stage_dir, settings, has_outputs=False, free_fields=_FREE_FIELDS)
   env = envs.make(cfg.env, **cfg.env_config.to_dict())
   rng = random.Random(cfg.seed)
   examples = []

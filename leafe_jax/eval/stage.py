@@ -158,7 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     distributed.barrier("eval: outcomes repaired")  # then every process reads the same finished chunks
   done = _load_done(outcomes_path)
   stage_settings.check("eval", stage_dir, sampling_settings(cfg, workdir), has_outputs=bool(done), write=primary,
-                       what="outcomes")
+                       what="outcomes", free_fields=_FREE_FIELDS)
   todo = [(i, chunk) for i, chunk in enumerate(chunks) if any(t not in done for t in chunk)]
   logging.info("eval %s: %d tasks, %d done, n=%d", cfg.method, len(task_ids), len(done), cfg.num_samples)
   if todo:

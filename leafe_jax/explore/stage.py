@@ -146,7 +146,8 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   # Any shard's trees count: hosts of one stage dir explore with one set of settings.
   has_trees = any(os.path.getsize(f) for f in glob.glob(os.path.join(stage_dir, "trees", "*.jsonl")))
   recorded = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
-  stage_settings.check("explore", stage_dir, recorded, has_outputs=has_trees, write=primary, what="trees")
+  stage_settings.check("explore", stage_dir, recorded, has_outputs=has_trees, write=primary, what="trees",
+                       free_fields=_FREE_FIELDS)
   todo = [t for t in tasks if t not in done]
   logging.info("explore: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
   ledger_path = os.path.join(stage_dir, ledger_lib.ledger_name(index, count))
