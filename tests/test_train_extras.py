@@ -106,6 +106,20 @@ def test_orbax_init_from_a_checkpoint_of_another_layer_count_is_refused(two_laye
     checkpoint.restore_params(two_layer_checkpoint, other)
 
 
+def test_a_resumed_run_may_train_longer_but_refuses_another_optimisation(workdir):
+  fast = dict(micro_batches=1, logits_fractions=(), log_every=1, async_checkpoint=False, checkpoint_every=1)
+  constant = dict(schedule="constant", **fast)
+  stage.run(_config(num_steps=1, **constant), str(workdir), str(workdir / "train"))
+  stage.run(_config(num_steps=2, keep=5, **constant), str(workdir), str(workdir / "train"))  # longer: a resume
+  assert sorted(os.listdir(workdir / "train" / "checkpoints")) == ["1", "2"]
+  with pytest.raises(ValueError, match=r"train: the checkpoints in .* \(lr changed"):
+    stage.run(_config(num_steps=3, lr=1e-2, **constant), str(workdir), str(workdir / "train"))
+  # A cosine schedule decays over the run's length: a longer resumed run would jump to another schedule.
+  stage.run(_config(num_steps=1, schedule="cosine", **fast), str(workdir), str(workdir / "cosine"))
+  with pytest.raises(ValueError, match=r"\(schedule_steps changed"):
+    stage.run(_config(num_steps=2, schedule="cosine", **fast), str(workdir), str(workdir / "cosine"))
+
+
 # --- 2. TensorBoard -----------------------------------------------------------------------------------------------
 
 

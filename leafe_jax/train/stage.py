@@ -16,10 +16,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from leafe_jax import stage_settings
 from leafe_jax.parallel import distributed
 from leafe_jax.policy.factory import resolve_path
 
 CONFIG_SECTION = "train"
+# Fields a resumed run may change: placement, speed and bookkeeping, none of the optimisation its checkpoints
+# continue, and the run's length (with a cosine schedule the schedule's length is recorded instead).
+_FREE_FIELDS = ("mesh", "micro_batches", "remat_policy", "logits_fractions", "attention_impl", "checkpoint_every",
+                "keep", "async_checkpoint", "log_every", "export_hf", "distributed", "num_epochs", "num_steps")
 
 # Batch keys the pipeline yields and the step reads.
 BATCH_KEYS = ("input_ids_BxT", "loss_mask_BxT", "weight_BxT", "segment_ids_BxT", "positions_BxT", "kind_BxT")
@@ -226,6 +231,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       os.path.join(stage_dir, "checkpoints"), keep=cfg.keep, async_save=cfg.async_checkpoint
   )
   latest = ckpt.latest_step()
+  # A resumed run continues its checkpoints' optimisation: another lr, batch, loss or init is refused, not mixed.
+  init_weights = stage_settings.hf_dir_fingerprint(resolve_path(cfg.init_path, workdir)) if cfg.init == "hf" else None
+  settings = stage_settings.of_section(
+      cfg, _FREE_FIELDS, schedule_steps=total_steps if cfg.schedule == "cosine" else None, init_weights=init_weights)
+  stage_settings.check(CONFIG_SECTION, stage_dir, settings, has_outputs=latest is not None, write=process_index == 0,
+                       what="checkpoints", free_fields=_FREE_FIELDS)
   model, params, params_sharding = model_and_params(cfg, workdir, mesh, init_rng, abstract=latest is not None)
   state_sharding = state_lib.shardings(tx, params, params_sharding, mesh)
   if latest is None:
