@@ -409,3 +409,12 @@ def test_budget_from_ledger_refuses_ledgers_of_two_shard_counts(tmp_path):
   _ledger(tmp_path / "ledger-shard-1-of-2.json", 25, 6)
   with pytest.raises((RuntimeError, ValueError), match="shard"):
     grpo_stage.ledger_budget(str(tmp_path))  # was 125: both runs' interaction summed
+
+
+def test_a_resumed_grpo_may_run_longer_but_refuses_other_settings(tmp_path, bandit):
+  grpo_stage.run(_grpo_config(tmp_path, num_iterations=1), str(tmp_path), str(tmp_path / "grpo"))
+  grpo_stage.run(_grpo_config(tmp_path, num_iterations=2), str(tmp_path), str(tmp_path / "grpo"))  # a resume
+  assert [json.loads(line)["iteration"] for line in (tmp_path / "grpo" / "iterations.jsonl").read_text().splitlines()
+          ] == [1, 2]
+  with pytest.raises(ValueError, match=r"grpo: the checkpoints in .* \(kl_coef changed"):
+    grpo_stage.run(_grpo_config(tmp_path, num_iterations=3, kl_coef=0.5), str(tmp_path), str(tmp_path / "grpo"))

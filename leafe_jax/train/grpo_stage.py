@@ -30,13 +30,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from leafe_jax import durable
+from leafe_jax import durable, stage_settings
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import prompts
 from leafe_jax.explore.ledger import stage_ledger_files
 from leafe_jax.train import stage as train_stage
 
 CONFIG_SECTION = "grpo"
+# Fields a resumed run may change: placement, speed and bookkeeping, and the run's length (more iterations, a
+# larger budget: the iterations done are the first ones of the longer run; a cosine schedule's length is recorded).
+_FREE_FIELDS = ("mesh", "env_workers", "env_step_timeout_s", "micro_batch_rows_per_shard", "remat_policy",
+                "logits_fractions", "attention_impl", "checkpoint_every", "keep", "async_checkpoint", "export_hf",
+                "num_iterations", "env_step_budget", "budget_from_ledger")
 ROW_KEYS = ("input_ids_BxT", "segment_ids_BxT", "positions_BxT")
 
 
@@ -192,6 +197,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"), keep=cfg.keep,
                                  async_save=cfg.async_checkpoint)
   latest = ckpt.latest_step()
+  # A resumed run continues its checkpoints' optimisation and rollouts: other settings are refused, not mixed.
+  stage_settings.check(CONFIG_SECTION, stage_dir, train_stage.resume_settings(cfg, workdir, _FREE_FIELDS, total_steps),
+                       has_outputs=latest is not None, write=primary, what="checkpoints", free_fields=_FREE_FIELDS)
   # A resumed run restores its params; the initial ones are still needed as the KL reference, if there is one.
   model, init_params, params_sharding = train_stage.model_and_params(
       cfg, workdir, mesh, init_rng, abstract=latest is not None and cfg.kl_coef <= 0)

@@ -185,6 +185,14 @@ def model_and_params(config, workdir, mesh, rng, *, abstract: bool = False):
   return model, checkpoint.restore_params(resolve_path(config.init_path, workdir), shapes), params_sharding
 
 
+def resume_settings(cfg: ml_collections.ConfigDict, workdir: str, free_fields, total_steps: int) -> dict:
+  """What a resumed train or grpo run must share with its checkpoints (stage_settings): the section but its
+  free fields, the init weights' fingerprint (init "hf"), and a cosine schedule's length."""
+  init_weights = stage_settings.hf_dir_fingerprint(resolve_path(cfg.init_path, workdir)) if cfg.init == "hf" else None
+  return stage_settings.of_section(cfg, free_fields, init_weights=init_weights,
+                                   schedule_steps=total_steps if cfg.schedule == "cosine" else None)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   """Trains per `config.train`, resuming from `<stage_dir>/checkpoints`, and exports `<stage_dir>/hf`."""
   cfg = config[CONFIG_SECTION]
@@ -232,11 +240,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   )
   latest = ckpt.latest_step()
   # A resumed run continues its checkpoints' optimisation: another lr, batch, loss or init is refused, not mixed.
-  init_weights = stage_settings.hf_dir_fingerprint(resolve_path(cfg.init_path, workdir)) if cfg.init == "hf" else None
-  settings = stage_settings.of_section(
-      cfg, _FREE_FIELDS, schedule_steps=total_steps if cfg.schedule == "cosine" else None, init_weights=init_weights)
-  stage_settings.check(CONFIG_SECTION, stage_dir, settings, has_outputs=latest is not None, write=process_index == 0,
-                       what="checkpoints", free_fields=_FREE_FIELDS)
+  stage_settings.check(CONFIG_SECTION, stage_dir, resume_settings(cfg, workdir, _FREE_FIELDS, total_steps),
+                       has_outputs=latest is not None, write=process_index == 0, what="checkpoints",
+                       free_fields=_FREE_FIELDS)
   model, params, params_sharding = model_and_params(cfg, workdir, mesh, init_rng, abstract=latest is not None)
   state_sharding = state_lib.shardings(tx, params, params_sharding, mesh)
   if latest is None:
