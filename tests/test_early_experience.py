@@ -300,3 +300,16 @@ def test_policy_proposals_never_make_a_listed_template_an_alternative():
   chosen, replaced = ee.proposed_alternatives([f"<action>{SEARCH_TEMPLATE}</action>", "<action>click[b]</action>"],
                                               state, 2, random.Random(0), WebShopEnv.parse_action)
   assert SEARCH_TEMPLATE not in chosen and "click[b]" in chosen and len(chosen) == 2 and replaced == 1
+
+
+def test_another_shard_count_in_the_stage_dir_is_refused(tmp_path):
+  from transformers import AutoTokenizer
+
+  make_tokenizer(tmp_path / "tok")
+  tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+  config = _stage_config(num_tasks=2)
+  config.early_experience.methods = ("iwm",)
+  ee_stage.run_with_policy(config, str(tmp_path / "ee"), None, tok)
+  config.early_experience.shard = "0/2"
+  with pytest.raises(ValueError, match=r"shards of another count, but early_experience.shard is '0/2'"):
+    ee_stage.run_with_policy(config, str(tmp_path / "ee"), None, tok)

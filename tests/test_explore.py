@@ -599,3 +599,32 @@ def test_distill_refuses_the_trees_of_an_explore_shard_that_has_not_finished(tmp
   ledger.save(str(tmp_path / "explore" / "ledger-shard-1-of-2.json"))  # as the shard saves it when it ends
   assert [t.task_id for t in distill_stage.load_finished_trees(str(tree_dir), files)] == ["level"]
 
+
+
+def test_a_spent_budget_cannot_grow_on_resume_but_an_unspent_one_can(tmp_path):
+  # A spent budget finished the trees alive then without their later branches; a rerun with a larger budget kept
+  # them as done (found by a review helper).
+  def run(stage_dir, num_tasks, budget):
+    config = explore_config()
+    config.explore.num_tasks, config.explore.env_step_budget = num_tasks, budget
+    explore_stage.run_with_policy(config, str(stage_dir), ScriptedPolicy(_stable_action))
+
+  run(tmp_path / "spent", 6, 10)
+  with pytest.raises(ValueError, match=r"cut short when their env_step_budget=10 ran out"):
+    run(tmp_path / "spent", 6, 0)
+  run(tmp_path / "unspent", 4, 100_000)
+  run(tmp_path / "unspent", 6, 0)
+  assert len(list(load_trees(str(tmp_path / "unspent" / "trees" / "shard-0-of-1.jsonl")))) == 6
+
+
+def test_another_shard_count_in_the_stage_dir_is_refused(tmp_path):
+  # Shards of another count read other tree files: every task was explored again beside its first tree, and
+  # distill read both (found by a review helper). Another index of the same count is placement: free.
+  def run(shard):
+    config = explore_config()
+    config.explore.num_tasks, config.explore.shard = 4, shard
+    explore_stage.run_with_policy(config, str(tmp_path), ScriptedPolicy(_stable_action))
+
+  run("0/1")
+  with pytest.raises(ValueError, match=r"holds trees of 1 shards, but explore.shard is '0/2'"):
+    run("0/2")

@@ -85,9 +85,13 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   if os.path.exists(state_path):
     with open(state_path) as f:
       state = json.load(f)
-  settings = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
+  # More epochs extend the run only when no batch straddles two epochs (else the last batch of the shorter run
+  # is not a batch of the longer one, and the longer run's next tasks would be skipped).
+  free = _FREE_FIELDS if len(tasks) % cfg.tasks_per_batch == 0 else tuple(f for f in _FREE_FIELDS
+                                                                          if f != "num_epochs")
+  settings = stage_settings.of_section(cfg, free, policy_weights=policy_weights)
   stage_settings.check("ace", stage_dir, settings, has_outputs=state["batches_done"] > 0, what="playbook batches",
-                       free_fields=_FREE_FIELDS)
+                       free_fields=free)
   playbook = ace.Playbook.from_json(state["playbook"])
   stats = collections.Counter(state["stats"])
   logging.info("ace: %d batches, %d done, %d bullets", len(batches), state["batches_done"], len(playbook.bullets))

@@ -133,7 +133,15 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
   done = _done_tasks(done_path, records_dir, writer_id)
   fingerprint = records.tokenizer_fingerprint(tokenizer)
   # Any shard's finished tasks count: hosts of one stage dir build with one set of settings.
-  has_outputs = bool(done) or any(os.path.getsize(f) for f in glob.glob(os.path.join(stage_dir, "done-*.jsonl")))
+  done_files = [f for f in glob.glob(os.path.join(stage_dir, "done-*.jsonl")) if os.path.getsize(f)]
+  has_outputs = bool(done) or bool(done_files)
+  # `shard` is free as placement, not its count: shards of another count have other writer ids and done files,
+  # so every task would be built again beside its first records.
+  for path in done_files:
+    if not path.endswith(f"-of-{count}.jsonl"):
+      raise ValueError(f"early_experience: {path} lists tasks done by shards of another count, but "
+                       f"early_experience.shard is {cfg.shard!r} (shard count changed): keep the stage dir's shard "
+                       "count, or move that folder away to build again")
   settings = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights,
                                        tokenizer_fingerprint=fingerprint)
   stage_settings.check("early_experience", stage_dir, settings, has_outputs=has_outputs, what="records",

@@ -148,6 +148,14 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   recorded = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
   stage_settings.check("explore", stage_dir, recorded, has_outputs=has_trees, write=primary, what="trees",
                        free_fields=_FREE_FIELDS)
+  # `shard` is free as placement, not its count: shards of another count read other tree files, so every task
+  # would be explored again beside its first tree (and distill would read both).
+  for path in glob.glob(os.path.join(stage_dir, "trees", "*.jsonl")):
+    match = tree_lib.TREE_FILE.fullmatch(os.path.basename(path))
+    if match and int(match.group(2)) != count and os.path.getsize(path):
+      raise ValueError(f"explore: {path} holds trees of {match.group(2)} shards, but explore.shard is {cfg.shard!r} "
+                       f"(shard count changed): keep the shard count of the stage dir's trees, or move that folder "
+                       "away to explore again")
   todo = [t for t in tasks if t not in done]
   logging.info("explore: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
   ledger_path = os.path.join(stage_dir, ledger_lib.ledger_name(index, count))
@@ -155,7 +163,16 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
     # A policy call serves many tasks at once, so trees carry each task's policy_requests (prompts), not calls:
     # take the calls from the last saved ledger (a run killed before saving its ledger loses only its own count).
     with open(ledger_path) as f:
-      ledger.total["policy_calls"] += json.load(f)["total"].get("policy_calls", 0)
+      saved = json.load(f)
+    ledger.total["policy_calls"] += saved["total"].get("policy_calls", 0)
+    # A spent budget finished the trees alive then without their later branches: those trees are not a prefix
+    # of a run with another budget, so env_step_budget is free only while the recorded budget was not spent.
+    spent = saved.get("env_step_budget", 0)
+    if (spent > 0 and cfg.env_step_budget != spent
+        and saved["total"].get("env_steps", 0) + saved["total"].get("replayed_steps", 0) >= spent):
+      raise ValueError(f"explore: the trees in {stage_dir} were cut short when their env_step_budget={spent} ran out "
+                       f"(env_step_budget changed since, to {cfg.env_step_budget}): move that folder away to "
+                       "explore again, or run it under another variant")
   if todo and not ledger.budget_left():
     logging.info("explore: interaction budget %d spent; %d tasks not started", cfg.env_step_budget, len(todo))
   elif todo:
