@@ -313,3 +313,30 @@ def test_another_shard_count_in_the_stage_dir_is_refused(tmp_path):
   config.early_experience.shard = "0/2"
   with pytest.raises(ValueError, match=r"shards of another count, but early_experience.shard is '0/2'"):
     ee_stage.run_with_policy(config, str(tmp_path / "ee"), None, tok)
+
+
+class _SeedDrawingPolicy:
+  """Proposes an action drawn from each prompt's own seed (as a sampler does): shows which seed a prompt got."""
+
+  def generate(self, prompts, *, n=1, seed=0, **kw):
+    from leafe_jax.policy.base import Completion, prompt_seeds
+
+    return [[Completion(text=f"<action>{ACTIONS[random.Random(prompt_seed * 7 + j).randrange(4)]}</action>")
+             for j in range(n)] for prompt_seed in prompt_seeds(seed, len(prompts))]
+
+
+def test_a_states_proposals_do_not_depend_on_the_group_it_is_built_in(tmp_path):
+  # The proposal call passed one seed (settings.seed) per group: prompt i of every group drew alike, and a state's
+  # proposals changed with its position in its group. Each state now seeds from its task and step.
+  def proposals(tasks_per_shard):
+    builder = ee.Builder(_env(), _SeedDrawingPolicy(), ee.Settings(methods=("sr",), sr_alternatives=2,
+                                                                   history_length=0))
+    env = _env()
+    states = [st for t in env.tasks("train", 3) for st in ee.expert_trajectory(env, t)[0]]
+    out = {}
+    for start in range(0, len(states), tasks_per_shard):
+      out.update(builder._sr_alternatives(states[start:start + tasks_per_shard],
+                                          {st.task_id: random.Random(0) for st in states}))
+    return out
+
+  assert proposals(1) == proposals(5)

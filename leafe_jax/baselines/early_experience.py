@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 from leafe_jax.envs.base import SnapshotEnv
 from leafe_jax.envs.prompts import build_action_prompt, parse_action, template_of
-from leafe_jax.policy.base import Message, Policy
+from leafe_jax.policy.base import Message, Policy, derived_seed
 
 KINDS = ("sft", "iwm", "sr")
 
@@ -360,7 +360,8 @@ class Builder:
       return {}
     proposals = self.policy.generate([action_messages(self.env, st, s.history_length) for st in flat],
                                      n=s.sr_alternatives, temperature=s.proposal_temperature, top_p=s.top_p,
-                                     max_new_tokens=s.max_new_tokens, seed=s.seed)
+                                     max_new_tokens=s.max_new_tokens,
+                                     seed=[derived_seed(s.seed, "propose", st.task_id, st.step) for st in flat])
     self.stats["policy_calls"] += 1
     chosen = {}
     for st, completions in zip(flat, proposals, strict=True):
@@ -382,7 +383,7 @@ class Builder:
     reflections = self.policy.generate(
         [reflection_messages(self.env, st, found, s.history_length) for st, found in pending], n=1,
         temperature=s.reflection_temperature, top_p=s.top_p, max_new_tokens=s.reflection_max_new_tokens,
-        seed=s.seed + 1)
+        seed=[derived_seed(s.seed, "reflect", st.task_id, st.step) for st, _ in pending])
     self.stats["policy_calls"] += 1
     examples = []
     for (st, found), (completion, *_) in zip(pending, reflections, strict=True):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 from collections.abc import Callable, Sequence
 
 from absl import logging
@@ -36,7 +35,7 @@ from leafe_jax.envs.prompts import build_action_prompt, parse_action
 from leafe_jax.explore import reflection as reflection_lib
 from leafe_jax.explore.ledger import Ledger
 from leafe_jax.explore.tree import Node, Reflection, Tree, Turn
-from leafe_jax.policy.base import PROMPT_TOO_LONG, Policy
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Policy, derived_seed
 
 METHODS = ("leafe", "is", "ir")
 FAILURE_SIGNALS = ("irreversible", "done_without_success", "step_limit")
@@ -122,8 +121,7 @@ def _prompt_seed(seed: int, task: TaskState, kind: str) -> int:
   """The sampling seed of `task`'s `kind` ("act" or "reflect") prompt in its next call: a function of the
   settings' seed, the task and its own call count only, so a task samples alike whichever tasks share its calls
   (a resumed explore redoes its unfinished tasks beside other tasks, from its first tick)."""
-  key = repr((seed, task.task_id, task.calls, kind)).encode()
-  return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 1  # 63 bits, as servers take
+  return derived_seed(seed, task.task_id, task.calls, kind)
 
 
 def _parse(env: Env, text: str) -> str | None:

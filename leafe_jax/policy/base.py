@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import numbers
 from collections.abc import Sequence
 from typing import Protocol, TypedDict, TypeVar, runtime_checkable
@@ -61,6 +62,12 @@ def prompt_seeds(seed: int | Sequence[int], count: int) -> list[int]:
   if len(seeds) != count:
     raise ValueError(f"generate: seed has {len(seeds)} values for {count} prompts")
   return seeds
+
+
+def derived_seed(*parts) -> int:
+  """A 63-bit seed that is a function of `parts` only (reprs of ints and strings): a prompt's own seed, from what
+  it is about (settings seed, task, step), so it samples alike whichever prompts share its call."""
+  return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big") >> 1
 
 
 def stops_per_prompt(stop: str | Sequence[str] | Sequence[Sequence[str]], count: int) -> list[tuple[str, ...]]:
