@@ -146,11 +146,11 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
-  from leafe_jax.policy.factory import in_process, make_policy, resolve_path
+  from leafe_jax.policy.factory import make_policy, weights_fingerprint
 
   cfg = config.ace
   check_config(cfg)  # before loading a model
-  weights = stage_settings.hf_dir_fingerprint(resolve_path(cfg.policy, workdir)) if in_process(cfg.policy) else None
+  weights = weights_fingerprint(cfg.policy, workdir)
   run_with_policy(config, stage_dir, lambda: make_policy(
       cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
       dtype=cfg.policy_dtype, field="ace.policy"), policy_weights=weights)

@@ -182,7 +182,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
   from transformers import AutoTokenizer
 
-  from leafe_jax.policy.factory import in_process, make_policy, resolve_path
+  from leafe_jax.policy.factory import make_policy, resolve_path, weights_fingerprint
 
   cfg = config.early_experience
   check_config(cfg)  # before loading a model
@@ -193,7 +193,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     policy = lambda: make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len,
                                  mesh_shape=tuple(cfg.policy_mesh), dtype=cfg.policy_dtype,
                                  field="early_experience.policy")
-    if in_process(cfg.policy):
-      weights = stage_settings.hf_dir_fingerprint(resolve_path(cfg.policy, workdir))
+    weights = weights_fingerprint(cfg.policy, workdir)
   tokenizer_dir = resolve_path(cfg.tokenizer or cfg.policy, workdir)
   run_with_policy(config, stage_dir, policy, AutoTokenizer.from_pretrained(tokenizer_dir), policy_weights=weights)

@@ -76,11 +76,11 @@ _FREE_FIELDS = ("method", "model_label", "env_workers", "env_step_timeout_s", "p
 def sampling_settings(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """What the outcomes depend on: every field but the free ones, the in-process policy's weights, and the text
   of the ACE playbook every action prompt shows (a re-learned playbook keeps its path)."""
-  from leafe_jax.policy.factory import resolve_path
+  from leafe_jax.policy.factory import resolve_path, weights_fingerprint
 
   inputs = {}
   if in_process(cfg.policy):
-    inputs["policy_weights"] = stage_settings.hf_dir_fingerprint(resolve_path(cfg.policy, workdir))
+    inputs["policy_weights"] = weights_fingerprint(cfg.policy, workdir)
   if cfg.playbook:
     inputs["playbook_text"] = hashlib.sha256((_playbook_text(resolve_path(cfg.playbook, workdir)) or "").encode()
                                              ).hexdigest()

@@ -144,15 +144,15 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
     done[tree.task_id] = tree
     ledger.load_task_counts({tree.task_id: tree.ledger})
   # Any shard's trees count: hosts of one stage dir explore with one set of settings.
-  has_trees = any(os.path.getsize(f) for f in glob.glob(os.path.join(stage_dir, "trees", "*.jsonl")))
+  tree_files = [f for f in glob.glob(os.path.join(stage_dir, "trees", "*.jsonl")) if os.path.getsize(f)]
   recorded = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
-  stage_settings.check("explore", stage_dir, recorded, has_outputs=has_trees, write=primary, what="trees",
+  stage_settings.check("explore", stage_dir, recorded, has_outputs=bool(tree_files), write=primary, what="trees",
                        free_fields=_FREE_FIELDS)
   # `shard` is free as placement, not its count: shards of another count read other tree files, so every task
   # would be explored again beside its first tree (and distill would read both).
-  for path in glob.glob(os.path.join(stage_dir, "trees", "*.jsonl")):
+  for path in tree_files:
     match = tree_lib.TREE_FILE.fullmatch(os.path.basename(path))
-    if match and int(match.group(2)) != count and os.path.getsize(path):
+    if match and int(match.group(2)) != count:
       raise ValueError(f"explore: {path} holds trees of {match.group(2)} shards, but explore.shard is {cfg.shard!r} "
                        f"(shard count changed): keep the shard count of the stage dir's trees, or move that folder "
                        "away to explore again")
@@ -200,7 +200,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None:
-  from leafe_jax.policy.factory import make_policy, resolve_path
+  from leafe_jax.policy.factory import make_policy, weights_fingerprint
 
   cfg = config.explore
   processes = {}
@@ -214,8 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       raise ValueError(f"config field 'explore.shard' is {cfg.shard!r}, but the {jax.process_count()} processes of "
                        "this launch explore one task list together: use '0/1' (shards are for separate hosts)")
   os.makedirs(stage_dir, exist_ok=True)
-  weights = (stage_settings.hf_dir_fingerprint(resolve_path(cfg.policy, workdir)) if in_process(cfg.policy)
-             else None)
+  weights = weights_fingerprint(cfg.policy, workdir)
   run_with_policy(config, stage_dir, lambda: make_policy(
       cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
       dtype=cfg.policy_dtype, field="explore.policy"), policy_weights=weights, **processes)

@@ -19,6 +19,14 @@ def resolve_path(path: str, workdir: str) -> str:
   return path if os.path.isabs(path) else os.path.join(workdir, path)
 
 
+def weights_fingerprint(spec: str, workdir: str) -> str | None:
+  """The fingerprint of an in-process policy's weights (stage_settings.hf_dir_fingerprint); None for a server,
+  whose weights a stage cannot see (its spec string is the setting)."""
+  from leafe_jax import stage_settings
+
+  return stage_settings.hf_dir_fingerprint(resolve_path(spec, workdir)) if in_process(spec) else None
+
+
 def make_policy(spec: str, workdir: str, *, max_cache_len: int = 4096, mesh_shape: tuple[int, ...] = (),
                 dtype: str = "float32", field: str = "policy") -> Policy:
   """`spec` is a HF directory (relative to `workdir` or absolute) or `openai:<base_url>#<model name>`.
