@@ -110,3 +110,29 @@ def test_stage_writes_tokenizer_records_and_is_skipped_when_done(tmp_path):
   config.expert_data.mistake_prob = 0.3  # other records than the finished ones
   with pytest.raises(ValueError, match=r"expert_data: the records and tokenizer in .* \(mistake_prob changed"):
     expert_stage.run(config, str(tmp_path), stage_dir)
+
+
+def test_end_on_irreversible_stops_at_the_deadlocking_push_which_is_the_fatal_step():
+  ended_at_deadlock = 0
+  for seed in range(30):
+    env = _env(max_steps=8)
+    trajectory = noisy_expert_trajectory(env, "level", 0.7, random.Random(seed), end_on_irreversible=True)
+    # Independent replay: the first step after which the env reports a deadlock.
+    replay = _env(max_steps=8)
+    replay.reset("level")
+    deadlocks = [i + 1 for i, t in enumerate(trajectory.turns) if replay.step(t.action).info["irreversible"]]
+    if trajectory.success:
+      assert not deadlocks
+      continue
+    if deadlocks:
+      ended_at_deadlock += 1
+      assert deadlocks == [len(trajectory.turns)]  # the episode ended at its first deadlock
+      assert trajectory.fatal_step <= len(trajectory.turns)
+      assert not _solvable_in_remaining_steps([t.action for t in trajectory.turns], 8)
+    else:
+      assert len(trajectory.turns) == 8  # a failure without a deadlock runs to the step limit
+    # Without the switch the same play runs on past the deadlock to the step limit.
+    same = noisy_expert_trajectory(_env(max_steps=8), "level", 0.7, random.Random(seed))
+    assert same.turns[: len(trajectory.turns)] == trajectory.turns
+    assert len(same.turns) == 8 or same.success
+  assert ended_at_deadlock > 0

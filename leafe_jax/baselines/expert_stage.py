@@ -43,6 +43,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_tasks = 2000  # rooms played by the noisy expert
   c.trajectories_per_task = 2  # noisy-expert episodes per room
   c.mistake_prob = 0.15  # chance the expert plays a non-solver action at a step (makes the policy imperfect)
+  # End an expert episode at its first deadlock, as the explorer's "irreversible" failure signal ends a rollout:
+  # the reflection examples then show the trajectories the policy reflects on (fatal step = the last push), and
+  # no acting example is a random move in an already lost room.
+  c.end_on_irreversible = False
   c.experience_examples_per_task = 1  # extra "avoid X" -> solver action examples at random on-plan states
   c.history_length = 0  # (observation, action) pairs in the action prompt; match explore.history_length
   # Copies of each reflection example: reflections are ~1 in 15 examples, and a from-scratch model trained on
@@ -137,7 +141,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   successes = 0
   for task_id in env.tasks(cfg.split, cfg.num_tasks):
     for _ in range(cfg.trajectories_per_task):
-      trajectory = noisy_expert_trajectory(env, task_id, cfg.mistake_prob, rng)
+      trajectory = noisy_expert_trajectory(env, task_id, cfg.mistake_prob, rng, cfg.end_on_irreversible)
       successes += trajectory.success
       examples += [(task_id, *ex) for ex in build_examples(env, cfg, trajectory, rng)]
   num_trajectories = cfg.num_tasks * cfg.trajectories_per_task

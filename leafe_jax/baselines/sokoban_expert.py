@@ -44,8 +44,13 @@ def optimal_action(env: SokobanEnv) -> str | None:
   return ACTION_OF_LETTER[plan[0].lower()]
 
 
-def noisy_expert_trajectory(env: SokobanEnv, task_id: str, mistake_prob: float, rng: random.Random) -> ExpertTrajectory:
-  """Plays one episode of `task_id` with the noisy expert."""
+def noisy_expert_trajectory(env: SokobanEnv, task_id: str, mistake_prob: float, rng: random.Random,
+                            end_on_irreversible: bool = False) -> ExpertTrajectory:
+  """Plays one episode of `task_id` with the noisy expert.
+
+  With `end_on_irreversible` the episode stops at the first deadlock (`info["irreversible"]`), where the
+  explorer's "irreversible" failure signal ends a rollout; the deadlocking push is then the last, fatal step.
+  """
   observation = env.reset(task_id)
   turns: list[Turn] = []
   fatal_step = None
@@ -63,7 +68,7 @@ def noisy_expert_trajectory(env: SokobanEnv, task_id: str, mistake_prob: float, 
     observation = result.observation
     if fatal_step is None and best is not None and not result.success and optimal_action_after(env, result) is None:
       fatal_step = step_number
-    if result.done:
+    if result.done or (end_on_irreversible and result.info["irreversible"]):
       success = result.success
       break
   return ExpertTrajectory(task_id, tuple(turns), success, fatal_step, observation)
