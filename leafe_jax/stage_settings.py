@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -55,7 +56,8 @@ def of_section(section: ml_collections.ConfigDict, free_fields: Sequence[str], *
 
 
 def check(stage: str, stage_dir: str, settings: dict, *, has_outputs: bool, write: bool = True,
-          what: str = "outputs", free_fields: Sequence[str] = ()) -> None:
+          what: str = "outputs", free_fields: Sequence[str] = (), added_fields: Mapping[str, Any] | None = None
+          ) -> None:
   """Refuses outputs in `stage_dir` made with other settings; records `settings` where none are recorded.
 
   `has_outputs`: the stage has outputs to resume (or skip to). Without outputs the settings are (re)written, so
@@ -63,12 +65,16 @@ def check(stage: str, stage_dir: str, settings: dict, *, has_outputs: bool, writ
   adopted with the current settings. `write`: this process writes files (the primary of a multi-process launch).
   Several hosts (explore shards) may write the same settings at once: each renames a temporary file of its own.
   `free_fields`: the section's free fields, ignored where a recorded settings.json holds them (recorded before
-  they were free, e.g. `eval.ks`).
+  they were free, e.g. `eval.ks`). `added_fields`: fields added to the section after settings were first
+  recorded, with the value that behaves as runs before them did; a recorded settings.json without such a field
+  matches that value.
   """
   path = os.path.join(stage_dir, FILE_NAME)
   if has_outputs and os.path.exists(path):
     with open(path) as f:
       stored = json.load(f)
+    for name, old_behaviour in (added_fields or {}).items():
+      stored.setdefault(name, old_behaviour)
     keys = (set(stored) - set(free_fields)) | set(settings)
     changed = sorted(k for k in keys if stored.get(k) != settings.get(k))
     if changed:

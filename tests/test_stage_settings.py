@@ -59,3 +59,16 @@ def test_a_field_recorded_before_it_was_free_does_not_refuse_a_resume(tmp_path):
   stage_settings.check("s", str(tmp_path), settings, has_outputs=True, free_fields=("workers",))
   with pytest.raises(ValueError, match=r"\(workers changed"):
     stage_settings.check("s", str(tmp_path), settings, has_outputs=True)
+
+
+def test_a_field_added_since_matches_recorded_settings_only_at_its_old_behaviour(tmp_path):
+  # settings.json of a version before `end_on_irreversible` existed: those runs behaved as False.
+  (tmp_path / "settings.json").write_text(json.dumps({"seed": 0}))
+  added = {"end_on_irreversible": False}
+  stage_settings.check("s", str(tmp_path), {"seed": 0, "end_on_irreversible": False}, has_outputs=True,
+                       added_fields=added)
+  with pytest.raises(ValueError, match=r"\(end_on_irreversible changed"):
+    stage_settings.check("s", str(tmp_path), {"seed": 0, "end_on_irreversible": True}, has_outputs=True,
+                         added_fields=added)
+  with pytest.raises(ValueError, match=r"\(end_on_irreversible changed"):  # without the declaration: refused
+    stage_settings.check("s", str(tmp_path), {"seed": 0, "end_on_irreversible": False}, has_outputs=True)

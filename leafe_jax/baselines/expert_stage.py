@@ -33,6 +33,7 @@ from leafe_jax.policy.chat import encode_turns
 
 CONFIG_SECTION = "expert_data"
 _FREE_FIELDS = ("shard_size",)  # how the records are split into files, not which records
+_ADDED_FIELDS = {"end_on_irreversible": False}  # recorded settings that predate a field ran with this value
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -130,7 +131,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   done = os.path.exists(os.path.join(stage_dir, "DONE"))
   if done:
     stage_settings.check("expert_data", stage_dir, settings, has_outputs=True, what="records and tokenizer",
-                         free_fields=_FREE_FIELDS)
+                         free_fields=_FREE_FIELDS, added_fields=_ADDED_FIELDS)
     logging.info("expert_data: %s is complete, skipping", stage_dir)
     return
   shutil.rmtree(stage_dir, ignore_errors=True)
