@@ -46,7 +46,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.mistake_prob = 0.15  # chance the expert plays a non-solver action at a step (makes the policy imperfect)
   # End an expert episode at its first deadlock, as the explorer's "irreversible" failure signal ends a rollout:
   # the reflection examples then show the trajectories the policy reflects on (fatal step = the last push), and
-  # no acting example is a random move in an already lost room.
+  # no acting example is a random move after a deadlock (rooms lost to the step limit still have them).
   c.end_on_irreversible = False
   c.experience_examples_per_task = 1  # extra "avoid X" -> solver action examples at random on-plan states
   c.history_length = 0  # (observation, action) pairs in the action prompt; match explore.history_length
