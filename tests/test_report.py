@@ -36,6 +36,22 @@ def test_pass_at_k_table_matches_hand_computed_values(tmp_path):
   assert "| LEAFE | 62.50 | 75.00 | 100.00 |" in text.replace("**", "")
   assert table and (tmp_path / "report" / "pass_at_k.png").read_bytes()[:4] == b"\x89PNG"
   assert "| cf | 3 |\n| reh | 7 |\n| target tokens | 90 |" in text and "| sr |" not in text
+  # Paired over tasks a, b: Pass@1 differences (50, 25) points -> +37.50 +- 12.50 (tests/test_paired.py).
+  assert "## Difference from Base (paired over the same tasks)" in text
+  assert "| LEAFE | +37.50 ± 12.50 |" in text
+  differences = json.loads((tmp_path / "report" / "paired_differences.json").read_text())
+  assert [(d["method"], d["k"], d["num_tasks"]) for d in differences] == [("LEAFE", 1, 2), ("LEAFE", 2, 2),
+                                                                          ("LEAFE", 4, 2)]
+
+
+def test_reference_method_none_leaves_the_differences_out(tmp_path):
+  for method, c in [("Base", 1), ("LEAFE", 2)]:
+    _write_json(tmp_path / f"eval_{method}" / "results.json",
+                {"method": method, "model": "m", "tasks": {"a": {"n": 2, "c": c}}})
+  report_stage.run(_config(ks=(1,), explore_dir="", records_dir="", reference_method=None), str(tmp_path),
+                   str(tmp_path / "report"))
+  assert "Difference from" not in (tmp_path / "report" / "report.md").read_text()
+  assert not (tmp_path / "report" / "paired_differences.json").exists()
 
 
 def test_sampler_table_sums_ledger_shards_and_counts_coverage(tmp_path):
@@ -69,7 +85,7 @@ def test_report_without_results_or_ledgers_is_a_clear_error(tmp_path):
 def test_table_rows_follow_the_order_the_config_lists_its_eval_stages(tmp_path):
   for stage, method in (("eval_ace", "ACE"), ("eval_base", "Base"), ("eval_leafe", "LEAFE"), ("eval_extra", "X")):
     _write_json(tmp_path / stage / "results.json", {"method": method, "model": "m", "tasks": {"a": {"n": 1, "c": 0}}})
-  config = _config(ks=(1,), explore_dir="", records_dir="")
+  config = _config(ks=(1,), explore_dir="", records_dir="", reference_method=None)
   config.stages = ("eval@base", "eval@leafe", "train@ace", "eval@ace", "report")
   report_stage.run(config, str(tmp_path), str(tmp_path / "report"))
   rows = [line.split(" | ")[0].strip("| ") for line in (tmp_path / "report" / "report.md").read_text().splitlines()
@@ -112,7 +128,7 @@ def test_two_evals_of_one_method_and_model_are_refused_not_one_of_them_shown(tmp
   # variant") lands in the Base row: the table showed whichever eval sorted last.
   for stage, c in (("eval_base", 0), ("eval_hotter", 4)):
     _write_json(tmp_path / stage / "results.json", {"method": "Base", "model": "m", "tasks": {"a": {"n": 4, "c": c}}})
-  config = _config(ks=(1,), explore_dir="", records_dir="")
+  config = _config(ks=(1,), explore_dir="", records_dir="", reference_method=None)
   config.stages = ("eval@base", "eval@hotter", "report")
   with pytest.raises(ValueError, match=r"eval_base and .*eval_hotter both hold results of method 'Base'"):
     report_stage.run(config, str(tmp_path), str(tmp_path / "report"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -9,7 +10,7 @@ import os
 import ml_collections
 from absl import logging
 
-from leafe_jax.eval import plots, tables
+from leafe_jax.eval import paired, plots, tables
 from leafe_jax.explore.ledger import stage_ledger_files
 
 CONFIG_SECTION = "report"
@@ -19,6 +20,9 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.eval_glob = "eval*"  # stage dirs (relative to workdir) whose results.json enter the table ("" = none)
   c.ks = (1, 16)  # Pass@k columns of the table
+  # Each method's per-task Pass@k minus this method's on the same tasks, with its standard error ("" = the first
+  # method of the table, e.g. Base; None = no such table): whether a gap is larger than the noise.
+  c.reference_method = ""
   c.explore_dir = "explore"  # stage dir of the explorer run whose ledger and one tree are shown ("" = none)
   # Explore stage dirs compared as stage-1 samplers (paper Table 3: IS / IR / LEAFE at one budget): coverage
   # (tasks solved at least once) and what it cost, from their ledgers. Empty = no such table.
@@ -124,6 +128,18 @@ def sampler_rows(workdir: str, sampler_dirs) -> list[dict]:
   return rows
 
 
+def _differences_section(rows: list[paired.Difference], stage_dir: str) -> list[str]:
+  with open(os.path.join(stage_dir, "paired_differences.json"), "w") as f:
+    json.dump([{**dataclasses.asdict(r), "interval_95": r.interval_95} for r in rows], f, indent=1)
+  if not rows:
+    return []
+  reference, tasks = rows[0].reference, sorted({r.num_tasks for r in rows})
+  return [f"## Difference from {reference} (paired over the same tasks)", "",
+          f"Mean over tasks of each task's Pass@k minus {reference}'s, in percent points, ± its standard error "
+          f"({'/'.join(map(str, tasks))} tasks); a gap within two standard errors of 0 is noise.", "",
+          paired.to_markdown(rows)]
+
+
 def _samplers_section(rows: list[dict], stage_dir: str) -> list[str]:
   with open(os.path.join(stage_dir, "samplers.json"), "w") as f:
     json.dump(rows, f, indent=1)
@@ -159,6 +175,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     png = plots.plot_pass_at_k(by_method, os.path.join(stage_dir, "pass_at_k.png"))
     lines += ["## Pass@k on held-out tasks", "", tables.to_markdown(table), ""]
     lines += _cut_short_lines(results)
+    if cfg.reference_method is not None and len(by_method) > 1:
+      lines += _differences_section(paired.differences(by_method, tuple(cfg.ks), cfg.reference_method or None),
+                                    stage_dir)
     lines += [f"![Pass@k]({os.path.basename(png)})", ""]
   if samplers:
     lines += _samplers_section(samplers, stage_dir)
