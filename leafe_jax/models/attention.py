@@ -1,7 +1,9 @@
 """Masked softmax attention of grouped queries (GQA), in two implementations of the same function.
 
 Both take queries grouped by the key/value head they share, q [B, T, K, G, H] (K kv-heads, G queries per kv-head),
-and a bool mask [B, T, S] of which key slots each query may see; scores and softmax are float32.
+and a `Mask` of which key slots each query may see; scores and softmax are float32. The mask is held factored, as
+vectors of O(B·(T+S)) (slots, key validity, segment ids), and each block of queries builds only its own [B, C, S]
+tile: a whole bool [B, T, S] is B·T·S bytes, 4 GiB for 16 prompts of 16k tokens prefilled into a 16k cache.
 
 - `dense_attention`: one batched einsum pair over every row at once; used with a KV cache (decode, prefill) and
   as the "dense" training path. Keys/values come head-major, [B, K, S, H], the layout of the KV cache, so that
@@ -19,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -28,9 +31,71 @@ MASKED = -1e30
 IMPLEMENTATIONS = ("dense", "rowwise")
 
 
-def dense_attention(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array, mask_BxTxS: jax.Array,
+@flax.struct.dataclass
+class Mask:
+  """Query i of row b sees key slot j iff key_slot_S[j] <= query_slot_T[i] (causal), key_ok_BxS[b, j] (a real,
+  written token) and, with segments, query_segment_BxT[b, i] == key_segment_BxS[b, j] (one packed example)."""
+
+  query_slot_T: jax.Array  # int32: the slot each query occupies (-1: a padded query, which sees nothing)
+  key_slot_S: jax.Array  # int32: the slot of each key
+  key_ok_BxS: jax.Array  # bool
+  query_segment_BxT: jax.Array | None = None  # int32 segment ids; None: one segment per row
+  key_segment_BxS: jax.Array | None = None
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    return self.key_ok_BxS.shape[0], self.query_slot_T.shape[0], self.key_slot_S.shape[0]
+
+  def dense(self) -> jax.Array:
+    """bool [B, T, S]; built inside one attention block only, where it is one block's tile."""
+    sees_BxTxS = (self.key_slot_S[None, :] <= self.query_slot_T[:, None])[None] & self.key_ok_BxS[:, None, :]
+    if self.query_segment_BxT is not None:
+      sees_BxTxS &= self.query_segment_BxT[:, :, None] == self.key_segment_BxS[:, None, :]
+    return sees_BxTxS
+
+  def slice(self, start: int, end: int, keys: int) -> Mask:
+    """Queries [start, end) against the first `keys` key slots (static bounds)."""
+    segments = (None, None) if self.query_segment_BxT is None else (self.query_segment_BxT[:, start:end],
+                                                                    self.key_segment_BxS[:, :keys])
+    return Mask(self.query_slot_T[start:end], self.key_slot_S[:keys], self.key_ok_BxS[:, :keys], *segments)
+
+  def query_blocks(self, block: int) -> tuple[jax.Array, jax.Array | None]:
+    """The query slots [N, block] and segments [N, B, block] in blocks along a leading axis, to `lax.map` over
+    with `with_queries` (the key leaves are shared, not copied per block); padded queries see nothing."""
+    t = self.query_slot_T.shape[0]
+    blocks, pad = -(-t // block), -t % block
+    q_slot_NxC = jnp.pad(self.query_slot_T, (0, pad), constant_values=-1).reshape(blocks, block)
+    if self.query_segment_BxT is None:
+      return q_slot_NxC, None
+    b = self.query_segment_BxT.shape[0]
+    return q_slot_NxC, jnp.pad(self.query_segment_BxT, ((0, 0), (0, pad))).reshape(b, blocks, block).swapaxes(0, 1)
+
+  def with_queries(self, query_slot_C: jax.Array, query_segment_BxC: jax.Array | None) -> Mask:
+    return self.replace(query_slot_T=query_slot_C, query_segment_BxT=query_segment_BxC)
+
+  def rows(self) -> Mask:
+    """Batch-major leaves (slots repeated per row): `lax.map` over them gives each row's Mask, with B = 1."""
+    b = self.key_ok_BxS.shape[0]
+    per_row = lambda x: None if x is None else x[:, None]
+    return Mask(jnp.broadcast_to(self.query_slot_T, (b, *self.query_slot_T.shape)),
+                jnp.broadcast_to(self.key_slot_S, (b, *self.key_slot_S.shape)), per_row(self.key_ok_BxS),
+                per_row(self.query_segment_BxT), per_row(self.key_segment_BxS))
+
+
+def causal_mask(key_ok_BxT: jax.Array, segment_ids_BxT: jax.Array | None = None) -> Mask:
+  """The mask of T tokens attending to themselves (no cache): causal, real keys only, within segments (segment
+  0 is padding: no query sees it)."""
+  slots_T = jnp.arange(key_ok_BxT.shape[1], dtype=jnp.int32)
+  key_ok_BxT = key_ok_BxT.astype(bool)
+  if segment_ids_BxT is not None:
+    key_ok_BxT &= segment_ids_BxT != 0
+  return Mask(slots_T, slots_T, key_ok_BxT, segment_ids_BxT, segment_ids_BxT)
+
+
+def dense_attention(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array, mask: Mask,
                     dtype) -> jax.Array:
   """Softmax(q k^T / sqrt(H), masked) v, returned as [B, T, K, G, H] in `dtype`."""
+  mask_BxTxS = mask.dense()
   scores_BxKxGxTxS = jnp.einsum("btkgh,bksh->bkgts", q_BxTxKxGxH, k_BxKxSxH,
                                 preferred_element_type=jnp.float32) / math.sqrt(q_BxTxKxGxH.shape[-1])
   scores_BxKxGxTxS = jnp.where(mask_BxTxS[:, None, None], scores_BxKxGxTxS, MASKED)
@@ -41,26 +106,26 @@ def dense_attention(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax
   return out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).astype(dtype)
 
 
-def blocked_dense_attention(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array,
-                            mask_BxTxS: jax.Array, block: int, dtype) -> jax.Array:
+def blocked_dense_attention(q_BxTxKxGxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array, mask: Mask,
+                            block: int, dtype) -> jax.Array:
   """`dense_attention` with the queries in blocks of `block`, one block at a time (`lax.map`): a prefill holds the
   scores of one block, [B, K, G, block, S], not of the whole prompt against the whole cache (a 32k-token prompt's
   [T, S] float32 scores are 4 GiB per head). One block (plain `dense_attention`) when T <= block or block is 0."""
   b, t, k, g, h = q_BxTxKxGxH.shape
   if not block or t <= block:
-    return dense_attention(q_BxTxKxGxH, k_BxKxSxH, v_BxKxSxH, mask_BxTxS, dtype)
+    return dense_attention(q_BxTxKxGxH, k_BxKxSxH, v_BxKxSxH, mask, dtype)
   blocks, pad = -(-t // block), -t % block
   # Padded queries see no key (finite garbage, see MASKED) and are sliced off.
   q_NxBxCxKxGxH = jnp.pad(q_BxTxKxGxH, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0))).reshape(
       b, blocks, block, k, g, h).swapaxes(0, 1)
-  mask_NxBxCxS = jnp.pad(mask_BxTxS, ((0, 0), (0, pad), (0, 0))).reshape(b, blocks, block, -1).swapaxes(0, 1)
-  out_NxBxCxKxGxH = jax.lax.map(lambda qm: dense_attention(qm[0], k_BxKxSxH, v_BxKxSxH, qm[1], dtype),
-                                (q_NxBxCxKxGxH, mask_NxBxCxS))
+  out_NxBxCxKxGxH = jax.lax.map(
+      lambda qm: dense_attention(qm[0], k_BxKxSxH, v_BxKxSxH, mask.with_queries(*qm[1]), dtype),
+      (q_NxBxCxKxGxH, mask.query_blocks(block)))
   return out_NxBxCxKxGxH.swapaxes(0, 1).reshape(b, blocks * block, k, g, h)[:, :t]
 
 
-def dense_causal_attention(q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
-                           mask_BxTxT: jax.Array, block: int, dtype) -> jax.Array:
+def dense_causal_attention(q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, mask: Mask,
+                           block: int, dtype) -> jax.Array:
   """`dense_attention` of T queries over the same T positions, in query blocks that skip the keys after them."""
   t = q_BxTxKxGxH.shape[1]
   k_BxKxTxH, v_BxKxTxH = k_BxTxKxH.transpose(0, 2, 1, 3), v_BxTxKxH.transpose(0, 2, 1, 3)
@@ -68,7 +133,7 @@ def dense_causal_attention(q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxK
   for start in range(0, t, block):
     end = min(start + block, t)
     outs.append(dense_attention(q_BxTxKxGxH[:, start:end], k_BxKxTxH[:, :, :end], v_BxKxTxH[:, :, :end],
-                                mask_BxTxT[:, start:end, :end], dtype))
+                                mask.slice(start, end, end), dtype))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
@@ -87,17 +152,17 @@ def _blocks(t: int, block: int):
   return [(start, min(start + block, t)) for start in range(0, t, block)]
 
 
-def _row_forward(q_KxUxH, k_KxTxH, v_KxTxH, mask_TxT, block, dtype):
+def _row_forward(q_KxUxH, k_KxTxH, v_KxTxH, mask: Mask, block, dtype):
   """One row: output [K, T·G, H] and each query's score maximum and softmax denominator, [K, T·G] each.
 
   The two are kept apart, not as one log-normaliser: for a query that sees no key, max + log(sum) rounds to the
   mask value itself in float32, and the backward pass would then recompute probabilities of 1 instead of 1/S.
   """
-  t = mask_TxT.shape[0]
+  t = mask.shape[1]
   g = q_KxUxH.shape[1] // t
   outs, maxes, sums = [], [], []
   for start, end in _blocks(t, block):
-    mask_UxS = jnp.repeat(mask_TxT[start:end, :end], g, axis=0)
+    mask_UxS = jnp.repeat(mask.slice(start, end, end).dense()[0], g, axis=0)
     scores_KxUxS = _block_scores(q_KxUxH[:, start * g:end * g], k_KxTxH[:, :end], mask_UxS)
     max_KxUx1 = jnp.max(scores_KxUxS, axis=-1, keepdims=True)
     unnorm_KxUxS = jnp.exp(scores_KxUxS - max_KxUx1)
@@ -110,10 +175,10 @@ def _row_forward(q_KxUxH, k_KxTxH, v_KxTxH, mask_TxT, block, dtype):
   return jnp.concatenate(outs, axis=1), (jnp.concatenate(maxes, axis=1), jnp.concatenate(sums, axis=1))
 
 
-def _row_backward(q_KxUxH, k_KxTxH, v_KxTxH, mask_TxT, out_KxUxH, normaliser, dout_KxUxH, block, dtype):
+def _row_backward(q_KxUxH, k_KxTxH, v_KxTxH, mask: Mask, out_KxUxH, normaliser, dout_KxUxH, block, dtype):
   """One row's (dq, dk, dv), recomputing each block's probabilities from the saved max and denominator."""
   max_KxU, sum_KxU = normaliser
-  t = mask_TxT.shape[0]
+  t = mask.shape[1]
   g = q_KxUxH.shape[1] // t
   scale = 1.0 / math.sqrt(q_KxUxH.shape[-1])
   # d(softmax) needs sum_s p * dp per query, which equals dout . out.
@@ -123,7 +188,7 @@ def _row_backward(q_KxUxH, k_KxTxH, v_KxTxH, mask_TxT, out_KxUxH, normaliser, do
   dv_KxTxH = jnp.zeros(v_KxTxH.shape, jnp.float32)
   for start, end in _blocks(t, block):
     u0, u1 = start * g, end * g
-    mask_UxS = jnp.repeat(mask_TxT[start:end, :end], g, axis=0)
+    mask_UxS = jnp.repeat(mask.slice(start, end, end).dense()[0], g, axis=0)
     q_blk, dout_blk = q_KxUxH[:, u0:u1], dout_KxUxH[:, u0:u1].astype(dtype)
     scores_KxUxS = _block_scores(q_blk, k_KxTxH[:, :end], mask_UxS)
     probs_KxUxS = jnp.exp(scores_KxUxS - max_KxU[:, u0:u1, None]) / sum_KxU[:, u0:u1, None]
@@ -151,17 +216,18 @@ def _from_rows(x_BxKxUxH, g: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def rowwise_causal_attention(q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
-                             mask_BxTxT: jax.Array, block: int, dtype) -> jax.Array:
+def rowwise_causal_attention(q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, mask: Mask,
+                             block: int, dtype) -> jax.Array:
   """Same values as `dense_causal_attention`; rows one at a time, flash-style recomputing backward."""
-  return _rowwise_forward(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxT, block, dtype)[0]
+  return _rowwise_forward(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask, block, dtype)[0]
 
 
 def _rowwise_forward(q, k, v, mask, block, dtype):
   row = functools.partial(_row_forward, block=block, dtype=dtype)
   rows = (_queries_to_rows(q), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
-  out_BxKxUxH, normaliser = jax.lax.map(lambda args: row(*args), (*rows, mask))
-  return _from_rows(out_BxKxUxH, q.shape[3]), (*rows, mask, out_BxKxUxH, normaliser)
+  mask_rows = mask.rows()
+  out_BxKxUxH, normaliser = jax.lax.map(lambda args: row(*args), (*rows, mask_rows))
+  return _from_rows(out_BxKxUxH, q.shape[3]), (*rows, mask_rows, out_BxKxUxH, normaliser)
 
 
 def _rowwise_backward(block, dtype, residuals, dout_BxTxKxGxH):
@@ -177,11 +243,11 @@ def _rowwise_backward(block, dtype, residuals, dout_BxTxKxGxH):
 rowwise_causal_attention.defvjp(_rowwise_forward, _rowwise_backward)
 
 
-def causal_attention(impl: str, q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
-                     mask_BxTxT: jax.Array, block: int, dtype) -> jax.Array:
+def causal_attention(impl: str, q_BxTxKxGxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array, mask: Mask,
+                     block: int, dtype) -> jax.Array:
   """Attention of T queries over the same T positions (no cache) with implementation `impl`."""
   if impl == "dense":
-    return dense_causal_attention(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxT, block, dtype)
+    return dense_causal_attention(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask, block, dtype)
   if impl == "rowwise":
-    return rowwise_causal_attention(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask_BxTxT, block, dtype)
+    return rowwise_causal_attention(q_BxTxKxGxH, k_BxTxKxH, v_BxTxKxH, mask, block, dtype)
   raise ValueError(f"attention implementation {impl!r} is not one of {IMPLEMENTATIONS}")

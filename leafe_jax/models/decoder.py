@@ -7,6 +7,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from leafe_jax.models import attention
 from leafe_jax.models.config import ModelConfig
 from leafe_jax.models.layers import Block, RMSNorm, _init, dot_general_f32, take_rows
 
@@ -53,24 +54,17 @@ def init_cache(config: ModelConfig, batch_size: int, max_len: int, dtype=None) -
   return KVCache(k=k, v=v, valid=jnp.zeros((batch_size, max_len), bool), index=jnp.zeros((), jnp.int32))
 
 
-def _attention_mask(input_ids_BxT, attention_mask_BxT, segment_ids_BxT, cache):
-  """bool [B, T, S]: which key slots each query may attend to (causal, padding, segments, cache)."""
+def _attention_mask(input_ids_BxT, attention_mask_BxT, segment_ids_BxT, cache) -> tuple[attention.Mask, jax.Array]:
+  """Which key slots each query may attend to (causal, padding, segments, cache), and with a cache the updated
+  `valid` slots [B, S]."""
   b, t = input_ids_BxT.shape
-  if cache is None:
-    causal_TxS = jnp.tril(jnp.ones((t, t), bool))
-    mask_BxTxS = jnp.broadcast_to(causal_TxS, (b, t, t))
-    if attention_mask_BxT is not None:
-      mask_BxTxS = mask_BxTxS & attention_mask_BxT.astype(bool)[:, None, :]
-    if segment_ids_BxT is not None:
-      same_BxTxS = segment_ids_BxT[:, :, None] == segment_ids_BxT[:, None, :]
-      mask_BxTxS = mask_BxTxS & same_BxTxS & (segment_ids_BxT[:, None, :] != 0)
-    return mask_BxTxS, None
   new_valid_BxT = jnp.ones((b, t), bool) if attention_mask_BxT is None else attention_mask_BxT.astype(bool)
+  if cache is None:
+    segments = None if segment_ids_BxT is None else segment_ids_BxT.astype(jnp.int32)
+    return attention.causal_mask(new_valid_BxT, segments), None
   valid_BxS = jax.lax.dynamic_update_slice(cache.valid, new_valid_BxT, (0, cache.index))
-  slots_S = jnp.arange(cache.max_len)
-  query_slots_T = cache.index + jnp.arange(t)
-  causal_TxS = slots_S[None, :] <= query_slots_T[:, None]
-  return causal_TxS[None] & valid_BxS[:, None, :], valid_BxS
+  query_slots_T = cache.index + jnp.arange(t, dtype=jnp.int32)
+  return attention.Mask(query_slots_T, jnp.arange(cache.max_len, dtype=jnp.int32), valid_BxS), valid_BxS
 
 
 def _segment_positions(segment_ids_BxT):
@@ -119,7 +113,7 @@ class Decoder(nn.Module):
       raise ValueError("Decoder: segment_ids (packed training rows) cannot be combined with a KV cache")
     if positions is None:
       positions = _default_positions(input_ids_BxT, attention_mask, segment_ids, cache)
-    mask_BxTxS, valid_BxS = _attention_mask(input_ids_BxT, attention_mask, segment_ids, cache)
+    mask, valid_BxS = _attention_mask(input_ids_BxT, attention_mask, segment_ids, cache)
     embed = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
                      embedding_init=_init(("vocab", "embed")), name="embed_tokens")
     x_BxTxD = take_rows(embed.embedding, input_ids_BxT).astype(cfg.compute_dtype)
@@ -142,7 +136,7 @@ class Decoder(nn.Module):
         raise ValueError("Decoder: a model under nn.scan (scan_layers=True) takes a stacked KV cache; build it "
                          "with init_cache(config, ...) of this model's config")
       kv = None if cache is None else (cache.k, cache.v)
-      x_BxTxD, new_kv = stack(x_BxTxD, positions, mask_BxTxS, kv, write_index)
+      x_BxTxD, new_kv = stack(x_BxTxD, positions, mask, kv, write_index)
       new_k, new_v = (None, None) if cache is None else new_kv
     else:
       if cache is not None and not isinstance(cache.k, tuple):
@@ -151,7 +145,7 @@ class Decoder(nn.Module):
       new_k, new_v = [], []
       for i in range(cfg.num_layers):
         kv = None if cache is None else (cache.k[i], cache.v[i])
-        x_BxTxD, layer_kv = block(cfg, name=f"layers_{i}")(x_BxTxD, positions, mask_BxTxS, kv, write_index)
+        x_BxTxD, layer_kv = block(cfg, name=f"layers_{i}")(x_BxTxD, positions, mask, kv, write_index)
         if cache is not None:
           new_k.append(layer_kv[0])
           new_v.append(layer_kv[1])

@@ -150,7 +150,7 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv, write_index):
+  def __call__(self, x_BxTxD, positions_BxT, mask: attention.Mask, kv, write_index):
     cfg = self.config
     dense = lambda features, names, name, bias: nn.DenseGeneral(
         features, axis=-1, use_bias=bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
@@ -175,7 +175,7 @@ class Attention(nn.Module):
     if kv is None:
       out_BxTxKxGxH = attention.causal_attention(
           cfg.resolved_attention_impl, q_BxTxKxGxH, k_BxTxKxH.astype(q_BxTxNxH.dtype),
-          v_BxTxKxH.astype(cfg.compute_dtype), mask_BxTxS, cfg.attention_block or t, cfg.compute_dtype)
+          v_BxTxKxH.astype(cfg.compute_dtype), mask, cfg.attention_block or t, cfg.compute_dtype)
       new_kv = None
     else:
       # The cache is head-major, [.., B, K, S, H]: what the score and value dots read, with no transposed copy
@@ -187,7 +187,7 @@ class Attention(nn.Module):
       new_kv = (k_BxKxSxH, v_BxKxSxH)
       # A prefill's queries in blocks (a decode step is one query): see `blocked_dense_attention`.
       out_BxTxKxGxH = attention.blocked_dense_attention(q_BxTxKxGxH, k_BxKxSxH.astype(q_BxTxNxH.dtype), v_BxKxSxH,
-                                                        mask_BxTxS, cfg.attention_block, cfg.compute_dtype)
+                                                        mask, cfg.attention_block, cfg.compute_dtype)
     out_LxNxH = out_BxTxKxGxH.reshape(b * t, n, h)
     out_LxD = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), use_bias=cfg.o_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
@@ -221,11 +221,11 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, kv, write_index):
+  def __call__(self, x_BxTxD, positions_BxT, mask: attention.Mask, kv, write_index):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name=name)
     attn_out, new_kv = Attention(cfg, name="self_attn")(norm("input_layernorm")(x_BxTxD), positions_BxT,
-                                                       mask_BxTxS, kv, write_index)
+                                                       mask, kv, write_index)
     x_BxTxD = x_BxTxD + attn_out
     x_BxTxD = x_BxTxD + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BxTxD))
     return x_BxTxD, new_kv
