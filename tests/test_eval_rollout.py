@@ -15,7 +15,7 @@ from leafe_jax.envs.sokoban import SokobanEnv, solve
 from leafe_jax.envs.sokoban.level import LURD
 from leafe_jax.eval import rollout
 from leafe_jax.eval import stage as eval_stage
-from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, prompt_seeds
 
 ENV_CONFIG = {"dim": (6, 6), "num_boxes": 1, "max_steps": 10, "compact_prompt": True}
 _ACTION_OF = {letter: action for action, letter in LURD.items()}
@@ -279,9 +279,10 @@ class RowSeededPolicy:
   sampler and the OpenAI client (prompt i of a call seeded `seed` samples with seed * 2^20 + i) do."""
 
   def generate(self, prompts, *, n=1, seed=0, **kwargs):
+    seeds = prompt_seeds(seed, len(prompts))
     out = []
     for i, _ in enumerate(prompts):
-      up = np.random.default_rng([seed, i]).random() < 0.5
+      up = np.random.default_rng(seeds[i]).random() < 0.5
       out.append([Completion(text="<action>up</action>" if up else "<action>down</action>", token_ids=(1,))] * n)
     return out
 
@@ -309,6 +310,33 @@ def test_eval_resume_of_a_partly_written_chunk_reproduces_the_uninterrupted_run(
   eval_stage.run(_bandit_config(), str(tmp_path), str(resumed))
   got = (resumed / "outcomes.jsonl").read_text().splitlines()
   by_task = lambda rows: {json.loads(row)["task_id"]: json.loads(row) for row in rows}
-  assert by_task(got) == by_task(lines)  # task 1 was redone alone in its batch: another c than the whole run's
+  assert by_task(got) == by_task(lines)  # task 1 was redone alone in its batch, with its own samples' seeds
   assert got == lines  # and one row per task
   assert json.loads((resumed / "results.json").read_text()) == json.loads((whole / "results.json").read_text())
+
+
+def test_a_sample_draws_alike_at_any_chunking_and_live_bound(tmp_path, monkeypatch):
+  """Each prompt's seed is a function of (seed, task, sample, step): another tasks_per_chunk or
+  max_live_episodes (free fields) changes which samples share a call, not what any sample draws."""
+  monkeypatch.setitem(registry._REGISTRY, "bandit", "test_grpo:BanditEnv")
+  monkeypatch.setattr(eval_stage, "make_policy", lambda *a, **k: RowSeededPolicy())
+  eval_stage.run(_bandit_config(), str(tmp_path), str(tmp_path / "chunks_of_2"))
+  config = _bandit_config()
+  config.eval.tasks_per_chunk, config.eval.max_live_episodes = 3, 5
+  eval_stage.run(config, str(tmp_path), str(tmp_path / "chunks_of_3"))
+  rows = lambda d: sorted((tmp_path / d / "outcomes.jsonl").read_text().splitlines())
+  assert rows("chunks_of_2") == rows("chunks_of_3")
+  successes = [json.loads(r)["c"] for r in rows("chunks_of_2")]
+  assert 0 < sum(successes) < 4 * 16  # the samples do differ from each other
+  other_seed = _bandit_config()
+  other_seed.eval.seed = 1
+  eval_stage.run(other_seed, str(tmp_path), str(tmp_path / "seed_1"))
+  assert rows("seed_1") != rows("chunks_of_2")
+  # A resume after tasks_per_chunk changed is allowed (free field) and plays only the missing tasks.
+  resumed = tmp_path / "resumed"
+  shutil.copytree(tmp_path / "chunks_of_3", resumed)
+  kept = rows("chunks_of_3")[:1]
+  (resumed / "outcomes.jsonl").write_text(kept[0] + "\n")
+  (resumed / "results.json").unlink()
+  eval_stage.run(_bandit_config(), str(tmp_path), str(resumed))
+  assert sorted((resumed / "outcomes.jsonl").read_text().splitlines()) == rows("chunks_of_2")

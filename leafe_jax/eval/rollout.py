@@ -2,6 +2,11 @@
 
 Every live episode of every task advances one step per tick, and each tick makes ONE batched policy call for
 all of them, so a batched sampler sees a full batch. Outcomes feed the unbiased Pass@k estimator.
+
+Each prompt samples with a seed of its own, a function of (seed, task, sample index, step) only. An episode's
+draws then do not depend on which episodes share its calls: a (task, sample) plays alike at any chunking,
+`max_live` or resume, and two policies evaluated with one seed draw from the same random numbers (common random
+numbers), which makes their paired difference (eval/paired.py) less noisy than independent draws would.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from absl import logging
 from leafe_jax.envs import Env, pooled
 from leafe_jax.envs.pool import EpisodeError
 from leafe_jax.envs.prompts import build_action_prompt, parse_action
-from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Policy
+from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Policy, derived_seed
 
 
 def _parse(env: Env, text: str) -> str | None:
@@ -150,7 +155,6 @@ def play_episodes(
         )
         for e in live
     ]
-    # One seed per tick; the sampler draws independent streams per row, so episodes stay independent.
     completions = policy.generate(
         prompts,
         n=1,
@@ -158,7 +162,7 @@ def play_episodes(
         top_p=sampling.top_p,
         max_new_tokens=sampling.max_new_tokens,
         stop=sampling.stop,
-        seed=seed * 1_000_003 + tick,
+        seed=[derived_seed(seed, e.task_id, e.sample_index, e.steps) for e in live],
     )
     for episode, (completion,) in zip(live, completions):
       if completion.finish_reason == PROMPT_TOO_LONG:

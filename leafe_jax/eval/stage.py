@@ -1,7 +1,8 @@
 """Stage `eval`: Pass@k of one policy on one environment split, from n independent samples per task.
 
 Results are appended per chunk of tasks to `<stage_dir>/outcomes.jsonl` (flushed and fsynced), so a killed
-evaluation resumes at the next unfinished chunk; `<stage_dir>/results.json` is written when all are done.
+evaluation resumes with the tasks it has no row for (their samples draw as in an uninterrupted run: each from a
+seed of its own); `<stage_dir>/results.json` is written when all are done.
 With `env_workers` > 0 the envs step in an EnvPool of that many processes; a sample whose env is lost counts as
 unsuccessful and in the row's `errors`; a sample whose prompt outgrows the policy's context (`max_cache_len`)
 ends there, unsuccessful, and counts in `prompts_too_long` (both totals are in results.json).
@@ -68,9 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-# Fields a rerun may change: labels, where or how fast the samples are played, and the k values reported from
-# them; not which samples are drawn.
-_FREE_FIELDS = ("method", "model_label", "env_workers", "env_step_timeout_s", "policy_mesh", "ks")
+# Fields a rerun may change: labels, where or how fast the samples are played (a sample's draws are its own:
+# eval/rollout.py), and the k values reported from them; not which samples are drawn.
+_FREE_FIELDS = ("method", "model_label", "env_workers", "env_step_timeout_s", "policy_mesh", "ks",
+                "tasks_per_chunk", "max_live_episodes")
 
 
 def sampling_settings(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -105,20 +107,6 @@ def _load_done(path: str) -> dict[str, dict]:
   return done
 
 
-def _drop_partial_chunks(path: str, chunks: list[list[str]]) -> None:
-  """Removes the rows of chunks that are not whole in `path` (a torn or crash-cut chunk write keeps its first
-  rows): such a chunk is redone whole, as the uninterrupted run played it. A sample's draw depends on the batch
-  it is in (its row of the seeded call), so redoing only the missing tasks would sample them differently."""
-  done = _load_done(path)
-  partial = {t for chunk in chunks if any(t not in done for t in chunk) for t in chunk if t in done}
-  if partial:
-    logging.warning("eval: %d task(s) of partly written chunks are redone with the rest of their chunk",
-                    len(partial))
-    with open(path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["task_id"] not in partial]
-    durable.write_lines(path, kept)
-
-
 def check_config(cfg: ml_collections.ConfigDict) -> None:
   """Value checks of an eval section that need no files (`main.plan` runs them before any stage starts)."""
   for field in ("tasks_per_chunk", "num_samples"):
@@ -149,17 +137,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if not task_ids:
     raise ValueError(f"eval: environment {cfg.env!r} split {cfg.split!r} has no tasks")
   outcomes_path = os.path.join(stage_dir, "outcomes.jsonl")
-  # Chunks are fixed slices of the task list, so a resumed run samples each task with the same seed.
-  chunks = [task_ids[i : i + cfg.tasks_per_chunk] for i in range(0, len(task_ids), cfg.tasks_per_chunk)]
   if primary:
-    durable.cut_torn_tail(outcomes_path)  # a chunk cut short by a kill is redone
-    _drop_partial_chunks(outcomes_path, chunks)
+    durable.cut_torn_tail(outcomes_path)  # the row a kill cut short is redone
   if spans:
     distributed.barrier("eval: outcomes repaired")  # then every process reads the same finished chunks
   done = _load_done(outcomes_path)
   stage_settings.check("eval", stage_dir, sampling_settings(cfg, workdir), has_outputs=bool(done), write=primary,
                        what="outcomes", free_fields=_FREE_FIELDS)
-  todo = [(i, chunk) for i, chunk in enumerate(chunks) if any(t not in done for t in chunk)]
+  # A task's samples draw from seeds of their own (eval/rollout.py), so only the missing tasks are played, in
+  # chunks of any size, and they play as in an uninterrupted run.
+  missing = [t for t in task_ids if t not in done]
+  todo = [missing[i : i + cfg.tasks_per_chunk] for i in range(0, len(missing), cfg.tasks_per_chunk)]
   logging.info("eval %s: %d tasks, %d done, n=%d", cfg.method, len(task_ids), len(done), cfg.num_samples)
   if todo:
     from tqdm import tqdm
@@ -172,11 +160,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       from leafe_jax.policy.factory import resolve_path
 
       playbook = _playbook_text(resolve_path(cfg.playbook, workdir))
-    remaining = sum(len(chunk) for _, chunk in todo)
+    remaining = len(missing)
     with (open(outcomes_path, "a") if primary else contextlib.nullcontext() as out,
           tqdm(total=remaining, desc=f"eval {cfg.method}", unit="task", disable=not primary) as bar,
           pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
-      for chunk_index, chunk in todo:
+      for chunk in todo:
         outcomes: list[TaskOutcome] = run_episodes(
             policy,
             make_env,
@@ -185,7 +173,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
             max_steps=cfg.max_steps,
             sampling=sampling,
             history_length=cfg.history_length,
-            seed=cfg.seed * 100_003 + chunk_index,
+            seed=cfg.seed,
             max_live=cfg.max_live_episodes,
             playbook=playbook,
         )
