@@ -44,7 +44,16 @@ def hf_dir_fingerprint(hf_dir: str) -> str | None:
   return files_fingerprint([os.path.join(hf_dir, n) for n in names], hf_dir)
 
 
-def of_section(section: ml_collections.ConfigDict, free_fields: Sequence[str], **inputs: str | None) -> dict:
+class Settings(dict):
+  """A stage's settings (JSON values by field name) that remembers which fields of its section are free, so that
+  `check` ignores them in a recorded settings.json without being told again."""
+
+  def __init__(self, values: Mapping[str, Any], free_fields: Sequence[str] = ()):
+    super().__init__(values)
+    self.free_fields = tuple(free_fields)
+
+
+def of_section(section: ml_collections.ConfigDict, free_fields: Sequence[str], **inputs: str | None) -> Settings:
   """The settings of a config section: every field but `free_fields` (those a rerun may change), as JSON
   values, plus `inputs` (fingerprints of what the stage reads)."""
   unknown = set(free_fields) - set(section.keys())
@@ -52,22 +61,21 @@ def of_section(section: ml_collections.ConfigDict, free_fields: Sequence[str], *
     raise KeyError(f"free fields {sorted(unknown)} are not in the section")
   settings = json.loads(json.dumps({k: v for k, v in section.to_dict().items() if k not in free_fields}))
   settings.update(inputs)
-  return settings
+  return Settings(settings, free_fields)
 
 
-def check(stage: str, stage_dir: str, settings: dict, *, has_outputs: bool, write: bool = True,
-          what: str = "outputs", free_fields: Sequence[str] = (), added_fields: Mapping[str, Any] | None = None
-          ) -> None:
+def check(stage: str, stage_dir: str, settings: Mapping[str, Any], *, has_outputs: bool, write: bool = True,
+          what: str = "outputs", added_fields: Mapping[str, Any] | None = None) -> None:
   """Refuses outputs in `stage_dir` made with other settings; records `settings` where none are recorded.
 
   `has_outputs`: the stage has outputs to resume (or skip to). Without outputs the settings are (re)written, so
   a stage that has made nothing yet takes the new settings. Outputs of a version without settings.json are
   adopted with the current settings. `write`: this process writes files (the primary of a multi-process launch).
   Several hosts (explore shards) may write the same settings at once: each renames a temporary file of its own.
-  `free_fields`: the section's free fields, ignored where a recorded settings.json holds them (recorded before
-  they were free, e.g. `eval.ks`). `added_fields`: fields added to the section after settings were first
-  recorded, with the value that behaves as runs before them did; a recorded settings.json without such a field
-  matches that value.
+  The section's free fields (`Settings.free_fields`, from `of_section`) are ignored where a recorded
+  settings.json holds them (recorded before they were free, e.g. `eval.ks`). `added_fields`: fields added to the
+  section after settings were first recorded, with the value that behaves as runs before them did; a recorded
+  settings.json without such a field matches that value.
   """
   path = os.path.join(stage_dir, FILE_NAME)
   if has_outputs and os.path.exists(path):
@@ -75,7 +83,7 @@ def check(stage: str, stage_dir: str, settings: dict, *, has_outputs: bool, writ
       stored = json.load(f)
     for name, old_behaviour in (added_fields or {}).items():
       stored.setdefault(name, old_behaviour)
-    keys = (set(stored) - set(free_fields)) | set(settings)
+    keys = (set(stored) - set(getattr(settings, "free_fields", ()))) | set(settings)
     changed = sorted(k for k in keys if stored.get(k) != settings.get(k))
     if changed:
       raise ValueError(f"{stage}: the {what} in {stage_dir} were made with other settings ({', '.join(changed)} "

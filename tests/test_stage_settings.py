@@ -56,9 +56,10 @@ def test_a_field_recorded_before_it_was_free_does_not_refuse_a_resume(tmp_path):
   # eval's settings.json of the previous version holds `ks`, a free field now: a rerun must not see it as changed.
   (tmp_path / "settings.json").write_text(json.dumps({"seed": 0, "workers": 1}))
   settings = stage_settings.of_section(_section(workers=2), ("workers",))
-  stage_settings.check("s", str(tmp_path), settings, has_outputs=True, free_fields=("workers",))
-  with pytest.raises(ValueError, match=r"\(workers changed"):
-    stage_settings.check("s", str(tmp_path), settings, has_outputs=True)
+  assert settings.free_fields == ("workers",) and "workers" not in settings
+  stage_settings.check("s", str(tmp_path), settings, has_outputs=True)  # of_section's free fields are ignored
+  with pytest.raises(ValueError, match=r"\(workers changed"):  # a plain dict has none
+    stage_settings.check("s", str(tmp_path), dict(settings), has_outputs=True)
 
 
 def test_a_field_added_since_matches_recorded_settings_only_at_its_old_behaviour(tmp_path):

@@ -90,8 +90,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   free = _FREE_FIELDS if len(tasks) % cfg.tasks_per_batch == 0 else tuple(f for f in _FREE_FIELDS
                                                                           if f != "num_epochs")
   settings = stage_settings.of_section(cfg, free, policy_weights=policy_weights)
-  stage_settings.check("ace", stage_dir, settings, has_outputs=state["batches_done"] > 0, what="playbook batches",
-                       free_fields=free)
+  stage_settings.check("ace", stage_dir, settings, has_outputs=state["batches_done"] > 0, what="playbook batches")
   playbook = ace.Playbook.from_json(state["playbook"])
   stats = collections.Counter(state["stats"])
   logging.info("ace: %d batches, %d done, %d bullets", len(batches), state["batches_done"], len(playbook.bullets))

@@ -144,8 +144,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, t
                        "count, or move that folder away to build again")
   settings = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights,
                                        tokenizer_fingerprint=fingerprint)
-  stage_settings.check("early_experience", stage_dir, settings, has_outputs=has_outputs, what="records",
-                       free_fields=_FREE_FIELDS)
+  stage_settings.check("early_experience", stage_dir, settings, has_outputs=has_outputs, what="records")
   todo = [t for t in tasks if t not in done]
   logging.info("early_experience: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
   if todo and callable(policy) and not hasattr(policy, "generate"):

@@ -131,11 +131,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   done = os.path.exists(os.path.join(stage_dir, "DONE"))
   if done:
     stage_settings.check("expert_data", stage_dir, settings, has_outputs=True, what="records and tokenizer",
-                         free_fields=_FREE_FIELDS, added_fields=_ADDED_FIELDS)
+                         added_fields=_ADDED_FIELDS)
     logging.info("expert_data: %s is complete, skipping", stage_dir)
     return
   shutil.rmtree(stage_dir, ignore_errors=True)
-  stage_settings.check("expert_data", stage_dir, settings, has_outputs=False, free_fields=_FREE_FIELDS)
+  stage_settings.check("expert_data", stage_dir, settings, has_outputs=False)
   env = envs.make(cfg.env, **cfg.env_config.to_dict())
   rng = random.Random(cfg.seed)
   examples = []

@@ -143,7 +143,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     distributed.barrier("eval: outcomes repaired")  # then every process reads the same finished chunks
   done = _load_done(outcomes_path)
   stage_settings.check("eval", stage_dir, sampling_settings(cfg, workdir), has_outputs=bool(done), write=primary,
-                       what="outcomes", free_fields=_FREE_FIELDS)
+                       what="outcomes")
   # A task's samples draw from seeds of their own (eval/rollout.py), so only the missing tasks are played, in
   # chunks of any size, and they play as in an uninterrupted run.
   missing = [t for t in task_ids if t not in done]

@@ -99,8 +99,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   # Trees explored since (more tasks, a finished shard) or other settings would make other records.
   settings = stage_settings.of_section(cfg, _FREE_FIELDS, trees_files=stage_settings.files_fingerprint(files, tree_dir),
                                        tokenizer_fingerprint=fingerprint)
-  stage_settings.check("distill", stage_dir, settings, has_outputs=complete, what="records",
-                       free_fields=_FREE_FIELDS)
+  stage_settings.check("distill", stage_dir, settings, has_outputs=complete, what="records")
   if complete:
     logging.info("distill: %s is complete, skipping", final)
     return

@@ -146,8 +146,7 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   # Any shard's trees count: hosts of one stage dir explore with one set of settings.
   tree_files = [f for f in glob.glob(os.path.join(stage_dir, "trees", "*.jsonl")) if os.path.getsize(f)]
   recorded = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
-  stage_settings.check("explore", stage_dir, recorded, has_outputs=bool(tree_files), write=primary, what="trees",
-                       free_fields=_FREE_FIELDS)
+  stage_settings.check("explore", stage_dir, recorded, has_outputs=bool(tree_files), write=primary, what="trees")
   # `shard` is free as placement, not its count: shards of another count read other tree files, so every task
   # would be explored again beside its first tree (and distill would read both).
   for path in tree_files:

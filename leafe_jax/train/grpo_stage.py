@@ -199,7 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   latest = ckpt.latest_step()
   # A resumed run continues its checkpoints' optimisation and rollouts: other settings are refused, not mixed.
   stage_settings.check(CONFIG_SECTION, stage_dir, train_stage.resume_settings(cfg, workdir, _FREE_FIELDS, total_steps),
-                       has_outputs=latest is not None, write=primary, what="checkpoints", free_fields=_FREE_FIELDS)
+                       has_outputs=latest is not None, write=primary, what="checkpoints")
   # A resumed run restores its params; the initial ones are still needed as the KL reference, if there is one.
   model, init_params, params_sharding = train_stage.model_and_params(
       cfg, workdir, mesh, init_rng, abstract=latest is not None and cfg.kl_coef <= 0)

@@ -241,8 +241,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   latest = ckpt.latest_step()
   # A resumed run continues its checkpoints' optimisation: another lr, batch, loss or init is refused, not mixed.
   stage_settings.check(CONFIG_SECTION, stage_dir, resume_settings(cfg, workdir, _FREE_FIELDS, total_steps),
-                       has_outputs=latest is not None, write=process_index == 0, what="checkpoints",
-                       free_fields=_FREE_FIELDS)
+                       has_outputs=latest is not None, write=process_index == 0, what="checkpoints")
   model, params, params_sharding = model_and_params(cfg, workdir, mesh, init_rng, abstract=latest is not None)
   state_sharding = state_lib.shardings(tx, params, params_sharding, mesh)
   if latest is None:
