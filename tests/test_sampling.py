@@ -322,3 +322,37 @@ def test_a_stop_string_inside_another_stops_where_it_completes(tiny):
   assert text.find(outer) == 2 and text.find(inner) == 3
   (sample,), = sampler.generate([PROMPTS[0]], max_new_tokens=8, temperature=0.0, stop_strings=[outer, inner])
   assert sample.token_ids == greedy.token_ids[:5] and sample.text == text[:3] and sample.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("chunk, buckets", [(8, sampler_lib.DEFAULT_PROMPT_BUCKETS), (16, (24, 48))])
+def test_a_prefill_in_chunks_generates_what_transformers_does(tiny, chunk, buckets):
+  """Prompts of 3, 13 and 29 tokens prefilled 8 (or 16, after a remainder chunk of 8: bucket 24) positions at a
+  time, left-padded rows whose first chunks are all padding included."""
+  reference, model, params = tiny
+  prompts = [list(range(5, 8)), list(range(20, 33)), list(range(40, 69))]
+  sampler = Sampler(model, params, max_cache_len=64, prefill_chunk=chunk, prompt_buckets=buckets,
+                    max_padding_factor=100.0)  # one program: every row padded to the longest prompt
+  out = sampler.generate(prompts, max_new_tokens=6, temperature=0.0)
+  forward = jax.jit(lambda ids: jax.nn.log_softmax(model.apply({"params": params}, ids)[0][0], axis=-1))
+  for prompt, (sample,) in zip(prompts, out):
+    expected = reference.generate(torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert list(sample.token_ids) == expected[0, len(prompt):].tolist()
+    logp = forward(jnp.asarray([prompt + list(sample.token_ids)]))
+    forced = [float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(sample.token_ids)]
+    np.testing.assert_allclose(sample.logprobs, forced, atol=1e-4)
+
+
+def test_a_chunked_prefill_holds_one_chunk_of_activations():
+  config = models.ModelConfig(vocab_size=64, d_model=32, num_layers=2, num_heads=1, num_kv_heads=1, head_dim=32,
+                              d_ff=4096)  # a wide MLP: its [rows, positions, d_ff] activations dominate
+  model = models.Decoder(config)
+  params = models.init_params(config, jax.random.PRNGKey(0))
+  b, p = 16, 2048
+  args = (params, jnp.zeros((b, p), jnp.int32), jnp.ones((b, p), jnp.int32), sampler_lib.prompt_keys([0] * b),
+          jnp.zeros(b), jnp.ones(b), jnp.ones(b, jnp.int32))
+  temp = lambda chunk: sampler_lib._generate.lower(
+      *args, model=model, pad_id=0, eos_ids=(), cache_len=p + 16, out_len=16, n=1, greedy=True, top_k=0,
+      nucleus=False, prefill_chunk=chunk).compile().memory_analysis().temp_size_in_bytes
+  mlp_activations = b * p * config.d_ff * 4  # one float32 [rows, positions, d_ff] tensor of the whole prompt
+  assert temp(0) > mlp_activations  # at once: the whole prompt's activations
+  assert temp(128) < mlp_activations / 4

@@ -1,4 +1,5 @@
-"""Batched generation: one jitted prefill + `lax.while_loop` decode over an explicit, static-size KV cache.
+"""Batched generation: one jitted prefill (in chunks of `prefill_chunk` positions) + `lax.while_loop` decode over an
+explicit, static-size KV cache.
 
 Shapes are bucketed (prompt rows, prompt length, cache length, output length), so calls with similar sizes reuse
 one compiled program. A call whose prompts differ widely in length (an explorer tick's short action prompts and
@@ -38,6 +39,10 @@ DEFAULT_OUTPUT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 # A call's prompts run as one program while padding them to the longest costs at most this many times the token
 # slots (KV cache, prefill) they need alone; beyond it they split into groups by length (one program each).
 DEFAULT_MAX_PADDING_FACTOR = 2.0
+# A prefill runs the prompt through the model in chunks of at most this many positions per row, each writing the
+# cache that the next attends to: the activations (a 7B model's MLP holds ~2 x 19k values per token) are then
+# those of rows x chunk tokens, not rows x prompt (16 prompts of 16k tokens: ~20 GiB in bf16 at once).
+DEFAULT_PREFILL_CHUNK = 1024
 _MIN_TEMPERATURE = 1e-6  # guards the division when a tiny positive temperature is asked for
 
 _traces = {"generate": 0}  # how many times the generate program was traced (compile-cache behaviour)
@@ -111,11 +116,38 @@ def _choose(logits_BxV, max_B, keys_B, temperature_B, top_p_B, *, greedy: bool, 
   return jnp.where(temperature_B <= 0.0, argmax_B, sampled_B)
 
 
+def _prefill(params, model, tokens_BxP, mask_BxP, cache, chunk: int):
+  """Runs the prompts into `cache` in chunks of `chunk` positions (0: at once); returns the logits at the last
+  position [B, V] and the cache. A remainder chunk goes first, the full chunks run in one `lax.scan` (one copy of
+  the model in the program however long the prompt)."""
+  b, p = tokens_BxP.shape
+
+  def run(cache, tokens_BxC, mask_BxC):
+    last_Bx1 = jnp.full((b, 1), tokens_BxC.shape[1] - 1, jnp.int32)
+    logits_Bx1xV, cache = model.apply({"params": params}, tokens_BxC, attention_mask=mask_BxC, cache=cache,
+                                      logits_positions=last_Bx1)
+    return logits_Bx1xV[:, 0], cache
+
+  if not chunk or p <= chunk:
+    return run(cache, tokens_BxP, mask_BxP)
+  first = p % chunk or chunk
+  logits_BxV, cache = run(cache, tokens_BxP[:, :first], mask_BxP[:, :first])
+  n = (p - first) // chunk
+  chunks = lambda x_BxP: x_BxP[:, first:].reshape(b, n, chunk).swapaxes(0, 1)
+
+  def body(carry, tokens_and_mask):
+    logits_BxV, cache = run(carry[1], *tokens_and_mask)
+    return (logits_BxV, cache), None
+
+  (logits_BxV, cache), _ = jax.lax.scan(body, (logits_BxV, cache), (chunks(tokens_BxP), chunks(mask_BxP)))
+  return logits_BxV, cache
+
+
 @functools.partial(jax.jit, static_argnames=("model", "pad_id", "eos_ids", "cache_len", "out_len", "n", "greedy",
-                                             "top_k", "nucleus"))
+                                             "top_k", "nucleus", "prefill_chunk"))
 def _generate(params, tokens_BxP, mask_BxP, keys_B, temperature_B, top_p_B, max_new_B, *, model, pad_id: int,
               eos_ids: tuple[int, ...], cache_len: int, out_len: int, n: int, greedy: bool, top_k: int,
-              nucleus: bool):
+              nucleus: bool, prefill_chunk: int):
   """Prefill B prompts once, repeat each row n times, decode up to `max_new_B` tokens for the B*n rows.
 
   Sampling settings and PRNG keys are per prompt ([B] arrays, repeated n times with the rows; sample j of a
@@ -126,10 +158,7 @@ def _generate(params, tokens_BxP, mask_BxP, keys_B, temperature_B, top_p_B, max_
   choose = functools.partial(_choose, greedy=greedy, top_k=top_k, nucleus=nucleus)
   eos_E = jnp.asarray(eos_ids or (-1,), jnp.int32)
   cache = init_cache(model.config, tokens_BxP.shape[0], cache_len)
-  last_Bx1 = jnp.full((tokens_BxP.shape[0], 1), tokens_BxP.shape[1] - 1, jnp.int32)
-  logits_Bx1xV, cache = model.apply({"params": params}, tokens_BxP, attention_mask=mask_BxP, cache=cache,
-                                    logits_positions=last_Bx1)
-  logits_BxV = logits_Bx1xV[:, 0]
+  logits_BxV, cache = _prefill(params, model, tokens_BxP, mask_BxP, cache, prefill_chunk)
   if n > 1:  # sample rows of prompt i are rows i*n .. i*n+n-1
     cache = cache.repeat_rows(n)
     logits_BxV = jnp.repeat(logits_BxV, n, axis=0)
@@ -194,8 +223,12 @@ class Sampler:
                max_cache_len: int = 4096, prompt_buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS,
                batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS,
                output_buckets: Sequence[int] = DEFAULT_OUTPUT_BUCKETS,
-               max_padding_factor: float = DEFAULT_MAX_PADDING_FACTOR):
+               max_padding_factor: float = DEFAULT_MAX_PADDING_FACTOR,
+               prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+    if prefill_chunk < 0:
+      raise ValueError(f"Sampler: prefill_chunk must be >= 0 (0 = the whole prompt at once), got {prefill_chunk}")
     self.model = model
+    self.prefill_chunk = int(prefill_chunk)
     self.max_padding_factor = float(max_padding_factor)
     self.tokenizer = tokenizer
     self.mesh = mesh
@@ -316,7 +349,8 @@ class Sampler:
     out, logp = _generate(self.params, tokens_in, mask_in, keys_B, temperature_B, top_p_B,
                           max_new_B, model=self.model, pad_id=self.pad_id, eos_ids=self.eos_ids,
                           cache_len=cache_len, out_len=out_len, n=int(n), greedy=greedy,
-                          top_k=0 if greedy else int(top_k), nucleus=(not greedy) and min(top_ps) < 1.0)
+                          top_k=0 if greedy else int(top_k), nucleus=(not greedy) and min(top_ps) < 1.0,
+                          prefill_chunk=self.prefill_chunk)
     out, logp = distributed.to_host(out), distributed.to_host(logp)  # rows may sit on other processes' devices
     samples = [self._finish(out[i, :max_new[i // n]], logp[i, :max_new[i // n]], stops[i // n])
                for i in range(count * n)]
