@@ -92,6 +92,23 @@ def test_acting_examples_cover_every_turn_without_experience():
   assert all(experience == "" and "avoid" not in messages[-1]["content"] for messages, _, experience in examples)
 
 
+def test_acting_in_lost_states_off_leaves_out_exactly_the_moves_after_the_room_was_lost():
+  env = _env()
+  rng = random.Random(3)
+  trajectory = next(t for t in (noisy_expert_trajectory(env, "level", 0.7, rng) for _ in range(50))
+                    if t.fatal_step is not None and t.fatal_step < len(t.turns))
+  acting = lambda cfg: [(m[-1]["content"], r) for m, r, e in expert_stage.build_examples(env, cfg, trajectory,
+                                                                                            random.Random(1))
+                        if not e and not r.startswith("<rollback_step>")]
+  every = acting(_cfg(experience_examples_per_task=0))
+  live = acting(_cfg(experience_examples_per_task=0, acting_in_lost_states=False))
+  # Turns after the fatal step are played in a lost room: the solver has no move there (independent check).
+  lost = [i for i, t in enumerate(trajectory.turns)
+          if not _solvable_in_remaining_steps([u.action for u in trajectory.turns[:i]], 4)]
+  assert lost and lost == [t.step - 1 for t in trajectory.turns if t.optimal_action is None]
+  assert live == [example for i, example in enumerate(every) if i not in lost]
+
+
 def test_stage_writes_tokenizer_records_and_is_skipped_when_done(tmp_path):
   from leafe_jax.data import records
 

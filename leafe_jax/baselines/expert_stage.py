@@ -3,7 +3,8 @@
 From noisy-expert Sokoban trajectories (baselines/sokoban_expert.py) it writes three kinds of `sft` examples,
 all rendered through the same prompt builders the explorer uses, so the warm policy can take part in LEAFE:
 
-1. acting: every turn of every trajectory (mistakes included, so the policy is imperfect on purpose);
+1. acting: every turn of every trajectory (mistakes included, so the policy is imperfect on purpose; with
+   `acting_in_lost_states` off, not the random moves of states the solver already calls lost);
 2. acting with experience: at fatal steps, the action prompt with e = "avoid <bad action>" -> the solver's action
    (teaches the policy to use e, the contextual intervention of a'_tau ~ pi(.|h_tau, q, e));
 3. reflecting: for failed trajectories, the reflection prompt -> <rollback_step>fatal step</rollback_step>
@@ -33,7 +34,8 @@ from leafe_jax.policy.chat import encode_turns
 
 CONFIG_SECTION = "expert_data"
 _FREE_FIELDS = ("shard_size",)  # how the records are split into files, not which records
-_ADDED_FIELDS = {"end_on_irreversible": False}  # recorded settings that predate a field ran with this value
+# Recorded settings that predate a field ran with this value.
+_ADDED_FIELDS = {"end_on_irreversible": False, "acting_in_lost_states": True}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -48,6 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
   # the reflection examples then show the trajectories the policy reflects on (fatal step = the last push), and
   # no acting example is a random move after a deadlock (rooms lost to the step limit still have them).
   c.end_on_irreversible = False
+  # Acting examples of states the solver already calls lost (no solution in the steps left), where the expert's
+  # moves are random: off, the policy imitates only moves made while the room could still be solved.
+  c.acting_in_lost_states = True
   c.experience_examples_per_task = 1  # extra "avoid X" -> solver action examples at random on-plan states
   c.history_length = 0  # (observation, action) pairs in the action prompt; match explore.history_length
   # Copies of each reflection example: reflections are ~1 in 15 examples, and a from-scratch model trained on
@@ -82,7 +87,8 @@ def build_examples(env, cfg, trajectory: ExpertTrajectory, rng: random.Random) -
   """(messages, response, experience) examples of one trajectory; experience is "" when not in the prompt."""
   turns = trajectory.turns
   respond = lambda action: cfg.response_template.format(action=action)
-  examples = [(_acting_messages(env, cfg, turns, i, None), respond(t.action), "") for i, t in enumerate(turns)]
+  examples = [(_acting_messages(env, cfg, turns, i, None), respond(t.action), "") for i, t in enumerate(turns)
+              if cfg.acting_in_lost_states or t.optimal_action is not None]
   on_plan = [i for i, t in enumerate(turns) if t.optimal_action is not None]
   picks = rng.sample(on_plan, min(cfg.experience_examples_per_task, len(on_plan)))
   for i in picks:
