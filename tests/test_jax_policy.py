@@ -75,3 +75,12 @@ def test_a_prompt_that_does_not_fit_the_cache_is_answered_prompt_too_long_and_th
                                stop=[["never-a"], ["never-b"], ["never-c"]])
   assert [row[0].finish_reason for row in per_prompt][1] == PROMPT_TOO_LONG
   assert [row[0].token_ids for row in (per_prompt[0], per_prompt[2])] == [row[0].token_ids for row in alone]
+
+
+def test_prefill_chunk_reaches_the_sampler_and_leaves_the_samples_alike(hf_dir):
+  prompts = [[{"role": "user", "content": "a longer prompt " * 6}], [{"role": "user", "content": "hi"}]]
+  whole = make_policy(hf_dir, "/unused", max_cache_len=256, prefill_chunk=0)
+  chunked = make_policy(hf_dir, "/unused", max_cache_len=256, prefill_chunk=8)
+  assert (whole.sampler.prefill_chunk, chunked.sampler.prefill_chunk) == (0, 8)
+  ask = lambda policy: [c.token_ids for (c,) in policy.generate(prompts, max_new_tokens=8, temperature=0.0)]
+  assert ask(chunked) == ask(whole)

@@ -21,6 +21,7 @@ from leafe_jax.baselines import ace
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled
 from leafe_jax.eval.rollout import SamplingParams, play_episodes
+from leafe_jax.policy.base import DEFAULT_PREFILL_CHUNK
 
 CONFIG_SECTION = "ace"
 
@@ -37,6 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.tasks_per_batch = 16  # episodes per curation step (one batched reflector call, one curator call)
   c.policy = "models/grpo"  # generator, reflector and curator: HF dir relative to workdir, or openai:<url>#<model>
   c.max_cache_len = 8192  # KV-cache length of the in-process sampler (reflector prompts hold a trajectory)
+  c.prefill_chunk = DEFAULT_PREFILL_CHUNK  # prompt positions per prefill step of the in-process sampler (memory)
   c.policy_mesh = ()  # in-process sampler placement (data, fsdp, tensor); () = one device
   c.policy_dtype = "float32"  # parameter and compute dtype of the in-process sampler ("bfloat16" on TPU/GPU)
   c.max_bullets = 100  # playbook cap; append-only (the LEAFE authors' ACE runs, as a note reports)
@@ -54,7 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 # Fields a rerun may change: where and how fast episodes are played, and more epochs over the same tasks (the
 # batches done are the first ones of a longer run).
-_FREE_FIELDS = ("env_workers", "env_step_timeout_s", "policy_mesh", "num_epochs")
+_FREE_FIELDS = ("env_workers", "env_step_timeout_s", "policy_mesh", "prefill_chunk", "num_epochs")
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
@@ -152,4 +154,4 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   weights = weights_fingerprint(cfg.policy, workdir)
   run_with_policy(config, stage_dir, lambda: make_policy(
       cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
-      dtype=cfg.policy_dtype, field="ace.policy"), policy_weights=weights)
+      dtype=cfg.policy_dtype, field="ace.policy", prefill_chunk=cfg.prefill_chunk), policy_weights=weights)

@@ -24,13 +24,14 @@ from leafe_jax import durable, envs, stage_settings
 from leafe_jax.baselines.early_experience import Builder, EnvRunner, Settings
 from leafe_jax.envs.base import ExpertEnv
 from leafe_jax.explore.stage import parse_shard
+from leafe_jax.policy.base import DEFAULT_PREFILL_CHUNK
 
 CONFIG_SECTION = "early_experience"
 # A group's records are made durable together by finish_shard(); the writer must never roll a shard mid-group.
 _UNBOUNDED_SHARD = 1 << 40
 # Fields a rerun may change: where and how much is built, not how (the tasks of a group share a policy call, so
 # tasks_per_shard stays a setting).
-_FREE_FIELDS = ("env_workers", "policy_mesh", "shard", "num_tasks")
+_FREE_FIELDS = ("env_workers", "policy_mesh", "prefill_chunk", "shard", "num_tasks")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -50,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.policy = "models/base"
   c.tokenizer = ""  # HF tokenizer dir for the records, relative to workdir; empty = the policy's HF dir
   c.max_cache_len = 4096  # KV-cache length of the in-process sampler
+  c.prefill_chunk = DEFAULT_PREFILL_CHUNK  # prompt positions per prefill step of the in-process sampler (memory)
   c.policy_mesh = ()  # in-process sampler placement (data, fsdp, tensor); () = one device
   c.policy_dtype = "float32"  # parameter and compute dtype of the in-process sampler ("bfloat16" on TPU/GPU)
   c.history_length = 2  # (observation, action) pairs in prompts; match explore.history_length and eval
@@ -191,7 +193,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if "sr" in cfg.methods:  # only self-reflection samples from the policy
     policy = lambda: make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len,
                                  mesh_shape=tuple(cfg.policy_mesh), dtype=cfg.policy_dtype,
-                                 field="early_experience.policy")
+                                 field="early_experience.policy", prefill_chunk=cfg.prefill_chunk)
     weights = weights_fingerprint(cfg.policy, workdir)
   tokenizer_dir = resolve_path(cfg.tokenizer or cfg.policy, workdir)
   run_with_policy(config, stage_dir, policy, AutoTokenizer.from_pretrained(tokenizer_dir), policy_weights=weights)

@@ -26,6 +26,7 @@ from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import pooled, prompts
 from leafe_jax.eval import passk
 from leafe_jax.eval.rollout import SamplingParams, TaskOutcome, run_episodes
+from leafe_jax.policy.base import DEFAULT_PREFILL_CHUNK
 from leafe_jax.policy.factory import in_process, make_policy
 
 CONFIG_SECTION = "eval"
@@ -60,6 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
   # tasks x num_samples wait and start as others finish. 0 = the whole chunk at once (one big batch per tick).
   c.max_live_episodes = 0
   c.max_cache_len = 4096  # KV-cache length of the in-process sampler
+  c.prefill_chunk = DEFAULT_PREFILL_CHUNK  # prompt positions per prefill step of the in-process sampler (memory)
   # In-process sampler placement: (data, fsdp, tensor) device counts, one -1 = the rest; () = one device.
   # (1, 1, -1) splits a large model's heads and MLP over every device (tensor parallel decoding).
   c.policy_mesh = ()
@@ -72,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
 # Fields a rerun may change: labels, where or how fast the samples are played (a sample's draws are its own:
 # eval/rollout.py), and the k values reported from them; not which samples are drawn.
 _FREE_FIELDS = ("method", "model_label", "env_workers", "env_step_timeout_s", "policy_mesh", "ks",
-                "tasks_per_chunk", "max_live_episodes")
+                "tasks_per_chunk", "max_live_episodes", "prefill_chunk")
 
 
 def sampling_settings(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -153,7 +155,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     from tqdm import tqdm
 
     policy = make_policy(cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
-                         dtype=cfg.policy_dtype, field="eval.policy")
+                         dtype=cfg.policy_dtype, field="eval.policy", prefill_chunk=cfg.prefill_chunk)
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     playbook = None
     if cfg.playbook:

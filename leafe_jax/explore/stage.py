@@ -27,6 +27,7 @@ from leafe_jax.explore import ledger as ledger_lib
 from leafe_jax.explore import tree as tree_lib
 from leafe_jax.explore.engine import FAILURE_SIGNALS, Explorer, ExploreSettings
 from leafe_jax.explore.ledger import Ledger
+from leafe_jax.policy.base import DEFAULT_PREFILL_CHUNK
 from leafe_jax.policy.factory import in_process
 
 CONFIG_SECTION = "explore"
@@ -48,6 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_tasks = 256  # tasks explored (first n of the split)
   c.policy = "train/hf"  # HF dir relative to workdir, or "openai:<base_url>#<model>"; the paper starts from GRPO
   c.max_cache_len = 4096  # KV-cache length of the in-process sampler
+  c.prefill_chunk = DEFAULT_PREFILL_CHUNK  # prompt positions per prefill step of the in-process sampler (memory)
   # In-process sampler placement: (data, fsdp, tensor) device counts, one -1 = the rest; () = one device.
   # (1, 1, -1) splits a large model's heads and MLP over every device (tensor parallel decoding).
   c.policy_mesh = ()
@@ -83,7 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
 # Fields a rerun may change: where, how fast and how much is explored, not how a task is explored. (A changed
 # concurrency batches other tasks together; each prompt's seed is its task's own, so a redone task samples alike.)
 _FREE_FIELDS = ("env_workers", "env_step_timeout_s", "policy_mesh", "concurrency", "tree_fsync_every",
-                "tree_fsync_s", "shard", "num_tasks", "env_step_budget")
+                "tree_fsync_s", "shard", "num_tasks", "env_step_budget", "prefill_chunk")
 
 
 def parse_shard(shard: str, field: str = "explore.shard") -> tuple[int, int]:
@@ -216,4 +218,5 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   weights = weights_fingerprint(cfg.policy, workdir)
   run_with_policy(config, stage_dir, lambda: make_policy(
       cfg.policy, workdir, max_cache_len=cfg.max_cache_len, mesh_shape=tuple(cfg.policy_mesh),
-      dtype=cfg.policy_dtype, field="explore.policy"), policy_weights=weights, **processes)
+      dtype=cfg.policy_dtype, field="explore.policy", prefill_chunk=cfg.prefill_chunk), policy_weights=weights,
+      **processes)

@@ -15,6 +15,11 @@ T = TypeVar("T", int, float)
 # that one over-long prompt ends its own rollout or episode, counted, and not a run of hours.
 PROMPT_TOO_LONG = "prompt_too_long"
 
+# Prompt positions per prefill step of the in-process sampler (sampling/sampler.py): a prefill then holds the
+# activations of rows x this many tokens, not rows x prompt (a 7B model's MLP: ~150 KB per token in bf16).
+# 0 = the whole prompt at once.
+DEFAULT_PREFILL_CHUNK = 1024
+
 
 class Message(TypedDict):
   role: str  # "system" | "user" | "assistant"

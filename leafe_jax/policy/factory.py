@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from leafe_jax.policy.base import Policy
+from leafe_jax.policy.base import DEFAULT_PREFILL_CHUNK, Policy
 
 REMOTE_PREFIX = "openai:"  # a policy spec naming an OpenAI-compatible server: openai:<base_url>#<model name>
 
@@ -28,12 +28,13 @@ def weights_fingerprint(spec: str, workdir: str) -> str | None:
 
 
 def make_policy(spec: str, workdir: str, *, max_cache_len: int = 4096, mesh_shape: tuple[int, ...] = (),
-                dtype: str = "float32", field: str = "policy") -> Policy:
+                dtype: str = "float32", field: str = "policy", prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> Policy:
   """`spec` is a HF directory (relative to `workdir` or absolute) or `openai:<base_url>#<model name>`.
 
   For a HF directory, `mesh_shape` (data, fsdp, tensor; one -1 = the remaining devices; empty = one device)
   places the in-process sampler's parameters by their logical axes and its rows over data x fsdp; `dtype` is
-  the parameters' and compute dtype. `field` is the config section named in errors.
+  the parameters' and compute dtype; `prefill_chunk`: prompt positions per prefill step (policy.base). `field` is
+  the config section named in errors.
   """
   if not in_process(spec):
     from leafe_jax.policy.openai_policy import OpenAIPolicy
@@ -55,4 +56,5 @@ def make_policy(spec: str, workdir: str, *, max_cache_len: int = 4096, mesh_shap
   if mesh_shape:
     shape = parallel.resolve_mesh_shape(tuple(mesh_shape), jax.device_count(), field=f"{field}_mesh")
     mesh = parallel.make_mesh(shape)
-  return JaxPolicy(hf_dir, mesh=mesh, dtype=jnp.dtype(dtype), max_cache_len=max_cache_len)
+  return JaxPolicy(hf_dir, mesh=mesh, dtype=jnp.dtype(dtype), max_cache_len=max_cache_len,
+                   prefill_chunk=prefill_chunk)

@@ -10,7 +10,15 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from absl import logging
 
-from leafe_jax.policy.base import PROMPT_TOO_LONG, Completion, Message, per_prompt, prompt_seeds, stops_per_prompt
+from leafe_jax.policy.base import (
+  DEFAULT_PREFILL_CHUNK,
+  PROMPT_TOO_LONG,
+  Completion,
+  Message,
+  per_prompt,
+  prompt_seeds,
+  stops_per_prompt,
+)
 from leafe_jax.policy.chat import encode_prompt
 
 _FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
@@ -38,7 +46,7 @@ class JaxPolicy:
   """
 
   def __init__(self, hf_dir: str, *, mesh=None, dtype=jnp.float32, max_cache_len: int = 4096, model=None,
-               params=None):
+               params=None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
     """Loads `hf_dir`; or, with `model` and `params` (already placed on `mesh`), serves those and reads only
     the tokenizer and eos ids from `hf_dir` (an RL loop's current policy)."""
     # Imported here so that explorer hosts using a remote policy never import the model code.
@@ -59,6 +67,7 @@ class JaxPolicy:
         pad_id=self.pad_id,
         eos_ids=_eos_ids(hf_dir, self.tokenizer),
         max_cache_len=max_cache_len,
+        prefill_chunk=prefill_chunk,
     )
 
   @property

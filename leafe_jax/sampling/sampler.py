@@ -31,7 +31,7 @@ import numpy as np
 from leafe_jax import parallel
 from leafe_jax.models import init_cache
 from leafe_jax.parallel import distributed
-from leafe_jax.policy.base import per_prompt, prompt_seeds, stops_per_prompt
+from leafe_jax.policy.base import DEFAULT_PREFILL_CHUNK, per_prompt, prompt_seeds, stops_per_prompt
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -39,10 +39,6 @@ DEFAULT_OUTPUT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 # A call's prompts run as one program while padding them to the longest costs at most this many times the token
 # slots (KV cache, prefill) they need alone; beyond it they split into groups by length (one program each).
 DEFAULT_MAX_PADDING_FACTOR = 2.0
-# A prefill runs the prompt through the model in chunks of at most this many positions per row, each writing the
-# cache that the next attends to: the activations (a 7B model's MLP holds ~2 x 19k values per token) are then
-# those of rows x chunk tokens, not rows x prompt (16 prompts of 16k tokens: ~20 GiB in bf16 at once).
-DEFAULT_PREFILL_CHUNK = 1024
 _MIN_TEMPERATURE = 1e-6  # guards the division when a tiny positive temperature is asked for
 
 _traces = {"generate": 0}  # how many times the generate program was traced (compile-cache behaviour)

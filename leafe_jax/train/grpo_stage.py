@@ -34,6 +34,7 @@ from leafe_jax import durable, stage_settings
 from leafe_jax.envs import pool as pool_lib
 from leafe_jax.envs import prompts
 from leafe_jax.explore.ledger import stage_ledger_files
+from leafe_jax.policy.base import DEFAULT_PREFILL_CHUNK
 from leafe_jax.train import stage as train_stage
 
 CONFIG_SECTION = "grpo"
@@ -41,7 +42,7 @@ CONFIG_SECTION = "grpo"
 # larger budget: the iterations done are the first ones of the longer run; a cosine schedule's length is recorded).
 _FREE_FIELDS = ("mesh", "env_workers", "env_step_timeout_s", "micro_batch_rows_per_shard", "remat_policy",
                 "logits_fractions", "attention_impl", "checkpoint_every", "keep", "async_checkpoint", "export_hf",
-                "num_iterations", "env_step_budget", "budget_from_ledger")
+                "num_iterations", "env_step_budget", "budget_from_ledger", "prefill_chunk")
 ROW_KEYS = ("input_ids_BxT", "segment_ids_BxT", "positions_BxT")
 
 
@@ -81,6 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.top_p = 1.0  # rollout nucleus
   c.max_new_tokens = 512  # response budget of one action (verl-agent max_response_length)
   c.max_cache_len = 4096  # KV cache of the rollout sampler: one action prompt + response
+  c.prefill_chunk = DEFAULT_PREFILL_CHUNK  # prompt positions per prefill step of the in-process sampler (memory)
   c.seq_len = 4096  # training row length: a turn (prompt + response) must fit; longer prompts are left-truncated
   c.pack = True  # several turns per row (segments) while they fit; the loss is unchanged
   c.minibatches = 1  # optimizer updates per iteration (1 = exactly on-policy; verl: ppo_mini_batch_size)
@@ -244,7 +246,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                               out_shardings=(params_sharding, replicated), donate_argnums=(0,))
   jitted_apply = jax.jit(apply_update, in_shardings=(state_sharding, params_sharding),
                          out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  policy = JaxPolicy(tokenizer_dir, mesh=mesh, max_cache_len=cfg.max_cache_len, model=model, params=state.params)
+  policy = JaxPolicy(tokenizer_dir, mesh=mesh, max_cache_len=cfg.max_cache_len, model=model, params=state.params,
+                     prefill_chunk=cfg.prefill_chunk)
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
   writer = metrics.MetricsWriter(os.path.join(stage_dir, "tb"), enabled=primary)
   ledger = dict(progress["ledger"])
