@@ -340,3 +340,39 @@ def test_a_sample_draws_alike_at_any_chunking_and_live_bound(tmp_path, monkeypat
   (resumed / "results.json").unlink()
   eval_stage.run(_bandit_config(), str(tmp_path), str(resumed))
   assert sorted((resumed / "outcomes.jsonl").read_text().splitlines()) == rows("chunks_of_2")
+
+
+class SeedRecorder(RowSeededPolicy):
+  def __init__(self):
+    self.seeds = []
+
+  def generate(self, prompts, *, n=1, seed=0, **kwargs):
+    self.seeds.append(prompt_seeds(seed, len(prompts)))
+    return super().generate(prompts, n=n, seed=seed, **kwargs)
+
+
+def test_a_task_listed_twice_plays_other_samples_at_its_second_listing(monkeypatch):
+  """ACE's batches over several epochs can list one task twice in one call: each listing must draw on its own."""
+  from test_grpo import BanditEnv
+
+  policy = SeedRecorder()
+  episodes = rollout.play_episodes(policy, BanditEnv, ["t0", "t0", "t1"], num_samples=2, max_steps=1,
+                                   sampling=rollout.SamplingParams(), history_length=0, seed=7)
+  assert sorted((e.task_id, e.sample_index) for e in episodes) == [("t0", 0), ("t0", 1), ("t0", 2), ("t0", 3),
+                                                                   ("t1", 0), ("t1", 1)]
+  assert len(policy.seeds) == 1 and len(set(policy.seeds[0])) == 6
+
+
+def test_an_eval_left_unfinished_under_per_call_seeds_is_refused_a_finished_one_reports(tmp_path, monkeypatch):
+  monkeypatch.setitem(registry._REGISTRY, "bandit", "test_grpo:BanditEnv")
+  monkeypatch.setattr(eval_stage, "make_policy", lambda *a, **k: RowSeededPolicy())
+  whole = tmp_path / "whole"
+  eval_stage.run(_bandit_config(), str(tmp_path), str(whole))
+  settings = json.loads((whole / "settings.json").read_text())
+  assert settings.pop("seeding") == "per_prompt"
+  (whole / "settings.json").write_text(json.dumps(settings))  # as the version before the marker wrote it
+  eval_stage.run(_bandit_config(), str(tmp_path), str(whole))  # finished: reports, samples nothing
+  lines = (whole / "outcomes.jsonl").read_text().splitlines()
+  (whole / "outcomes.jsonl").write_text("\n".join(lines[:2]) + "\n")
+  with pytest.raises(ValueError, match=r"\(seeding changed"):
+    eval_stage.run(_bandit_config(), str(tmp_path), str(whole))

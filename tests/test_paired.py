@@ -50,3 +50,9 @@ def test_bad_input_names_the_problem():
     paired.paired_difference({"a": (4, 1)}, {"b": (4, 1)}, 1)
   with pytest.raises(ValueError, match="reference method 'GRPO' is not among"):
     paired.differences({"Base": {"m": BASE}}, ks=(1,), reference="GRPO")
+
+
+def test_a_method_sharing_no_task_with_the_reference_is_left_out():
+  rows = paired.differences({"Base": {"m": BASE}, "LEAFE": {"m": LEAFE}, "Other split": {"m": {"z": (4, 1)}}},
+                            ks=(1,))
+  assert [r.method for r in rows] == ["LEAFE"]

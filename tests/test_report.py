@@ -48,10 +48,12 @@ def test_reference_method_none_leaves_the_differences_out(tmp_path):
   for method, c in [("Base", 1), ("LEAFE", 2)]:
     _write_json(tmp_path / f"eval_{method}" / "results.json",
                 {"method": method, "model": "m", "tasks": {"a": {"n": 2, "c": c}}})
+  report_stage.run(_config(ks=(1,), explore_dir="", records_dir=""), str(tmp_path), str(tmp_path / "report"))
+  assert (tmp_path / "report" / "paired_differences.json").exists()
   report_stage.run(_config(ks=(1,), explore_dir="", records_dir="", reference_method=None), str(tmp_path),
                    str(tmp_path / "report"))
   assert "Difference from" not in (tmp_path / "report" / "report.md").read_text()
-  assert not (tmp_path / "report" / "paired_differences.json").exists()
+  assert not (tmp_path / "report" / "paired_differences.json").exists()  # the first report's is gone too
 
 
 def test_sampler_table_sums_ledger_shards_and_counts_coverage(tmp_path):

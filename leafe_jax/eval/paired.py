@@ -54,7 +54,8 @@ def paired_difference(results: Mapping[str, passk.TaskResult], reference: Mappin
 
 def differences(results: Mapping[str, Mapping[str, Mapping[str, passk.TaskResult]]], ks: Sequence[int],
                 reference: str | None = None) -> list[Difference]:
-  """Each method against `reference` (default: the first method) on every model both were evaluated on;
+  """Each method against `reference` (default: the first method) on every model both were evaluated on and on
+  the tasks both hold (a pair with no task in common, e.g. evals of other splits, is left out);
   results = {method: {model: {task_id: (n, c)}}}, in the table's order."""
   methods = list(results)
   reference = reference or (methods[0] if methods else None)
@@ -65,7 +66,7 @@ def differences(results: Mapping[str, Mapping[str, Mapping[str, passk.TaskResult
     if method == reference:
       continue
     for model, tasks in results[method].items():
-      if model not in results[reference]:
+      if model not in results[reference] or not set(tasks) & set(results[reference][model]):
         continue
       for k in ks:
         mean, se, n = paired_difference(tasks, results[reference][model], k)

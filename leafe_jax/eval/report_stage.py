@@ -128,8 +128,8 @@ def sampler_rows(workdir: str, sampler_dirs) -> list[dict]:
   return rows
 
 
-def _differences_section(rows: list[paired.Difference], stage_dir: str) -> list[str]:
-  with open(os.path.join(stage_dir, "paired_differences.json"), "w") as f:
+def _differences_section(rows: list[paired.Difference], path: str) -> list[str]:
+  with open(path, "w") as f:
     json.dump([{**dataclasses.asdict(r), "interval_95": r.interval_95} for r in rows], f, indent=1)
   if not rows:
     return []
@@ -175,9 +175,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     png = plots.plot_pass_at_k(by_method, os.path.join(stage_dir, "pass_at_k.png"))
     lines += ["## Pass@k on held-out tasks", "", tables.to_markdown(table), ""]
     lines += _cut_short_lines(results)
+    differences_path = os.path.join(stage_dir, "paired_differences.json")
+    if os.path.exists(differences_path):  # an earlier report's, which this one may not replace
+      os.remove(differences_path)
     if cfg.reference_method is not None and len(by_method) > 1:
       lines += _differences_section(paired.differences(by_method, tuple(cfg.ks), cfg.reference_method or None),
-                                    stage_dir)
+                                    differences_path)
     lines += [f"![Pass@k]({os.path.basename(png)})", ""]
   if samplers:
     lines += _samplers_section(samplers, stage_dir)

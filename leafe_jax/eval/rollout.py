@@ -5,8 +5,10 @@ all of them, so a batched sampler sees a full batch. Outcomes feed the unbiased 
 
 Each prompt samples with a seed of its own, a function of (seed, task, sample index, step) only. An episode's
 draws then do not depend on which episodes share its calls: a (task, sample) plays alike at any chunking,
-`max_live` or resume, and two policies evaluated with one seed draw from the same random numbers (common random
-numbers), which makes their paired difference (eval/paired.py) less noisy than independent draws would.
+`max_live` or resume (up to float rounding of the batch a prompt is padded into, which can flip a near-tie), and
+two policies evaluated with one seed draw from the same random numbers (common random numbers), which makes
+their paired difference (eval/paired.py) less noisy than independent draws would. A task listed k times (ACE's
+batches over several epochs) plays samples k·n .. k·n + n - 1 at its k-th listing (from 0), so no two draw alike.
 """
 
 from __future__ import annotations
@@ -127,7 +129,11 @@ def play_episodes(
   `keep_turns` records each turn's prompt and completion on its episode (what RL trains on). `playbook` (ACE)
   is shown in every action prompt.
   """
-  waiting = collections.deque((t, i) for t in task_ids for i in range(num_samples))
+  listed = collections.Counter()
+  waiting = collections.deque()
+  for t in task_ids:  # the k-th listing of a task (from 0) plays its samples k*n .. k*n + n - 1
+    waiting.extend((t, listed[t] * num_samples + i) for i in range(num_samples))
+    listed[t] += 1
   episodes: list[Episode] = []
   live: list[Episode] = []
   tick = 0

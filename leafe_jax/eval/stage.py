@@ -77,6 +77,13 @@ _FREE_FIELDS = ("method", "model_label", "env_workers", "env_step_timeout_s", "p
                 "tasks_per_chunk", "max_live_episodes", "prefill_chunk")
 
 
+# How samples are seeded (eval/rollout.py), recorded with the settings: outcomes written before the marker drew
+# with one seed per policy call, so an eval left unfinished then is refused rather than completed with other
+# random numbers (a finished one still reports, nothing is sampled again).
+SEEDING = "per_prompt"
+_SEEDING_BEFORE_THE_MARKER = "per_call"
+
+
 def sampling_settings(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   """What the outcomes depend on: every field but the free ones, the in-process policy's weights, and the text
   of the ACE playbook every action prompt shows (a re-learned playbook keeps its path)."""
@@ -88,7 +95,7 @@ def sampling_settings(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   if cfg.playbook:
     inputs["playbook_text"] = hashlib.sha256((_playbook_text(resolve_path(cfg.playbook, workdir)) or "").encode()
                                              ).hexdigest()
-  return stage_settings.of_section(cfg, _FREE_FIELDS, **inputs)
+  return stage_settings.of_section(cfg, _FREE_FIELDS, seeding=SEEDING, **inputs)
 
 
 def _playbook_text(path: str) -> str | None:
@@ -144,11 +151,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   if spans:
     distributed.barrier("eval: outcomes repaired")  # then every process reads the same finished chunks
   done = _load_done(outcomes_path)
-  stage_settings.check("eval", stage_dir, sampling_settings(cfg, workdir), has_outputs=bool(done), write=primary,
-                       what="outcomes")
   # A task's samples draw from seeds of their own (eval/rollout.py), so only the missing tasks are played, in
   # chunks of any size, and they play as in an uninterrupted run.
   missing = [t for t in task_ids if t not in done]
+  unrecorded_seeding = _SEEDING_BEFORE_THE_MARKER if missing else SEEDING
+  stage_settings.check("eval", stage_dir, sampling_settings(cfg, workdir), has_outputs=bool(done), write=primary,
+                       what="outcomes", added_fields={"seeding": unrecorded_seeding})
   todo = [missing[i : i + cfg.tasks_per_chunk] for i in range(0, len(missing), cfg.tasks_per_chunk)]
   logging.info("eval %s: %d tasks, %d done, n=%d", cfg.method, len(task_ids), len(done), cfg.num_samples)
   if todo:
