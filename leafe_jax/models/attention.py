@@ -152,6 +152,12 @@ def _blocks(t: int, block: int):
   return [(start, min(start + block, t)) for start in range(0, t, block)]
 
 
+def _row_block_mask(mask: Mask, start: int, end: int, g: int) -> jax.Array:
+  """One row's queries [start, end) against keys [0, end), each query's row repeated for its g group heads:
+  bool [(end - start)·G, end], the U axis of the row loop."""
+  return jnp.repeat(mask.slice(start, end, end).dense()[0], g, axis=0)
+
+
 def _row_forward(q_KxUxH, k_KxTxH, v_KxTxH, mask: Mask, block, dtype):
   """One row: output [K, T·G, H] and each query's score maximum and softmax denominator, [K, T·G] each.
 
@@ -162,7 +168,7 @@ def _row_forward(q_KxUxH, k_KxTxH, v_KxTxH, mask: Mask, block, dtype):
   g = q_KxUxH.shape[1] // t
   outs, maxes, sums = [], [], []
   for start, end in _blocks(t, block):
-    mask_UxS = jnp.repeat(mask.slice(start, end, end).dense()[0], g, axis=0)
+    mask_UxS = _row_block_mask(mask, start, end, g)
     scores_KxUxS = _block_scores(q_KxUxH[:, start * g:end * g], k_KxTxH[:, :end], mask_UxS)
     max_KxUx1 = jnp.max(scores_KxUxS, axis=-1, keepdims=True)
     unnorm_KxUxS = jnp.exp(scores_KxUxS - max_KxUx1)
@@ -188,7 +194,7 @@ def _row_backward(q_KxUxH, k_KxTxH, v_KxTxH, mask: Mask, out_KxUxH, normaliser, 
   dv_KxTxH = jnp.zeros(v_KxTxH.shape, jnp.float32)
   for start, end in _blocks(t, block):
     u0, u1 = start * g, end * g
-    mask_UxS = jnp.repeat(mask.slice(start, end, end).dense()[0], g, axis=0)
+    mask_UxS = _row_block_mask(mask, start, end, g)
     q_blk, dout_blk = q_KxUxH[:, u0:u1], dout_KxUxH[:, u0:u1].astype(dtype)
     scores_KxUxS = _block_scores(q_blk, k_KxTxH[:, :end], mask_UxS)
     probs_KxUxS = jnp.exp(scores_KxUxS - max_KxU[:, u0:u1, None]) / sum_KxU[:, u0:u1, None]
