@@ -65,6 +65,24 @@ def test_a_branch_quoting_its_experience_is_no_cf_record_and_does_not_use_the_ca
   assert _cf(tree, max_cf_per_task=1) == [(3, 2, "<action>d2</action>")]
 
 
+def test_a_child_whose_history_holds_its_ancestors_experience_is_no_cf_record():
+  # The parent's a'_2 was an unparsed raw response quoting e1, executed and so shown in the child's clean history:
+  # checking only the child's own e2 kept that record, with e1 in its tokens.
+  tree = _chain(child_tau=3)
+  tree.nodes[2].turns[0].clean_messages[0]["content"] += "\n[Step 2 action]: OK,  I should E1 first"
+  assert _cf(tree) == [(1, 2, "<action>b2</action>")]
+
+
+def test_rehearsal_leaves_out_the_turns_that_quote_an_experience_of_their_path():
+  root = _node(0, None, 0, None, ["a1", "a2"], "failure")
+  branch = _node(1, 0, 1, 2, ["b2", "b3"], "success", experience="go  down")
+  branch.turns[0].response = "<think>advice: Go down</think><action>b2</action>"
+  examples = build_examples([Tree("t", "toy", "do it", [root, branch])], max_cf_per_task=3, reh_fraction=1.0,
+                            reh_weight=0.5, seed=0)
+  assert [(e.kind, e.step, e.response) for e in examples] == [
+      ("reh", 1, "<action>a1</action>"), ("reh", 3, "<action>b3</action>")]
+
+
 def test_an_independent_restart_rehearses_its_own_turns_only():
   root = _node(0, None, 0, None, ["a1", "a2"], "failure")
   restart = _node(1, 0, 0, None, ["r1", "r2"], "success")  # IS: a fresh attempt, parent set, no tau

@@ -34,9 +34,9 @@ def test_an_epoch_reads_every_folder_once_whatever_its_records_lengths(tmp_path)
   # count would read the short folder 2.6 times and the long one 0.6 times per epoch.
   short, long = _folder(tmp_path / "short", 4, 1000), _folder(tmp_path / "long", 16, 2000)
   feed = _feed([short, long])
-  assert feed.folder_batches_per_epoch() == [5, 20] and feed.batches_per_epoch() == 25
+  assert feed.folder_rows_per_epoch() == [10, 40] and feed.steps_for_epochs(1) == 25
   seen = collections.Counter()
-  for _ in range(feed.batches_per_epoch()):
+  for _ in range(feed.steps_for_epochs(1)):
     batch = feed.next()
     ids = batch["input_ids_BxT"][batch["loss_mask_BxT"] > 0]
     seen.update(int(t) for t in ids)
@@ -107,22 +107,50 @@ def _mixed_length_folder(path, n=36, seq_len=64, seed=0):
 @pytest.mark.parametrize("batch_size", [2, 4])
 def test_the_first_epoch_of_the_feed_reads_no_record_twice(tmp_path, batch_size):
   # A small records folder (fewer records than a packing window, as the demo's): the trainer's stream repeats
-  # forever, and train.num_epochs x batches_per_epoch() steps are meant to be that many passes over the records.
+  # forever; its first whole batches are the one-epoch stream, with no record twice.
   folder = _mixed_length_folder(tmp_path / "records")
   feed = TrainFeed([folder], seq_len=64, batch_size=batch_size, pack=True, seed=0, kinds=None, process_index=0,
                    process_count=1, expected_tokenizer=FP)
-  epoch = feed.batches_per_epoch()
-  stream = [feed.next() for _ in range(epoch)]
+  one_epoch = list(pipeline.build_dataset(pipeline.scan(folder, 64), 64, batch_size, seed=0,
+                                          num_epochs=1).as_numpy_iterator())
+  stream = [feed.next() for _ in range(len(one_epoch))]
   seen = collections.Counter()
   for batch in stream:
     ids = batch["input_ids_BxT"]
     seen.update(int(x) for x in ids[ids >= 1000])
   twice = sorted(i - 1000 for i, count in seen.items() if count > 1)
-  assert not twice, f"records {twice} are read more than once in the first epoch ({epoch} batches)"
-  # The endless stream's first epoch is the one-epoch stream batches_per_epoch() counted.
-  one_epoch = list(pipeline.build_dataset(pipeline.scan(folder, 64), 64, batch_size, seed=0,
-                                          num_epochs=1).as_numpy_iterator())
-  assert len(one_epoch) == epoch
+  assert not twice, f"records {twice} are read more than once in the first epoch ({len(one_epoch)} batches)"
   for got, want in zip(stream, one_epoch, strict=True):
     for key in pipeline.BATCH_KEYS:
       np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("batch_size,num_epochs", [(4, 1), (4, 3), (8, 2), (64, 1)])
+def test_the_steps_for_some_epochs_train_every_record_that_many_times(tmp_path, batch_size, num_epochs):
+  # Rounding the epoch's rows down to whole batches left the last rows of a small folder unread (a batch larger
+  # than the folder trained on nothing at all); rounded up, the last batch takes the next pass's first rows.
+  folder = _mixed_length_folder(tmp_path / "records")
+  feed = TrainFeed([folder], seq_len=64, batch_size=batch_size, pack=True, seed=0, kinds=None, process_index=0,
+                   process_count=1, expected_tokenizer=FP)
+  rows = feed.folder_rows_per_epoch()[0]
+  steps = feed.steps_for_epochs(num_epochs)
+  assert steps == -(-rows * num_epochs // batch_size)
+  seen = collections.Counter({1000 + i: 0 for i in range(36)})
+  for _ in range(steps):
+    ids = feed.next()["input_ids_BxT"]
+    seen.update(int(x) for x in ids[ids >= 1000])
+  assert min(seen.values()) >= num_epochs, f"records trained fewer than {num_epochs} times: {seen}"
+  assert max(seen.values()) <= num_epochs + -(-batch_size // rows), seen
+
+
+def test_two_folders_are_each_covered_for_the_epochs_asked(tmp_path):
+  short, long = _folder(tmp_path / "short", 4, 1000, n=9), _folder(tmp_path / "long", 16, 2000, n=5)
+  feed = TrainFeed([short, long], seq_len=SEQ_LEN, batch_size=4, pack=True, seed=1, kinds=None, process_index=0,
+                   process_count=1, expected_tokenizer=FP)
+  assert feed.folder_rows_per_epoch() == [3, 5]
+  seen = collections.Counter({i: 0 for i in [*range(1000, 1009), *range(2000, 2005)]})
+  for _ in range(feed.steps_for_epochs(2)):  # ceil(6 / 4) + ceil(10 / 4) = 5
+    batch = feed.next()
+    seen.update(int(t) for t in batch["input_ids_BxT"][batch["loss_mask_BxT"] > 0])
+  assert feed.steps_for_epochs(2) == 5 and min(seen.values()) >= 2, seen
+

@@ -167,17 +167,28 @@ def test_baseline_stages_check_their_values_in_plan():
         ("explore", "method", "bfs", "explore.method 'bfs' not in"),
         ("eval", "ks", (1, 4096), "has k > eval.num_samples"),
         ("eval", "env_workers", -1, "eval.env_workers' must be >= 0"),
+        ("distill", "max_cf_per_task", -1, "distill.max_cf_per_task' must be >= 0"),
+        ("distill", "reh_fraction", 1.5, r"distill.reh_fraction' must be in \[0, 1\]"),
+        ("train", "lr", -1e-6, "train.lr' must be > 0"),
+        ("train", "adam_b2", 1.5, r"train.adam_b2' must be in \[0, 1\)"),
+        ("train", "clip_norm", -1.0, "train.clip_norm' must be >= 0"),
+        ("train", "warmup_steps", -5, "train.warmup_steps' must be >= 0"),
+        ("train", "seq_len", 1, "train.seq_len' must be >= 2"),
+        ("train", "num_steps", -3, "train.num_steps' must be >= 0"),
     ],
 )
 def test_explore_and_eval_values_are_checked_in_plan(section, field, value, message):
-  # A bad eval value used to surface only after explore and train had run.
+  # A bad eval value used to surface only after explore and train had run (a bad distill value after explore;
+  # a negative lr or clip_norm was accepted and trained).
   from leafe_jax.eval import stage as eval_stage
+  from leafe_jax.explore import distill_stage
   from leafe_jax.explore import stage as explore_stage
 
   config = _config()
   with config.unlocked():
-    config.stages = ("explore", "train", "eval")
+    config.stages = ("explore", "distill", "train", "eval")
     config.explore = explore_stage.default_config()
+    config.distill = distill_stage.default_config()
     config.eval = eval_stage.default_config()
   main.plan(config)
   config[section][field] = value

@@ -52,6 +52,8 @@ def test_writer_fills_missing_fingerprint_and_refuses_another(tmp_path):
     ({"loss_mask": [0, 1]}, "loss_mask"),
     ({"loss_mask": [0, 2, 1]}, "loss_mask"),
     ({"loss_mask": [0, 0, 0]}, "loss_mask"),
+    ({"loss_mask": [0, 0.6, 1]}, "loss_mask"),  # int() truncated it to 0: a target silently dropped
+    ({"loss_mask": [0, 1.9, 1]}, "loss_mask"),
     ({"input_ids": [], "loss_mask": []}, "input_ids"),
     ({"input_ids": [1, -3, 2]}, "input_ids"),
     ({"kind": "grpo"}, "kind"),

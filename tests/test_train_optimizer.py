@@ -63,6 +63,8 @@ def test_mfu_peak_table_and_cpu_is_not_applicable():
   assert metrics.peak_flops("cpu") is None
   line = metrics.progress_line(3, 10, {"loss": 1.25, "lr": 1e-6, "tokens_per_s": 1000.0})
   assert "MFU n/a" in line and "loss 1.2500" in line
+  # A window of only the run's first step (compilation, a resume's data skip) reports no throughput.
+  assert "tokens/s n/a MFU n/a" in metrics.progress_line(1, 10, {"loss": 1.25, "lr": 1e-6})
 
 
 def test_flops_per_token_count_the_matmul_weights_the_head_where_it_runs_and_attention():

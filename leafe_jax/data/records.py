@@ -107,9 +107,10 @@ class CorrectionRecord:
           raise RecordError(f"{where}: field 'input_ids'[{t}] is {tok!r}, not an integer")
         if not 0 <= int(tok) <= _MAX_TOKEN_ID:
           raise RecordError(f"{where}: field 'input_ids'[{t}] = {int(tok)} is outside [0, {_MAX_TOKEN_ID}]")
-    mask_values = set(map(int, self.loss_mask))
+    # Compared by value, not by int(): int() truncated 0.6 to 0 (a target silently dropped) and 1.9 to 1.
+    mask_values = set(self.loss_mask)
     if not mask_values <= {0, 1}:
-      bad = next(t for t, m in enumerate(self.loss_mask) if int(m) not in (0, 1))
+      bad = next(t for t, m in enumerate(self.loss_mask) if m not in (0, 1))
       raise RecordError(f"{where}: field 'loss_mask'[{bad}] = {self.loss_mask[bad]!r}; must be 0 or 1")
     if 1 not in mask_values:
       raise RecordError(f"{where}: field 'loss_mask' marks no target token")

@@ -4,9 +4,11 @@ D_cf: for each branch whose revised action a'_tau lies on a successful trajector
 descendant's that branched after tau and so replayed a'_tau: Algorithm 1 marks every branch on a successful path),
 a'_tau as the target of the history h_tau WITHOUT the experience e (the prompt the policy sees at test time), at
 most `max_cf_per_task` per task, shallowest branches first (paper: 3 per task); an unparsable a'_tau is skipped,
-and so is one whose response or clean prompt quotes e (no cf record's tokens hold the experience text).
+and so is one whose response or clean prompt quotes e or an ancestor branch's e (no cf record's tokens hold an
+experience text).
 D_reh: every agent turn (with a parsed action) of a random `reh_fraction` of successful rollouts, branched ones
-included (paper: 20%), weight beta; their prompts carry no experience either.
+included (paper: 20%), weight beta; their prompts carry no experience either, and a turn that quotes an
+experience of its path is left out as in D_cf.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 
 from absl import logging
 
-from leafe_jax.explore.tree import Node, Tree
+from leafe_jax.explore.tree import Node, Tree, Turn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,15 +42,27 @@ def successful_branches(tree: Tree) -> list[Node]:
           and id(n.turns[0]) in on_success_path]
 
 
-def quotes_experience(node: Node) -> bool:
-  """Whether a branch's first turn carries its experience e verbatim (case aside) in the response (a model
-  quoting its advice while reasoning) or in the clean prompt (an earlier raw, unparsed response in the history)."""
-  experience = (node.experience or "").strip().lower()
-  if not experience or not node.turns:
-    return False
-  turn = node.turns[0]
-  return experience in turn.response.lower() or any(experience in str(m.get("content", "")).lower()
-                                                     for m in turn.clean_messages)
+def _normalised(text: str) -> str:
+  return " ".join(text.split()).lower()
+
+
+def path_experiences(tree: Tree, node: Node) -> list[str]:
+  """The experiences e of `node` and of every ancestor: each was in the prompt of some turn on node's path."""
+  found = []
+  while node is not None:
+    if node.experience and node.experience.strip():
+      found.append(_normalised(node.experience))
+    node = tree.nodes[node.parent] if node.parent is not None else None
+  return found
+
+
+def quotes_experience(turn: Turn, experiences: Sequence[str]) -> bool:
+  """Whether a turn's response or clean prompt holds one of `experiences` (case and spacing aside): a model
+  quoting its advice while reasoning, or an earlier raw, unparsed response carried into the history. Such a turn
+  would teach the advice itself under a prompt without it; an ancestor's e counts too, since a branch's history
+  replays its ancestors' branch turns."""
+  texts = [turn.response] + [str(m.get("content", "")) for m in turn.clean_messages]
+  return any(e in _normalised(text) for text in texts for e in experiences)
 
 
 def build_examples(trees: Sequence[Tree], *, max_cf_per_task: int, reh_fraction: float, reh_weight: float,
@@ -63,7 +77,7 @@ def build_examples(trees: Sequence[Tree], *, max_cf_per_task: int, reh_fraction:
   quoting = 0
   for tree in trees:
     successful = successful_branches(tree)
-    branches = [n for n in successful if not quotes_experience(n)]
+    branches = [n for n in successful if not quotes_experience(n.turns[0], path_experiences(tree, n))]
     quoting += len(successful) - len(branches)
     for node in sorted(branches, key=lambda n: (n.depth, n.node_id))[:max_cf_per_task]:
       turn = node.turns[0]
@@ -75,9 +89,18 @@ def build_examples(trees: Sequence[Tree], *, max_cf_per_task: int, reh_fraction:
   successes = [(tree, node) for tree in trees for node in tree.nodes if node.outcome == "success"]
   rng = random.Random(seed)
   chosen = rng.sample(successes, round(reh_fraction * len(successes)))
+  quoting = 0
   for tree, node in sorted(chosen, key=lambda tn: (tn[0].task_id, tn[1].node_id)):
+    experiences = path_experiences(tree, node)
     for turn in tree.path_turns(node):
-      if turn.action:
-        examples.append(Example("reh", tree.task_id, node.node_id, turn.step, turn.clean_messages, turn.response,
-                                "", reh_weight))
+      if not turn.action:
+        continue
+      if quotes_experience(turn, experiences):
+        quoting += 1
+        continue
+      examples.append(Example("reh", tree.task_id, node.node_id, turn.step, turn.clean_messages, turn.response,
+                              "", reh_weight))
+  if quoting:
+    logging.warning("distill: %d turns of rehearsed rollouts left out of D_reh: their response or clean prompt "
+                    "quotes an experience e of their path", quoting)
   return examples

@@ -41,6 +41,18 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Value checks of a distill section that need no files (`main.plan` runs them before any stage starts)."""
+  if cfg.max_cf_per_task < 0:
+    raise ValueError(f"config field 'distill.max_cf_per_task' must be >= 0, got {cfg.max_cf_per_task}")
+  if not 0 <= cfg.reh_fraction <= 1:
+    raise ValueError(f"config field 'distill.reh_fraction' must be in [0, 1], got {cfg.reh_fraction}")
+  if cfg.reh_weight < 0:
+    raise ValueError(f"config field 'distill.reh_weight' must be >= 0, got {cfg.reh_weight}")
+  if cfg.shard_size < 1:
+    raise ValueError(f"config field 'distill.shard_size' must be >= 1, got {cfg.shard_size}")
+
+
 def load_finished_trees(tree_dir: str, files: list[str], allow_unfinished: bool = False) -> list:
   """The trees of `files`; unless `allow_unfinished`, only if each `shard-<i>-of-<n>.jsonl` shard has finished.
 

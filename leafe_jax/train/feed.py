@@ -2,10 +2,15 @@
 resumable position.
 
 Each folder is a `data.pipeline.DataIterator` (deterministic, infinite, resumable by batch count). With several
-folders, batch n comes from the folder whose share of batches so far lags its share of an epoch's batches the
-most (a deterministic interleave, so the state is just each folder's iterator state). The shares are batches,
-not records: packed rows hold many short records or few long ones, so record shares would read a folder of short
+folders, batch n comes from the folder whose share of batches so far lags its share of an epoch's rows the
+most (a deterministic interleave, so the state is just each folder's iterator state). The shares are packed
+rows, not records: rows hold many short records or few long ones, so record shares would read a folder of short
 records several times per epoch and leave one of long records unfinished.
+
+`steps_for_epochs(E)` rounds each folder's E passes up to whole batches: the stream is endless and rows left at
+an epoch's end start the next batch, so every record is trained on at least E times (a few of the next pass's
+rows fill the last batch). Rounding down instead left up to a batch of rows per folder unread, which in a
+records folder of a few dozen rows (the demo's stage 2) is a sizeable share of its corrections.
 """
 
 from __future__ import annotations
@@ -48,36 +53,35 @@ class TrainFeed:
     ]
     # Scans (validates) every folder now: bad records fail before any device work.
     self.num_records = sum(iterator.host.num_records for iterator in self._iterators)
-    self._epoch_batches: list[int] | None = None  # per folder, counted on first use (reads the data once)
+    self._epoch_rows: list[int] | None = None  # per folder, counted on first use (reads the data once)
     self._share = np.ones(1) if len(self._iterators) == 1 else None
     self._taken = np.zeros(len(self._iterators), np.int64)
 
   def next(self) -> dict[str, np.ndarray]:
     if self._share is None:
-      counts = np.array(self.folder_batches_per_epoch(), np.float64)
+      counts = np.array(self.folder_rows_per_epoch(), np.float64)
       self._share = counts / counts.sum()
     n = self._taken.sum() + 1
     source = int(np.argmax(n * self._share - self._taken))
     self._taken[source] += 1
     return next(self._iterators[source])
 
-  def folder_batches_per_epoch(self) -> list[int]:
-    """Full batches of one pass over each folder's records, in its first epoch's order (reads the data once)."""
-    if self._epoch_batches is None:
+  def folder_rows_per_epoch(self) -> list[int]:
+    """Packed (or padded) rows of one pass over each folder's records, in its first epoch's order (reads the data
+    once). Every folder has a row: `scan` refuses one without records of the trained kinds."""
+    if self._epoch_rows is None:
       kwargs = {k: v for k, v in self._kwargs.items()
-                if k not in ("expected_tokenizer", "process_index", "process_count")}
-      self._epoch_batches = [
-          sum(1 for _ in pipeline.build_dataset(it.host, seed=seed, num_epochs=1, **kwargs).as_numpy_iterator())
+                if k not in ("expected_tokenizer", "process_index", "process_count", "batch_size")}
+      self._epoch_rows = [
+          sum(1 for _ in pipeline.build_dataset(it.host, batch_size=1, seed=seed, num_epochs=1,
+                                                **kwargs).as_numpy_iterator())
           for it, seed in zip(self._iterators, self._seeds)]
-      empty = [f for f, n in zip(self._folders, self._epoch_batches) if n == 0]
-      if empty and len(self._folders) > 1:
-        raise ValueError(f"train: records folders {empty} give no full batch per epoch; lower train.batch_size "
-                         "or add records")
-    return self._epoch_batches
+    return self._epoch_rows
 
-  def batches_per_epoch(self) -> int:
-    """Full batches in one pass over every folder's records (reads the data once)."""
-    return sum(self.folder_batches_per_epoch())
+  def steps_for_epochs(self, num_epochs: int) -> int:
+    """Batches that cover `num_epochs` passes over every folder's rows, each folder rounded up to a whole batch."""
+    batch = self._kwargs["batch_size"]
+    return sum(-(-rows * num_epochs // batch) for rows in self.folder_rows_per_epoch())
 
   def state(self) -> dict[str, Any]:
     return {"folders": list(self._folders), "iterators": [it.state() for it in self._iterators]}

@@ -121,7 +121,12 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     # only as it plays, so the learning rate would stop wherever the budget ran out.
     fail("schedule", "cannot be cosine with an interaction budget (env_step_budget or budget_from_ledger): the "
          "budget, not num_iterations, ends the run; use constant")
+  if cfg.temperature < 0:
+    fail("temperature", "must be >= 0 (0 = greedy)")
+  if not 0 < cfg.top_p <= 1:
+    fail("top_p", "must be in (0, 1]")
   train_stage.check_model_fields(cfg, fail)
+  train_stage.check_optimizer_fields(cfg, fail)
 
 
 def episode_turns(episodes, tokenizer, invalid_action_penalty: float):

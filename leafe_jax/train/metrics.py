@@ -105,8 +105,13 @@ def progress_line(step: int, total_steps: int, scalars: Mapping[str, float]) -> 
   )
   return (
       f"step {step}/{total_steps} loss {scalars['loss']:.4f}{per_kind} lr {scalars.get('lr', float('nan')):.3g} "
-      f"tokens/s {scalars['tokens_per_s']:.0f} MFU {mfu_text}"
+      f"tokens/s {_rate(scalars.get('tokens_per_s'))} MFU {mfu_text}"
   )
+
+
+def _rate(tokens_per_s: float | None) -> str:
+  # None: the window held only the run's first step, whose time is mostly compilation (not a throughput).
+  return "n/a" if tokens_per_s is None else f"{tokens_per_s:.0f}"
 
 
 def log_progress(step: int, total_steps: int, scalars: Mapping[str, float]) -> None:

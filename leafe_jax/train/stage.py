@@ -117,6 +117,21 @@ def check_model_fields(config: ml_collections.ConfigDict, fail: Callable[[str, s
     fail("attention_impl", f"must be empty or one of {model_config.ATTENTION_IMPLS}")
 
 
+def check_optimizer_fields(config: ml_collections.ConfigDict, fail: Callable[[str, str], None]) -> None:
+  """Value checks of the AdamW and schedule fields a train and a grpo section share (a negative lr would ascend,
+  a negative clip_norm silently turn clipping off)."""
+  if not config.lr > 0:
+    fail("lr", "must be > 0")
+  for field in ("warmup_steps", "weight_decay", "clip_norm"):
+    if config[field] < 0:
+      fail(field, "must be >= 0")
+  for field in ("adam_b1", "adam_b2"):
+    if not 0 <= config[field] < 1:
+      fail(field, "must be in [0, 1)")
+  if not config.adam_eps > 0:
+    fail("adam_eps", "must be > 0")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Value checks (types are checked by config_schema before any work): fail before loading anything."""
   from leafe_jax.data import records
@@ -127,6 +142,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config field 'train.{field}' {why} (value {config[field]!r})")
 
   check_model_fields(config, fail)
+  check_optimizer_fields(config, fail)
   if not config.records:
     fail("records", "must name at least one records folder")
   unknown = [k for k in config.kinds if k not in records.KINDS]
@@ -136,9 +152,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     fail("loss_normalization", f"must be one of {loss_lib.NORMALIZATIONS}")
   if config.schedule not in optimizer.SCHEDULES:
     fail("schedule", f"must be one of {optimizer.SCHEDULES}")
-  for field in ("batch_size", "micro_batches", "seq_len", "checkpoint_every", "keep", "log_every"):
+  for field in ("batch_size", "micro_batches", "checkpoint_every", "keep", "log_every"):
     if config[field] < 1:
       fail(field, "must be >= 1")
+  if config.seq_len < 2:
+    fail("seq_len", "must be >= 2 (a row predicts its tokens from the ones before)")
+  if config.num_steps < 0:
+    fail("num_steps", "must be >= 0 (0 = train num_epochs passes)")
   if config.batch_size % config.micro_batches:
     fail("micro_batches", f"must divide batch_size={config.batch_size}")
   if config.num_steps <= 0 and config.num_epochs <= 0:
@@ -227,7 +247,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
       process_count=process_count,
       expected_tokenizer=fingerprint,
   )
-  total_steps = cfg.num_steps if cfg.num_steps > 0 else _epoch_steps(data) * cfg.num_epochs
+  total_steps = cfg.num_steps if cfg.num_steps > 0 else _steps_for_epochs(data, cfg.num_epochs)
 
   mesh = parallel.make_mesh(resolve_mesh_shape(tuple(cfg.mesh), jax.device_count()))
   distributed.check_batch_layout(mesh, cfg.batch_size)
@@ -280,6 +300,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                cfg.seq_len, dict(mesh.shape))
   widest = distributed.HostMax("train/targets_per_row")
   pending, fractions, window_start = [], [], time.perf_counter()  # fractions: of positions with logits, per step
+  # The run's first step compiles the program (and a resumed run has just skipped its data position): it is left
+  # out of the first window's tokens/s and MFU, which are timed from its end.
+  untimed = 1
   trained = step < total_steps
   bar = tqdm(total=total_steps, initial=step, desc=f"train {os.path.basename(stage_dir)}", unit="step",
              disable=process_index != 0)
@@ -291,16 +314,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
     fractions.append(local[loss_lib.TARGET_INDEX].shape[1] / cfg.seq_len)
     step += 1
     bar.update(1)
+    if untimed and len(pending) == 1:
+      jax.block_until_ready(step_metrics)
+      window_start = time.perf_counter()
     if step % cfg.log_every == 0 or step == total_steps:
       pending = jax.device_get(pending)
       scalars = _reduce(pending, records.KINDS)
-      tokens = sum(int(m["real_tokens"]) for m in pending)
-      elapsed = time.perf_counter() - window_start
-      scalars["tokens_per_s"] = tokens / elapsed
-      if peak is not None:
-        flops = sum(int(m["real_tokens"]) * metrics.train_flops_per_token(num_params, model.config, cfg.seq_len, f)
-                    for m, f in zip(pending, fractions))
-        scalars["mfu"] = flops / elapsed / (peak * jax.device_count())
+      timed = list(zip(pending, fractions))[untimed:]
+      if timed:
+        elapsed = time.perf_counter() - window_start
+        scalars["tokens_per_s"] = sum(int(m["real_tokens"]) for m, _ in timed) / elapsed
+        if peak is not None:
+          flops = sum(int(m["real_tokens"]) * metrics.train_flops_per_token(num_params, model.config, cfg.seq_len,
+                                                                             f) for m, f in timed)
+          scalars["mfu"] = flops / elapsed / (peak * jax.device_count())
+      untimed = 0
       writer.write(step, scalars)
       bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
       if process_index == 0:
@@ -327,16 +355,15 @@ def _target_index(local: dict[str, np.ndarray], cfg: ml_collections.ConfigDict,
   return targets.target_index(local, targets.index_width(most, cfg.seq_len, tuple(cfg.logits_fractions)))
 
 
-def _epoch_steps(data: Any) -> int:
-  """Optimizer steps in one epoch (the same on every process: the minimum over processes)."""
+def _steps_for_epochs(data: Any, num_epochs: int) -> int:
+  """Optimizer steps that cover `num_epochs` passes over every process's records (the same on every process:
+  the maximum over processes; one with fewer rows reads into its next pass, as every process does at the end)."""
   import jax
   from jax.experimental import multihost_utils
 
-  steps = data.batches_per_epoch()
+  steps = data.steps_for_epochs(num_epochs)
   if jax.process_count() > 1:
-    steps = int(np.min(multihost_utils.process_allgather(np.asarray(steps))))
-  if steps < 1:
-    raise ValueError("train: the records give no full batch per epoch; lower train.batch_size or add records")
+    steps = int(np.max(multihost_utils.process_allgather(np.asarray(steps))))
   return steps
 
 
