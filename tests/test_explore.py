@@ -617,6 +617,19 @@ def test_a_spent_budget_cannot_grow_on_resume_but_an_unspent_one_can(tmp_path):
   assert len(list(load_trees(str(tmp_path / "unspent" / "trees" / "shard-0-of-1.jsonl")))) == 6
 
 
+def test_a_smaller_task_list_than_the_trees_is_refused(tmp_path):
+  # The ledger counted the earlier run's extra trees against the new num_tasks (found by a review helper).
+  def run(num_tasks):
+    config = explore_config()
+    config.explore.num_tasks = num_tasks
+    explore_stage.run_with_policy(config, str(tmp_path), ScriptedPolicy(_stable_action))
+
+  run(4)
+  with pytest.raises(ValueError, match=r"holds trees of 2 tasks outside this run's 2"):
+    run(2)
+  run(4)  # the same count resumes (nothing left to do)
+
+
 def test_another_shard_count_in_the_stage_dir_is_refused(tmp_path):
   # Shards of another count read other tree files: every task was explored again beside its first tree, and
   # distill read both (found by a review helper). Another index of the same count is placement: free.

@@ -145,6 +145,13 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   for tree in tree_lib.read_trees(tree_path):  # as the primary's store left it, on every process
     done[tree.task_id] = tree
     ledger.load_task_counts({tree.task_id: tree.ledger})
+  # num_tasks is free to grow (the first tasks are a prefix); shrunk, the ledger would count trees outside the run
+  # (coverage over 100%, a GRPO budget read from tasks it does not train on) and distill would read them.
+  outside = sorted(set(done) - set(tasks))
+  if outside:
+    raise ValueError(f"explore: {tree_path} holds trees of {len(outside)} tasks outside this run's "
+                     f"{len(tasks)} (e.g. {outside[0]!r}; explore.num_tasks={cfg.num_tasks} is smaller than the "
+                     "run that explored them): keep num_tasks at least as large, or move that folder away")
   # Any shard's trees count: hosts of one stage dir explore with one set of settings.
   tree_files = [f for f in glob.glob(os.path.join(stage_dir, "trees", "*.jsonl")) if os.path.getsize(f)]
   recorded = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
