@@ -304,7 +304,7 @@ def test_micro_batches_give_the_update_of_the_whole_minibatch_in_one_pass(tmp_pa
     ("schedule", "cosine", "grpo.schedule' cannot be cosine with an interaction budget"),
     ("temperature", -1.0, "grpo.temperature' must be >= 0"),
     ("top_p", 1.7, r"grpo.top_p' must be in \(0, 1\]"),
-    ("lr", -1e-6, "grpo.lr' must be > 0"),
+    ("lr", -1e-6, "grpo.lr' must be >= 0"),
 ])
 def test_bad_values_are_refused_before_any_work(tmp_path, field, value, message):
   config = _grpo_config(tmp_path, **{field: value}, env_step_budget=100)

@@ -169,7 +169,7 @@ def test_baseline_stages_check_their_values_in_plan():
         ("eval", "env_workers", -1, "eval.env_workers' must be >= 0"),
         ("distill", "max_cf_per_task", -1, "distill.max_cf_per_task' must be >= 0"),
         ("distill", "reh_fraction", 1.5, r"distill.reh_fraction' must be in \[0, 1\]"),
-        ("train", "lr", -1e-6, "train.lr' must be > 0"),
+        ("train", "lr", -1e-6, "train.lr' must be >= 0"),
         ("train", "adam_b2", 1.5, r"train.adam_b2' must be in \[0, 1\)"),
         ("train", "clip_norm", -1.0, "train.clip_norm' must be >= 0"),
         ("train", "warmup_steps", -5, "train.warmup_steps' must be >= 0"),

@@ -120,8 +120,8 @@ def check_model_fields(config: ml_collections.ConfigDict, fail: Callable[[str, s
 def check_optimizer_fields(config: ml_collections.ConfigDict, fail: Callable[[str, str], None]) -> None:
   """Value checks of the AdamW and schedule fields a train and a grpo section share (a negative lr would ascend,
   a negative clip_norm silently turn clipping off)."""
-  if not config.lr > 0:
-    fail("lr", "must be > 0")
+  if config.lr < 0:  # 0 is allowed: a run that only re-exports its init
+    fail("lr", "must be >= 0")
   for field in ("warmup_steps", "weight_decay", "clip_norm"):
     if config[field] < 0:
       fail(field, "must be >= 0")
