@@ -145,13 +145,6 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
   for tree in tree_lib.read_trees(tree_path):  # as the primary's store left it, on every process
     done[tree.task_id] = tree
     ledger.load_task_counts({tree.task_id: tree.ledger})
-  # num_tasks is free to grow (the first tasks are a prefix); shrunk, the ledger would count trees outside the run
-  # (coverage over 100%, a GRPO budget read from tasks it does not train on) and distill would read them.
-  outside = sorted(set(done) - set(tasks))
-  if outside:
-    raise ValueError(f"explore: {tree_path} holds trees of {len(outside)} tasks outside this run's "
-                     f"{len(tasks)} (e.g. {outside[0]!r}; explore.num_tasks={cfg.num_tasks} is smaller than the "
-                     "run that explored them): keep num_tasks at least as large, or move that folder away")
   # Any shard's trees count: hosts of one stage dir explore with one set of settings.
   tree_files = [f for f in glob.glob(os.path.join(stage_dir, "trees", "*.jsonl")) if os.path.getsize(f)]
   recorded = stage_settings.of_section(cfg, _FREE_FIELDS, policy_weights=policy_weights)
@@ -164,6 +157,13 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
       raise ValueError(f"explore: {path} holds trees of {match.group(2)} shards, but explore.shard is {cfg.shard!r} "
                        f"(shard count changed): keep the shard count of the stage dir's trees, or move that folder "
                        "away to explore again")
+  # num_tasks is free to grow (the first tasks are a prefix); shrunk, the ledger would count trees outside the run
+  # (coverage over 100%, a GRPO budget read from tasks it does not train on) and distill would read them.
+  outside = sorted(set(done) - set(tasks))
+  if outside:
+    raise ValueError(f"explore: {tree_path} holds trees of {len(outside)} tasks outside this run's "
+                     f"{len(tasks)} (e.g. {outside[0]!r}; explore.num_tasks={cfg.num_tasks} is smaller than the "
+                     "run that explored them): keep num_tasks at least as large, or move that folder away")
   todo = [t for t in tasks if t not in done]
   logging.info("explore: %d tasks in shard %s, %d already done", len(tasks), cfg.shard, len(done))
   ledger_path = os.path.join(stage_dir, ledger_lib.ledger_name(index, count))
