@@ -165,6 +165,60 @@ def test_uneven_shards_split_into_host_shares_one_record_apart(tmp_path, count):
   assert all(len(h.files) <= 2 for h in hosts)
 
 
+def _cf_then_reh_folder(path, num_cf, num_reh):
+  # As distillation writes them: every cf record first, then the reh ones, in shards of 10.
+  with records.RecordWriter(path, FP, shard_size=10, writer_id="host0") as w:
+    for i in range(num_cf + num_reh):
+      w.write(_record(i, 4 + i % 5, "cf" if i < num_cf else "reh"))
+  return path
+
+
+@pytest.mark.parametrize("kinds", [("cf",), ("reh",), ("cf", "reh")])
+def test_host_split_counts_only_the_records_of_the_trained_kinds(tmp_path, kinds):
+  # 14 cf then 26 reh: a split of the 40 stored records would give host 1 of 2 no cf record at all, and the
+  # cf+reh shares would hold 14 cf + 6 reh and 20 reh. Split over the selected records, each host holds half
+  # of them (one apart), together exactly the records of those kinds.
+  path = _cf_then_reh_folder(str(tmp_path / "records"), 14, 26)
+  selected = sum(1 for r in records.iter_records(path) if r.kind in kinds)
+  for count in (2, 3):
+    shares = [_segments(pipeline.make_dataset(path, seq_len=SEQ_LEN, batch_size=1, pack=False, num_epochs=1,
+                                              process_index=i, process_count=count, kinds=kinds)
+                        .as_numpy_iterator()) for i in range(count)]
+    sizes = [sum(share.values()) for share in shares]
+    assert sorted(sizes) == sorted([selected // count + 1] * (selected % count)
+                                   + [selected // count] * (count - selected % count))
+    assert sum(shares, collections.Counter()) == _expected_segments(path, kinds)
+    hosts = [pipeline.scan(path, SEQ_LEN, i, count, kinds=kinds) for i in range(count)]
+    assert [h.num_records for h in hosts] == sizes
+    # verify=False reads no file and still knows each share's size from the manifest's per-kind counts.
+    assert [pipeline.scan(path, SEQ_LEN, i, count, kinds=kinds, verify=False).num_records
+            for i in range(count)] == sizes
+
+
+def test_single_process_fingerprint_of_whole_shards_is_unchanged_by_the_kind_aware_split(tmp_path):
+  # A single-process run reads whole shards, described as (file, count, bytes) as before the split counted
+  # kinds, so a saved position of a run over all kinds still restores. A part of a shard names the kinds its
+  # skip and take count in, so a multi-process state saved before does not.
+  import hashlib
+  import json
+
+  path = _cf_then_reh_folder(str(tmp_path / "records"), 14, 26)
+  shards = sorted(records.read_manifest(path)["shards"], key=lambda s: s["file"])
+  before = hashlib.sha256(json.dumps([(s["file"], s["count"], s["num_bytes"]) for s in shards]).encode())
+  assert pipeline.scan(path, SEQ_LEN).data_fingerprint == before.hexdigest()[:16]
+  assert pipeline.scan(path, SEQ_LEN, kinds=("cf", "reh")).data_fingerprint == before.hexdigest()[:16]
+  assert pipeline.scan(path, SEQ_LEN, 0, 3).data_fingerprint != pipeline.scan(path, SEQ_LEN, 0, 3, kinds=(
+      "cf", "reh")).data_fingerprint  # records [0, 13): one shard and a part of the next
+
+
+def test_more_processes_than_records_of_the_kinds_is_an_error(tmp_path):
+  path = _cf_then_reh_folder(str(tmp_path / "records"), 3, 20)
+  with pytest.raises(ValueError, match=r"holds 3 records of kinds \['cf'\], fewer than process_count=4"):
+    pipeline.scan(path, SEQ_LEN, 0, 4, kinds=("cf",))
+  with pytest.raises(records.EmptyRecordsError, match=r"no records of kinds \['sft'\]"):
+    pipeline.scan(path, SEQ_LEN, kinds=("sft",))
+
+
 def test_more_processes_than_records_is_an_error(folder):
   with pytest.raises(ValueError, match="holds 40 records, fewer than process_count=41"):
     pipeline.make_dataset(folder, seq_len=SEQ_LEN, batch_size=1, process_index=0, process_count=41)
@@ -289,3 +343,14 @@ def test_empty_folders_are_clear_errors(tmp_path):
     pass
   with pytest.raises(records.EmptyRecordsError, match="none.*no finished shards"):
     pipeline.make_dataset(str(tmp_path / "none"), seq_len=SEQ_LEN, batch_size=1)
+
+
+def test_a_kinds_filtered_position_saved_before_the_filter_moved_is_refused(folder):
+  # Kinds are filtered before the shuffle now, so a state saved when they were filtered after it (its config has
+  # no "kind_filter") names another stream for the same seed.
+  it = pipeline.DataIterator(folder, seq_len=SEQ_LEN, batch_size=2, kinds=("cf", "reh"))
+  next(it)
+  state = it.state()
+  del state["config"]["kind_filter"]
+  with pytest.raises(ValueError, match="kind_filter: saved None, now 'before_shuffle'"):
+    pipeline.DataIterator(folder, seq_len=SEQ_LEN, batch_size=2, kinds=("cf", "reh")).restore(state)

@@ -21,11 +21,13 @@ the LEFT (their last seq_len tokens are kept: the targets of `cf` records are th
 its latest turns); the number of truncated examples and of target tokens lost is counted per host by the up-front
 scan and logged.
 
-Multi-host: the finished shards, in file-name order, form one sequence of N records; host i of n takes records
-[i·N/n, (i+1)·N/n) of it, so hosts hold disjoint shares that differ by at most one record (whole shards per host
-would not: shards differ in size, every writer's last one is partial, and an epoch is as long as the smallest
-share). A host reads only the shards its share lies in, from the first record of its share to the last (at most
-the two boundary shards are shared with the neighbouring hosts).
+Multi-host: the records of the selected kinds (`kinds`; None: all) in the finished shards, in file-name order, form
+one sequence of N records; host i of n takes records [i·N/n, (i+1)·N/n) of it, so hosts hold disjoint shares that
+differ by at most one record (whole shards per host would not: shards differ in size, every writer's last one is
+partial, and an epoch is as long as the smallest share). The split is over the selected records, not the stored
+ones: distillation writes all `cf` records before the `reh` ones, so a split of the stored records would give a
+cf-only run's later hosts nothing. A host reads only the shards its share lies in, from the first record of its
+share to the last (at most the two boundary shards are shared with the neighbouring hosts).
 Every created dataset is deterministic given its arguments; `DataIterator` resumes it exactly.
 """
 
@@ -56,15 +58,17 @@ BATCH_KEYS = ("input_ids_BxT", "loss_mask_BxT", "weight_BxT", "segment_ids_BxT",
 
 @dataclasses.dataclass(frozen=True)
 class ShardRange:
-  """Records [skip, skip + take) of one finished shard (`shard`: its manifest entry)."""
+  """Records [skip, skip + take) of the selected kinds' records of one finished shard (`shard`: its manifest
+  entry; `selected`: how many of its records are of the selected kinds)."""
 
   shard: dict
   skip: int
   take: int
+  selected: int
 
   @property
   def whole(self) -> bool:
-    return self.skip == 0 and self.take == self.shard["count"]
+    return self.skip == 0 and self.take == self.selected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,17 +79,25 @@ class HostRecords:
   tokenizer: str
   files: tuple[str, ...]
   ranges: tuple[tuple[str, int, int], ...]  # (file path, skip, take) per shard, in read order
-  num_records: int  # after the kinds filter
-  num_stored: int  # all records of this host's share (before the kinds filter)
+  kinds: tuple[str, ...] | None  # the kinds of this share (None: all)
+  num_records: int  # of the selected kinds: this host's share
   num_truncated: int  # records longer than seq_len (left-truncated)
   num_targets: int  # target tokens the trainer will see (after truncation and first-position clearing)
   num_targets_lost: int  # target tokens cut by truncation or sitting at a segment's first position
   data_fingerprint: str  # hash of the shard list and counts, for resume checks
 
 
-def host_shards(folder: str, process_index: int = 0, process_count: int = 1) -> tuple[dict, list[ShardRange]]:
-  """(merged manifest, this host's share): records [i·N/n, (i+1)·N/n) of the non-empty shards' records in
-  file-name order, as one range per shard it touches."""
+def _selected_count(shard: dict, kinds: Sequence[str] | None) -> int:
+  """Records of `kinds` (None: all) in one manifest shard entry."""
+  if kinds is None:
+    return shard["count"]
+  return sum(shard["counts"].get(k, 0) for k in kinds)
+
+
+def host_shards(folder: str, process_index: int = 0, process_count: int = 1,
+                kinds: Sequence[str] | None = None) -> tuple[dict, list[ShardRange]]:
+  """(merged manifest, this host's share): records [i·N/n, (i+1)·N/n) of the N records of `kinds` (None: all)
+  in the non-empty shards, in file-name order, as one range per shard it touches."""
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is outside [0, process_count={process_count})")
   if not tf.io.gfile.isdir(folder):
@@ -95,17 +107,24 @@ def host_shards(folder: str, process_index: int = 0, process_count: int = 1) -> 
   if not shards:
     raise records.EmptyRecordsError(f"records folder {folder} has no finished shards with records "
                                     f"(manifest total = {manifest['total']})")
-  total = sum(s["count"] for s in shards)
+  selected = [(s, _selected_count(s, kinds)) for s in shards]
+  selected = [(s, n) for s, n in selected if n > 0]
+  of_kinds = "" if kinds is None else f" of kinds {list(kinds)}"
+  if not selected:
+    raise records.EmptyRecordsError(f"records folder {folder} has no records{of_kinds} "
+                                    f"(counts {manifest['counts']})")
+  total = sum(n for _, n in selected)
   begin, end = process_index * total // process_count, (process_index + 1) * total // process_count
   if begin == end:
-    raise ValueError(f"records folder {folder} holds {total} records, fewer than process_count={process_count}: "
-                     f"process {process_index} would read nothing. Use fewer processes.")
+    raise ValueError(f"records folder {folder} holds {total} records{of_kinds}, fewer than "
+                     f"process_count={process_count}: process {process_index} would read nothing. "
+                     "Use fewer processes.")
   mine, offset = [], 0
-  for shard in shards:
-    first, last = max(begin, offset), min(end, offset + shard["count"])
+  for shard, count in selected:
+    first, last = max(begin, offset), min(end, offset + count)
     if first < last:
-      mine.append(ShardRange(shard, first - offset, last - first))
-    offset += shard["count"]
+      mine.append(ShardRange(shard, first - offset, last - first, count))
+    offset += count
   return manifest, mine
 
 
@@ -139,11 +158,12 @@ def _first_unparsable(path: str) -> tuple[int, str] | None:
 def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int, kinds: Sequence[str] | None,
                skip: int = 0, take: int | None = None) -> tuple[int, int, int, int]:
   """Reads one shard fully (every record is checked); returns (records kept, truncated, targets seen, targets
-  lost) of its records [skip, skip + take) (default: all)."""
+  lost) of its records [skip, skip + take) of `kinds` (default: all of them)."""
   stop = expected_count if take is None else skip + take
   ds = tf.data.TFRecordDataset(path).batch(_SCAN_BATCH).map(_traced_as_is(
       lambda s: tf.io.parse_example(s, _scan_features())))
   index = kept = truncated = seen = lost = 0
+  wanted_before = 0  # records of `kinds` before this batch: the ranks skip and take count in
   known = np.array([k.encode() for k in records.KINDS], dtype=object)
   wanted = np.array([k.encode() for k in kinds], dtype=object) if kinds is not None else known
   try:
@@ -162,8 +182,10 @@ def _scan_file(path: str, expected_count: int, tokenizer: str, seq_len: int, kin
       if not np.array_equal(lengths, batch["loss_mask"].row_lengths().numpy()):
         i = int(np.flatnonzero(lengths != batch["loss_mask"].row_lengths().numpy())[0])
         raise records.RecordError(f"shard {path} record #{index + i}: 'loss_mask' and 'input_ids' differ in length")
-      record_ids = np.arange(index, index + len(lengths))
-      select = np.isin(kind_b, wanted) & (record_ids >= skip) & (record_ids < stop)
+      is_wanted = np.isin(kind_b, wanted)
+      rank = wanted_before + np.cumsum(is_wanted) - 1
+      wanted_before += int(is_wanted.sum())
+      select = is_wanted & (rank >= skip) & (rank < stop)
       mask = batch["loss_mask"].flat_values.numpy()
       ends = np.cumsum(lengths)
       begins = ends - lengths
@@ -203,7 +225,7 @@ def scan(folder: str, seq_len: int, process_index: int = 0, process_count: int =
     unknown = sorted(set(kinds) - set(records.KINDS))
     if unknown:
       raise ValueError(f"kinds {unknown} are unknown; known kinds: {records.KINDS}")
-  manifest, ranges = host_shards(folder, process_index, process_count)
+  manifest, ranges = host_shards(folder, process_index, process_count, kinds)
   tokenizer = manifest["tokenizer"]
   if expected_tokenizer is not None and tokenizer != expected_tokenizer:
     raise records.TokenizerMismatchError(f"records folder {folder} holds records of tokenizer {tokenizer}; "
@@ -214,23 +236,25 @@ def scan(folder: str, seq_len: int, process_index: int = 0, process_count: int =
   for r, path in zip(ranges, files):
     if verify or not r.whole:  # a part of a shard has no per-kind counts in the manifest: count it
       n, t, s, lo = _scan_file(path, r.shard["count"], tokenizer, seq_len, kinds, r.skip, r.take)
-      if r.whole and n != sum(r.shard["counts"][k] for k in wanted):
-        raise records.CorruptShardError(path, 0, f"it holds {n} records of kinds {list(wanted)}; the manifest "
-                                        f"counts {r.shard['counts']}")
+      if n != r.take:
+        raise records.CorruptShardError(path, 0, f"it holds {n} records of kinds {list(wanted)} in the range this "
+                                        f"process reads, the manifest {r.take} (counts {r.shard['counts']})")
       num_records, truncated, seen, lost = num_records + n, truncated + t, seen + s, lost + lo
     else:
-      num_records += sum(r.shard["counts"][k] for k in wanted)
+      num_records += r.take
   if not verify:
     truncated = seen = lost = -1
   if num_records == 0:
     raise records.EmptyRecordsError(f"records folder {folder}: process {process_index} of {process_count} has no "
                                     f"records of kinds {list(wanted)} (counts {manifest['counts']})")
   # Whole shards are described as before ranges existed, so a single-process run's saved position still fits.
+  # A part of a shard counts its skip and take in records of `kinds`, so those name the range.
   desc = json.dumps([(r.shard["file"], r.shard["count"], r.shard["num_bytes"])
-                     + (() if r.whole else (r.skip, r.take)) for r in ranges]).encode()
-  return HostRecords(folder=folder, tokenizer=tokenizer, files=files,
+                     + (() if r.whole else (r.skip, r.take) + (() if kinds is None else (list(kinds),)))
+                     for r in ranges]).encode()
+  return HostRecords(folder=folder, tokenizer=tokenizer, files=files, kinds=None if kinds is None else tuple(kinds),
                      ranges=tuple((path, r.skip, r.take) for r, path in zip(ranges, files)),
-                     num_records=num_records, num_stored=sum(r.take for r in ranges),
+                     num_records=num_records,
                      num_truncated=truncated, num_targets=seen, num_targets_lost=lost,
                      data_fingerprint=hashlib.sha256(desc).hexdigest()[:16])
 
@@ -293,9 +317,9 @@ def _parse_features() -> dict:
 
 
 def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool = True, seed: int = 0,
-                  num_epochs: int | None = None, kinds: Sequence[str] | None = None,
-                  shuffle_buffer: int | None = None, pack_window: int = DEFAULT_PACK_WINDOW) -> tf.data.Dataset:
-  """The tf.data pipeline over an already scanned host share (see `make_dataset`)."""
+                  num_epochs: int | None = None, shuffle_buffer: int | None = None,
+                  pack_window: int = DEFAULT_PACK_WINDOW) -> tf.data.Dataset:
+  """The tf.data pipeline over an already scanned host share (see `make_dataset`); it keeps `host.kinds`."""
   if seq_len < 2 or batch_size < 1 or pack_window < 1:
     raise ValueError(f"need seq_len >= 2, batch_size >= 1, pack_window >= 1; got {seq_len}, {batch_size}, "
                      f"{pack_window}")
@@ -311,7 +335,6 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
         "loss_mask": tf.cast(ex["loss_mask"], tf.float32),
         "weight": ex["weight"],
         "kind": table.lookup(ex["kind"]),
-        "kind_name": ex["kind"],
     }
 
   @_traced_as_is
@@ -325,18 +348,29 @@ def build_dataset(host: HostRecords, seq_len: int, batch_size: int, pack: bool =
       t.set_shape([None, seq_len])
     return dict(zip(BATCH_KEYS, out))
 
+  kinds = host.kinds
+  if kinds is not None:
+    wanted = tf.constant(list(kinds))
+    kind_only = {"kind": tf.io.FixedLenFeature([], tf.string)}
+    is_wanted = _traced_as_is(lambda serialized: tf.reduce_any(
+        tf.equal(tf.io.parse_single_example(serialized, kind_only)["kind"], wanted)))
+
+  @_traced_as_is
+  def read_range(path, skip, take):
+    # skip and take count records of `kinds` (see host_shards), so the filter comes first.
+    ds = tf.data.TFRecordDataset(path)
+    if kinds is not None:
+      ds = ds.filter(is_wanted)
+    return ds.skip(skip).take(take)
+
   paths, skips, takes = (list(column) for column in zip(*host.ranges))
   ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(skips, tf.int64), tf.constant(takes, tf.int64)))
-  ds = ds.flat_map(_traced_as_is(lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take)))
-  # Records are shuffled serialized, before the kinds filter: the full buffer covers every stored record.
-  buffer = host.num_stored if shuffle_buffer is None else shuffle_buffer
+  ds = ds.flat_map(read_range)
+  # Records are shuffled serialized, after the kinds filter: the full buffer covers every record of the share.
+  buffer = host.num_records if shuffle_buffer is None else shuffle_buffer
   if buffer > 1:
     ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if kinds is not None:
-    wanted = tf.constant(list(kinds))
-    ds = ds.filter(_traced_as_is(lambda ex: tf.reduce_any(tf.equal(ex["kind_name"], wanted))))
-  ds = ds.map(_traced_as_is(lambda ex: {k: v for k, v in ex.items() if k != "kind_name"}))
   ds = ds.ragged_batch(pack_window)
   ds = ds.map(pack_window_fn)
   # Repeated after packing: a packing window never spans two epochs, so an epoch's rows hold each of its records
@@ -365,7 +399,7 @@ def make_dataset(folder: str, seq_len: int, batch_size: int, pack: bool = True, 
   """
   host = scan(folder, seq_len, process_index, process_count, expected_tokenizer, kinds, verify)
   _log_host(host, process_index, process_count)
-  return build_dataset(host, seq_len, batch_size, pack, seed, num_epochs, kinds, shuffle_buffer, pack_window)
+  return build_dataset(host, seq_len, batch_size, pack, seed, num_epochs, shuffle_buffer, pack_window)
 
 
 def _log_host(host: HostRecords, process_index: int, process_count: int) -> None:
@@ -412,6 +446,9 @@ class DataIterator:
         "process_count": a.get("process_count", 1),
         "num_epochs": a.get("num_epochs"),
         "kinds": list(kinds) if kinds is not None else None,
+        # Since the host split counts records of `kinds`, they are filtered before the shuffle: another order
+        # than a state saved before then (which lacks this entry) for the same seed.
+        **({} if kinds is None else {"kind_filter": "before_shuffle"}),
         "shuffle_buffer": a.get("shuffle_buffer"),
         "pack_window": a.get("pack_window", DEFAULT_PACK_WINDOW),
     }
@@ -419,7 +456,7 @@ class DataIterator:
   def _open(self) -> None:
     a = self._args
     ds = build_dataset(self.host, a["seq_len"], a["batch_size"], a.get("pack", True), a.get("seed", 0),
-                       a.get("num_epochs"), a.get("kinds"), a.get("shuffle_buffer"),
+                       a.get("num_epochs"), a.get("shuffle_buffer"),
                        a.get("pack_window", DEFAULT_PACK_WINDOW))
     if self._batches:
       ds = ds.skip(self._batches)

@@ -71,7 +71,7 @@ class TrainFeed:
     once). Every folder has a row: `scan` refuses one without records of the trained kinds."""
     if self._epoch_rows is None:
       kwargs = {k: v for k, v in self._kwargs.items()
-                if k not in ("expected_tokenizer", "process_index", "process_count", "batch_size")}
+                if k not in ("expected_tokenizer", "process_index", "process_count", "batch_size", "kinds")}
       self._epoch_rows = [
           sum(1 for _ in pipeline.build_dataset(it.host, batch_size=1, seed=seed, num_epochs=1,
                                                 **kwargs).as_numpy_iterator())
