@@ -83,23 +83,49 @@ def test_env_step_budget_stops_new_rollouts_and_tasks_once_spent(budget):
   trees, ledger = _explore(_policy(lambda c: "left"), make_env, tasks, settings, budget=budget)
   if not budget:
     assert len(trees) == len(tasks) and all(len(t.nodes) == 4 for t in trees)
+    assert not ledger.budget_exhausted
     return
-  # Rollouts start only while interaction < budget; the (at most `concurrency`) running ones then finish.
-  assert budget <= ledger.interaction < budget + settings.concurrency * settings.max_steps
+  # A hard cap: rollouts start only while their max_steps fit beside the running ones', and the run stops once
+  # another rollout would not fit.
+  assert budget - settings.max_steps < ledger.interaction <= budget and ledger.budget_exhausted
   assert len(trees) < len(tasks) and ledger.total["rollouts"] < len(trees) * settings.max_attempts
   assert sum(t.ledger["env_steps"] for t in trees) == ledger.total["env_steps"]
+
+
+@pytest.mark.parametrize("method", ["is", "leafe"])
+def test_env_step_budget_is_not_overrun_by_the_rollouts_alive_at_once(method):
+  # Eight tasks admitted at once used to run to their ends past the budget (budget 10 at concurrency 8 spent 61,
+  # found by a review helper). Each rollout reserves its max_steps, so only three 3-step roots start here.
+  make_env = lambda: SokobanEnv(max_steps=3, compact_prompt=True)
+  tasks = make_env().tasks("levels:small")
+  reflect = lambda content: reflection.format_reflection(2, "try again")
+  settings = _settings(method=method, max_attempts=4, concurrency=8)
+  trees, ledger = _explore(_policy(lambda c: "left", reflect), make_env, tasks, settings, budget=10)
+  assert ledger.interaction <= 10 and ledger.to_json()["budget_exhausted"]
+  assert len(trees) == 3 and ledger.total["rollouts"] == 3
+  assert ledger.total["env_steps"] + ledger.total["replayed_steps"] == sum(
+      t.ledger["env_steps"] + t.ledger.get("replayed_steps", 0) for t in trees)
 
 
 def test_env_step_budget_also_stops_branches_and_the_reflections_that_would_ask_for_them():
   act = lambda content: "right" if "hint:" in content else "left"
   reflect = lambda content: reflection.format_reflection(1, "go right")
-  trees, ledger = _explore(_policy(act, reflect), _corridor_env, ["level"], _settings(), budget=3)
-  (root,) = trees[0].nodes  # the root failed as the budget ran out: no branch could run, so none is asked for
-  assert not root.reflections and ledger.total["reflections"] == ledger.total["branches"] == 0
-  assert ledger.total["rollouts"] == 1 and ledger.interaction == 3
-  # With budget left the same failure reflects and branches.
-  trees, ledger = _explore(_policy(act, reflect), _corridor_env, ["level"], _settings(), budget=4)
+  for budget in (3, 5):  # the root's 3 steps, and room for fewer than another rollout's 3
+    trees, ledger = _explore(_policy(act, reflect), _corridor_env, ["level"], _settings(), budget=budget)
+    (root,) = trees[0].nodes  # the root failed with no room for a branch, so none is asked for
+    assert not root.reflections and ledger.total["reflections"] == ledger.total["branches"] == 0
+    assert ledger.total["rollouts"] == 1 and ledger.interaction == 3 and ledger.budget_exhausted
+  # With room for one more rollout the same failure reflects and branches.
+  trees, ledger = _explore(_policy(act, reflect), _corridor_env, ["level"], _settings(), budget=6)
   assert trees[0].nodes[0].reflections[0].queued and ledger.total["rollouts"] == 2
+
+
+def test_an_env_step_budget_below_one_rollout_is_refused():
+  config, cfg = _small_levels_config(5)
+  cfg.env_step_budget = 1  # max_steps is 2
+  with pytest.raises(ValueError, match="'explore.env_step_budget' is 1, less than one rollout's "
+                                       "explore.max_steps=2"):
+    explore_stage.check_config(cfg)
 
 
 def test_no_reflection_is_asked_for_once_the_attempt_budget_is_used_up():

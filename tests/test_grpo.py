@@ -275,6 +275,27 @@ class CoinEnv(BanditEnv):
     return "up" if len(text) % 2 == 0 else "down"
 
 
+class NoSignalEnv(BanditEnv):
+  """Every episode fails: every group scores alike, so no iteration has a row to train on."""
+
+  def parse_action(self, text):
+    return "down"
+
+
+def test_the_lr_schedule_follows_the_iterations_when_they_skip_updates(tmp_path, monkeypatch):
+  # The schedule used to count the updates taken, so iterations without a signal held warmup (and a cosine's
+  # decay) back; it counts `minibatches` updates per iteration, the iterations the config names.
+  monkeypatch.setitem(registry._REGISTRY, "bandit", f"{__name__}:NoSignalEnv")
+  out = tmp_path / "out"
+  grpo_stage.run(_grpo_config(tmp_path, num_iterations=3, minibatches=2, warmup_steps=4, lr=1e-2),
+                 str(tmp_path), str(out))
+  with open(out / "iterations.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["updates"] for r in rows] == [0, 0, 0]
+  # Each iteration's first update would be step 2 * i of the warmup over 4 steps.
+  np.testing.assert_allclose([r["lr"] for r in rows], [0.0, 1e-2 * 2 / 4, 1e-2], rtol=1e-6)
+
+
 def test_micro_batches_give_the_update_of_the_whole_minibatch_in_one_pass(tmp_path, monkeypatch):
   monkeypatch.setitem(registry._REGISTRY, "coin", f"{__name__}:CoinEnv")
   runs = {}

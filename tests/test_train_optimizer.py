@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from leafe_jax.train import metrics, optimizer, stage
@@ -23,6 +24,23 @@ def test_warmup_then_schedule(schedule):
     else:
       want = lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
     assert float(fn(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), step
+
+
+def test_advancing_the_schedule_moves_the_lr_and_leaves_adams_bias_correction():
+  # Adam's first update is lr * g / |g| (bias-corrected, eps negligible): a hand computation of the lr it used.
+  config = stage.default_config()
+  config.update({"lr": 0.1, "warmup_steps": 8, "weight_decay": 0.0, "clip_norm": 0.0, "adam_eps": 1e-12})
+  tx = optimizer.make_optimizer(config, total_steps=20)
+  params = {"w": jnp.zeros(3)}
+  grads = {"w": jnp.array([2.0, -0.5, 1.0])}
+  state = optimizer.advance_schedule(tx.init(params), 3)
+  assert int(optimizer.schedule_count(state)) == 3
+  updates, state = tx.update(grads, state, params)
+  np.testing.assert_allclose(updates["w"], -0.1 * 3 / 8 * np.sign(grads["w"]), rtol=1e-5)
+  assert int(optimizer.schedule_count(state)) == 4
+  adam = [n for n in jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, optax.ScaleByAdamState))
+          if isinstance(n, optax.ScaleByAdamState)]
+  assert [int(n.count) for n in adam] == [1]  # one update taken: the bias correction did not skip ahead
 
 
 def test_adamw_decays_matrices_not_norm_scales():

@@ -140,22 +140,44 @@ class Explorer:
     self.s = settings
     self.ledger = ledger
     self.tick = 0
+    self._live: list[TaskState] = []
+
+  # --- the interaction budget --------------------------------------------------------------------------------
+  def _reserved(self) -> int:
+    """The most interaction the live tasks' current rollouts may still take. A rollout takes at most max_steps
+    steps, its replayed prefix included (it ends at t = max_steps); a task admitted but not started holds one."""
+    reserved = 0
+    for task in self._live:
+      if not task.tree.nodes:
+        reserved += self.s.max_steps
+      elif task.active is not None and not task.active.done:
+        reserved += self.s.max_steps - task.active.t
+    return reserved
+
+  def _affords_rollout(self, starting: int = 0) -> bool:
+    """Whether one more rollout fits in the interaction budget beside the live ones and `starting` rollouts being
+    started now; a refusal marks the budget exhausted."""
+    if self.ledger.affords(self.s.max_steps, self._reserved() + starting * self.s.max_steps):
+      return True
+    self.ledger.budget_exhausted = True
+    return False
 
   # --- rollouts ------------------------------------------------------------------------------------------------
-  def _next_request(self, task: TaskState) -> BranchRequest | None:
-    """The task's next rollout (root, or next queued branch), or None when the task is finished."""
+  def _next_request(self, task: TaskState, starting: int = 0) -> BranchRequest | None:
+    """The task's next rollout (root, or next queued branch), or None when the task is finished. A root always
+    starts (its admission reserved it); a branch only when it fits in the budget beside `starting` others."""
     if not task.tree.nodes:
       return BranchRequest(None, 0, None, None, [], [])
-    if (task.queue and task.attempts < self.s.max_attempts and self.ledger.budget_left()
-        and not (self.s.stop_on_success and task.succeeded)):
+    if (task.queue and task.attempts < self.s.max_attempts and not (self.s.stop_on_success and task.succeeded)
+        and self._affords_rollout(starting)):
       return task.queue.popleft()
     return None
 
   def _may_branch(self, task: TaskState) -> bool:
     """Whether a branch requested now could still run: attempts left, interaction budget left, and the task not
     ended by its success. A reflection is only asked for then (else it would cost a policy request for nothing)."""
-    return (task.attempts + len(task.queue) < self.s.max_attempts and self.ledger.budget_left()
-            and not (self.s.stop_on_success and task.succeeded))
+    return (task.attempts + len(task.queue) < self.s.max_attempts
+            and not (self.s.stop_on_success and task.succeeded) and self._affords_rollout())
 
   def _new_node(self, task: TaskState, request: BranchRequest) -> Node:
     node = Node(len(task.tree.nodes), request.parent, request.depth, request.rollback_step, request.experience,
@@ -197,14 +219,14 @@ class Explorer:
 
     Starts go in rounds: each task without a rollout takes its next request, then ONE `replay_all` restores them
     all (pooled envs replay concurrently); tasks whose replay diverged or errored take their next request in the
-    next round. The interaction budget is checked when a request is taken, so a round may overrun it by its own
-    replays (rollouts already running overrun it the same way).
+    next round. A branch is taken only when its max_steps fit in the budget beside every rollout alive or being
+    started in the round (see `_affords_rollout`).
     """
     waiting = [t for t in tasks if t.active is None and not t.finished]
     while waiting:
       starts = []
       for task in waiting:
-        request = self._next_request(task)
+        request = self._next_request(task, starting=len(starts))
         if request is None:
           task.finished = True
         else:
@@ -378,13 +400,16 @@ class Explorer:
     pending = collections.deque(task_ids)
     live: list[TaskState] = []
     while pending or live:
-      while pending and len(live) < self.s.concurrency and self.ledger.budget_left():
+      self._live = live
+      while pending and len(live) < self.s.concurrency and self._affords_rollout():
         task_id = pending.popleft()
         env = self.make_env()
         live.append(TaskState(task_id, env, Tree(task_id, self.env_name, ""), collections.deque()))
       if not live:
         if pending:
-          logging.info("explore: interaction budget spent; %d tasks not started", len(pending))
+          logging.info("explore: interaction budget spent (%d of %d; another rollout may take %d); %d tasks not "
+                       "started", self.ledger.interaction, self.ledger.env_step_budget, self.s.max_steps,
+                       len(pending))
         break
       self._start_all(live)
       for task in live:
@@ -395,7 +420,7 @@ class Explorer:
         task.tree.ledger = dict(self.ledger.per_task[task.task_id])
         on_tree(task.tree)
       pooled.release_all([t.env for t in finished])
-      live = [t for t in live if not t.finished]
+      live = self._live = [t for t in live if not t.finished]
       acting = [t for t in live if t.active is not None and not t.active.done]
       reflecting = [t for t in live if t.active is not None and t.active.reflection_due]
       if not acting and not reflecting:

@@ -27,10 +27,16 @@ COUNTERS = (
 
 
 class Ledger:
-  """Counters per task and totals; `interaction` = env + replayed steps, the quantity budgets compare."""
+  """Counters per task and totals; `interaction` = env + replayed steps, the quantity budgets compare.
+
+  The budget is a hard cap: a rollout starts only when the most it can take fits beside what the rollouts alive
+  may still take (`affords`), so `interaction` never exceeds `env_step_budget`. `budget_exhausted` records that
+  the budget refused a rollout or a reflection (the trees alive then ended without those branches).
+  """
 
   def __init__(self, env_step_budget: int = 0, num_tasks: int = 0):
     self.env_step_budget = env_step_budget
+    self.budget_exhausted = False
     self.num_tasks = num_tasks  # tasks assigned to this run (coverage denominators); 0 = not known
     self.per_task: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     self.total: collections.Counter = collections.Counter()
@@ -46,14 +52,17 @@ class Ledger:
   def interaction(self) -> int:
     return self.total["env_steps"] + self.total["replayed_steps"]
 
-  def budget_left(self) -> bool:
-    return self.env_step_budget <= 0 or self.interaction < self.env_step_budget
+  def affords(self, steps: int, reserved: int = 0) -> bool:
+    """Whether `steps` more interaction fit in the budget beside `reserved` steps already promised to rollouts
+    alive (always, without a budget)."""
+    return self.env_step_budget <= 0 or self.interaction + reserved + steps <= self.env_step_budget
 
   def to_json(self) -> dict:
     return {
         "total": {c: self.total[c] for c in COUNTERS},
         "per_task": {t: dict(c) for t, c in sorted(self.per_task.items())},
         "env_step_budget": self.env_step_budget,
+        "budget_exhausted": self.budget_exhausted,
         "num_tasks": self.num_tasks,
     }
 

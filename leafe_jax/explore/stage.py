@@ -117,6 +117,10 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
   if cfg.env_workers < 0:
     raise ValueError(f"config field 'explore.env_workers' must be >= 0, got {cfg.env_workers}")
   settings_of(cfg)  # ExploreSettings checks the method and the failure signals
+  if 0 < cfg.env_step_budget < cfg.max_steps:
+    # A rollout starts only when its max_steps fit in the budget (a hard cap): this one would start nothing.
+    raise ValueError(f"config field 'explore.env_step_budget' is {cfg.env_step_budget}, less than one rollout's "
+                     f"explore.max_steps={cfg.max_steps}: use 0 (no budget) or at least max_steps")
 
 
 def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *, primary: bool = True,
@@ -176,13 +180,18 @@ def run_with_policy(config: ml_collections.ConfigDict, stage_dir: str, policy, *
     # A spent budget finished the trees alive then without their later branches: those trees are not a prefix
     # of a run with another budget, so env_step_budget is free only while the recorded budget was not spent.
     spent = saved.get("env_step_budget", 0)
-    if (spent > 0 and cfg.env_step_budget != spent
-        and saved["total"].get("env_steps", 0) + saved["total"].get("replayed_steps", 0) >= spent):
+    # Ledgers before the budget became a hard cap lack "budget_exhausted": theirs ran out when they reached it.
+    exhausted = saved.get("budget_exhausted",
+                          saved["total"].get("env_steps", 0) + saved["total"].get("replayed_steps", 0) >= spent > 0)
+    ledger.budget_exhausted = bool(exhausted) and cfg.env_step_budget == spent
+    if spent > 0 and cfg.env_step_budget != spent and exhausted:
       raise ValueError(f"explore: the trees in {stage_dir} were cut short when their env_step_budget={spent} ran out "
                        f"(env_step_budget changed since, to {cfg.env_step_budget}): move that folder away to "
                        "explore again, or run it under another variant")
-  if todo and not ledger.budget_left():
-    logging.info("explore: interaction budget %d spent; %d tasks not started", cfg.env_step_budget, len(todo))
+  if todo and not ledger.affords(cfg.max_steps):
+    ledger.budget_exhausted = True
+    logging.info("explore: interaction budget %d spent (%d taken; a rollout may take %d); %d tasks not started",
+                 cfg.env_step_budget, ledger.interaction, cfg.max_steps, len(todo))
   elif todo:
     from tqdm import tqdm
 

@@ -3,7 +3,8 @@
 Each iteration plays `group_size` episodes of each of `tasks_per_iteration` training tasks with the current
 policy (the in-process sampler, on the training mesh), turns them into rows (train/grpo.py), recomputes the
 rows' log-probs under the current and the initial (reference) params, and applies `minibatches` optimizer
-updates of the clipped GRPO loss. An orbax checkpoint every `checkpoint_every` iterations (and at the end)
+updates of the clipped GRPO loss (the learning-rate schedule counts `minibatches` updates per iteration, taken
+or not: an iteration where every group scored alike has nothing to train on). An orbax checkpoint every `checkpoint_every` iterations (and at the end)
 holds the train state, the iteration and the interaction ledger: a killed run resumes after the last one and
 plays the iterations since then again, with the same rollouts (they are seeded by iteration).
 `env_step_budget` stops the run once it has taken that many env steps (the last iteration plays only as many
@@ -251,6 +252,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                               out_shardings=(params_sharding, replicated), donate_argnums=(0,))
   jitted_apply = jax.jit(apply_update, in_shardings=(state_sharding, params_sharding),
                          out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+  # The schedule counts `minibatches` updates per iteration, taken or not (an iteration without a signal, or with
+  # fewer real rows than minibatches, skips some), so warmup and decay follow the iterations the config names.
+  jitted_skip = jax.jit(lambda state, steps: state.replace(opt_state=optimizer.advance_schedule(state.opt_state,
+                                                                                                steps)),
+                        static_argnums=(1,), in_shardings=(state_sharding,), out_shardings=state_sharding,
+                        donate_argnums=(0,))
+  schedule = optimizer.make_schedule(cfg.lr, cfg.warmup_steps, total_steps, cfg.schedule)
   policy = JaxPolicy(tokenizer_dir, mesh=mesh, max_cache_len=cfg.max_cache_len, model=model, params=state.params,
                      prefill_chunk=cfg.prefill_chunk)
   sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
@@ -276,6 +284,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                                seed=cfg.seed * 1_000_003 + iteration, keep_turns=True)
       turns, stats = episode_turns(episodes, tokenizer, cfg.invalid_action_penalty)
       scalars = {key: float(value) for key, value in stats.items()}
+      scalars["lr"] = float(schedule(jax.device_get(optimizer.schedule_count(state.opt_state))))  # its first update's
+      updates = 0
       rollout_s = time.perf_counter() - began
       if turns:
         rows, truncated = grpo.build_rows(turns, cfg.seq_len, policy.pad_id, pack=cfg.pack)
@@ -304,11 +314,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
           state, grad_norm = jitted_apply(state, grads)
           sums, grad_norm = jax.device_get((sums, grad_norm))  # one host sync per minibatch
           step_metrics.append({**sums, "grad_norm": grad_norm})
+          updates += 1
         for key in step_metrics[0]:
           scalars[key] = float(np.mean([m[key] for m in step_metrics]))
         scalars["truncated_prompts"] = float(truncated)
         scalars["rows"] = float(rows_needed)
         scalars["micro_batches"] = float(len(picks) * (per_minibatch // micro))  # forward/backward passes run
+      if updates < cfg.minibatches:
+        state = jitted_skip(state, cfg.minibatches - updates)
+      scalars["updates"] = float(updates)
       scalars["rollout_s"] = rollout_s
       for key in ("env_steps", "episodes", "successes", "invalid_actions", "generated_tokens", "turns"):
         ledger[key] = ledger.get(key, 0) + stats[key]

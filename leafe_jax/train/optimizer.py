@@ -30,6 +30,25 @@ def make_schedule(lr: float, warmup_steps: int, total_steps: int, schedule: str)
   return optax.join_schedules([warmup, after], [warmup_steps])
 
 
+def _is_schedule_state(node: Any) -> bool:
+  return isinstance(node, optax.ScaleByScheduleState)
+
+
+def schedule_count(opt_state: Any) -> jax.Array:
+  """The step the learning-rate schedule of a `make_optimizer` state reads next."""
+  (count,) = {id(n): n.count for n in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state)
+              if _is_schedule_state(n)}.values()
+  return count
+
+
+def advance_schedule(opt_state: Any, steps: int | jax.Array) -> Any:
+  """`opt_state` with its learning-rate schedule `steps` further on. The count Adam's bias correction reads stays:
+  for a loop whose schedule counts a fixed number of updates per iteration but skips some (GRPO's iterations
+  without a signal)."""
+  return jax.tree.map(lambda n: n._replace(count=n.count + steps) if _is_schedule_state(n) else n, opt_state,
+                      is_leaf=_is_schedule_state)
+
+
 # Parameter leaf names that are never decayed: norm scales and biases (also when nn.scan stacks them to [L, d]).
 NO_DECAY_LEAVES = ("scale", "bias")
 
