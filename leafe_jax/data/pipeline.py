@@ -234,7 +234,7 @@ def scan(folder: str, seq_len: int, process_index: int = 0, process_count: int =
   files = tuple(os.path.join(folder, r.shard["file"]) for r in ranges)
   num_records = truncated = seen = lost = 0
   for r, path in zip(ranges, files):
-    if verify or not r.whole:  # a part of a shard has no per-kind counts in the manifest: count it
+    if verify:  # else the manifest's per-kind counts gave the range its size (host_shards)
       n, t, s, lo = _scan_file(path, r.shard["count"], tokenizer, seq_len, kinds, r.skip, r.take)
       if n != r.take:
         raise records.CorruptShardError(path, 0, f"it holds {n} records of kinds {list(wanted)} in the range this "
@@ -244,9 +244,6 @@ def scan(folder: str, seq_len: int, process_index: int = 0, process_count: int =
       num_records += r.take
   if not verify:
     truncated = seen = lost = -1
-  if num_records == 0:
-    raise records.EmptyRecordsError(f"records folder {folder}: process {process_index} of {process_count} has no "
-                                    f"records of kinds {list(wanted)} (counts {manifest['counts']})")
   # Whole shards are described as before ranges existed, so a single-process run's saved position still fits.
   # A part of a shard counts its skip and take in records of `kinds`, so those name the range.
   desc = json.dumps([(r.shard["file"], r.shard["count"], r.shard["num_bytes"])

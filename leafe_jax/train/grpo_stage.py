@@ -5,9 +5,9 @@ policy (the in-process sampler, on the training mesh), turns them into rows (tra
 rows' log-probs under the current and the initial (reference) params, and applies `minibatches` optimizer
 updates of the clipped GRPO loss (the learning-rate schedule counts `minibatches` updates per iteration, taken
 or not: an iteration where every group scored alike has nothing to train on). An orbax checkpoint every
-`checkpoint_every` iterations (and at the end)
-holds the train state, the iteration and the interaction ledger: a killed run resumes after the last one and
-plays the iterations since then again, with the same rollouts (they are seeded by iteration).
+`checkpoint_every` iterations (and at the end) holds the train state, the iteration and the interaction ledger:
+a killed run resumes after the last one and plays the iterations since then again, with the same rollouts (they
+are seeded by iteration).
 `env_step_budget` stops the run once it has taken that many env steps (the last iteration plays only as many
 tasks as the remaining budget is estimated to allow): the fixed interaction budget shared with LEAFE's
 exploration (its ledger counts the same steps).

@@ -36,9 +36,8 @@ def _is_schedule_state(node: Any) -> bool:
 
 def schedule_count(opt_state: Any) -> jax.Array:
   """The step the learning-rate schedule of a `make_optimizer` state reads next."""
-  (count,) = {id(n): n.count for n in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state)
-              if _is_schedule_state(n)}.values()
-  return count
+  (state,) = [n for n in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state) if _is_schedule_state(n)]
+  return state.count
 
 
 def advance_schedule(opt_state: Any, steps: int | jax.Array) -> Any:
