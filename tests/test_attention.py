@@ -1,5 +1,7 @@
 """The two attention implementations against a numpy softmax attention, values and gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,20 +136,24 @@ def test_a_prefill_in_query_blocks_equals_the_full_forward_pass_on_left_padded_p
 
   config = models.ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8,
                               d_ff=64, attention_block=8)  # 21 prompt tokens: blocks of 8, 8 and 5 (padded)
-  model = models.Decoder(config)
   params = models.init_params(config, jax.random.PRNGKey(1))
   ids = np.random.RandomState(2).randint(1, 64, (2, 23))
   mask = np.ones((2, 23), np.int32)
   mask[1, :6] = 0
-  full, _ = model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask))
-  logits, cache = model.apply({"params": params}, jnp.asarray(ids[:, :21]), attention_mask=jnp.asarray(mask[:, :21]),
-                              cache=models.init_cache(config, 2, 32))
+
+  @functools.partial(jax.jit, static_argnames="block")  # one program a call shape, not one per eager op
+  def apply(ids, block, attention_mask=None, cache=None):
+    model = models.Decoder(dataclasses.replace(config, attention_block=block))
+    return model.apply({"params": params}, ids, attention_mask=attention_mask, cache=cache)
+
+  full, _ = apply(jnp.asarray(ids), 8, attention_mask=jnp.asarray(mask))
+  logits, cache = apply(jnp.asarray(ids[:, :21]), 8, attention_mask=jnp.asarray(mask[:, :21]),
+                        cache=models.init_cache(config, 2, 32))
   for i in (21, 22):  # then two decode steps
-    step, cache = model.apply({"params": params}, jnp.asarray(ids[:, i:i + 1]), cache=cache)
+    step, cache = apply(jnp.asarray(ids[:, i:i + 1]), 8, cache=cache)
     logits = jnp.concatenate([logits, step], axis=1)
-  one_block = models.Decoder(dataclasses.replace(config, attention_block=0))
-  single, _ = one_block.apply({"params": params}, jnp.asarray(ids[:, :21]), attention_mask=jnp.asarray(mask[:, :21]),
-                              cache=models.init_cache(config, 2, 32))
+  single, _ = apply(jnp.asarray(ids[:, :21]), 0, attention_mask=jnp.asarray(mask[:, :21]),
+                    cache=models.init_cache(config, 2, 32))
   valid = mask.astype(bool)
   assert np.abs(np.asarray(logits) - np.asarray(full))[valid].max() <= 1e-5
   assert np.abs(np.asarray(logits[:, :21]) - np.asarray(single))[valid[:, :21]].max() <= 1e-5

@@ -388,6 +388,9 @@ _MULTI_PROCESS_GRPO = textwrap.dedent(
 )
 
 
+# ~75 s on 2 cores (three processes): the default suite keeps the two-process explore/eval sampling and the
+# two-process training loss (tests/test_distributed.py), the two halves of this run.
+@pytest.mark.slow
 def test_two_processes_play_and_train_as_one_process_on_the_same_global_mesh(tmp_path):
   from test_distributed import _free_port, _launch_with, _result_of
 

@@ -115,7 +115,7 @@ def _kill_and_resume(tmp_path, workdir, launch, steps, every, between=None):
 
 
 def test_sigkill_then_rerun_gives_bit_identical_params(tmp_path, workdir):
-  resumed_log = _kill_and_resume(tmp_path, workdir, _main_in_group, "--config.train.num_steps=120",
+  resumed_log = _kill_and_resume(tmp_path, workdir, _main_in_group, "--config.train.num_steps=60",
                                  "--config.train.checkpoint_every=20")
   # The rerun loads the train step the killed run compiled into <workdir>/compilation_cache.
   assert "Persistent compilation cache hit for 'jit_train_step'" in resumed_log
