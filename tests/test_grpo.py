@@ -334,18 +334,29 @@ def test_bad_values_are_refused_before_any_work(tmp_path, field, value, message)
   assert not (tmp_path / "out").exists()
 
 
+def test_a_budget_below_one_tasks_worst_case_is_refused_before_any_work(tmp_path):
+  # The test config's task: 4 episodes x 1 step. 3 steps could not play it: the run would train on nothing.
+  with pytest.raises(ValueError, match=r"grpo.env_step_budget' holds not one task's group .* = 4 steps"):
+    grpo_stage.run(_grpo_config(tmp_path, env_step_budget=3), str(tmp_path), str(tmp_path / "out"))
+  _ledger(tmp_path / "ledger.json", 2, 1)
+  with pytest.raises(ValueError, match=r"budget_from_ledger=.*ledger.json'.* its 3 steps hold not one task"):
+    grpo_stage.run(_grpo_config(tmp_path, budget_from_ledger="ledger.json"), str(tmp_path), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
 def test_index_width_for_responses_is_a_configured_fraction():
   assert targets.index_width(8, 256, (0.125, 0.5)) == 32
 
 
-def test_the_last_iteration_plays_only_the_tasks_the_remaining_budget_allows():
-  ledger = {"episodes": 64, "env_steps": 1600}  # 8 tasks x 8 episodes so far: 200 steps per task
-  assert grpo_stage.tasks_within_budget(0, ledger, 8, 32, 15) == 32  # no budget
-  # Nothing played yet: the worst case, 8 episodes x 15 steps a task (it played all 32 tasks whatever the budget).
-  assert grpo_stage.tasks_within_budget(5000, {}, 8, 32, 15) == 32
-  assert grpo_stage.tasks_within_budget(500, {}, 8, 32, 15) == 4
-  assert grpo_stage.tasks_within_budget(5000, ledger, 8, 32, 15) == 17  # (5000 - 1600) / 200
-  assert grpo_stage.tasks_within_budget(1650, ledger, 8, 32, 15) == 1  # at least one
+def test_an_iteration_plays_only_the_tasks_whose_worst_case_fits_the_remaining_budget():
+  # A task's worst case: 8 episodes x 15 steps = 120.
+  assert grpo_stage.tasks_within_budget(0, 1600, 8, 32, 15) == 32  # no budget
+  assert grpo_stage.tasks_within_budget(5000, 0, 8, 32, 15) == 32
+  assert grpo_stage.tasks_within_budget(500, 0, 8, 32, 15) == 4  # 480 of 500
+  assert grpo_stage.tasks_within_budget(5000, 1600, 8, 32, 15) == 28  # 3400 // 120
+  # Less than one worst case left: not one more task (it played one, up to 70 steps past the budget).
+  assert grpo_stage.tasks_within_budget(1650, 1600, 8, 32, 15) == 0
+  assert grpo_stage.tasks_within_budget(1650, 1700, 8, 32, 15) == 0
 
 
 def test_the_budget_from_a_sharded_explore_run_sums_its_shard_ledgers(tmp_path):

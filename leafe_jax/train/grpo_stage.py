@@ -8,9 +8,10 @@ or not: an iteration where every group scored alike has nothing to train on). An
 `checkpoint_every` iterations (and at the end) holds the train state, the iteration and the interaction ledger:
 a killed run resumes after the last one and plays the iterations since then again, with the same rollouts (they
 are seeded by iteration).
-`env_step_budget` stops the run once it has taken that many env steps (the last iteration plays only as many
-tasks as the remaining budget is estimated to allow): the fixed interaction budget shared with LEAFE's
-exploration (its ledger counts the same steps).
+`env_step_budget` is a hard cap on the env steps the run takes: an iteration plays only as many tasks as the
+remaining budget holds at their worst case (`group_size` x `max_steps` steps a task), and the run stops when not
+one more task fits. The fixed interaction budget shared with LEAFE's exploration, which caps its rollouts the
+same way (its ledger counts the same steps).
 
 Multi-host (a pod, a cluster): the stage joins jax.distributed with the train section's settings
 (`train.distributed`, so one launch line serves both stages). Every process then plays the same rollouts, on
@@ -118,6 +119,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
                 "micro_batch_rows_per_shard"):
     if cfg[field] < 0:
       fail(field, "must be >= 0")
+  if 0 < cfg.env_step_budget < cfg.group_size * cfg.max_steps:
+    fail("env_step_budget", f"holds not one task's group at its worst case (grpo.group_size x grpo.max_steps = "
+         f"{cfg.group_size * cfg.max_steps} steps): the run would play nothing")
   if cfg.schedule == "cosine" and (cfg.env_step_budget or cfg.budget_from_ledger):
     # The decay spans num_iterations x minibatches optimizer steps; a budget ends the run at an iteration known
     # only as it plays, so the learning rate would stop wherever the budget ran out.
@@ -191,6 +195,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   budget = cfg.env_step_budget
   if cfg.budget_from_ledger:
     budget = ledger_budget(resolve_path(cfg.budget_from_ledger, workdir))
+    if budget < cfg.group_size * cfg.max_steps:
+      raise ValueError(f"grpo.budget_from_ledger={cfg.budget_from_ledger!r}: its {budget} steps hold not one task's "
+                       f"group at its worst case (grpo.group_size x grpo.max_steps = {cfg.group_size * cfg.max_steps})")
   tokenizer_dir = resolve_path(cfg.tokenizer or cfg.init_path, workdir)
   tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
   env_config = cfg.env_config.to_dict()
@@ -272,13 +279,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   with (tqdm(total=cfg.num_iterations, initial=iteration, desc="grpo", unit="iter", disable=not primary) as bar,
         pooled.env_factory(cfg.env, env_config, cfg.env_workers, cfg.env_step_timeout_s) as make_env):
     while iteration < cfg.num_iterations:
-      if budget and ledger.get("env_steps", 0) >= budget:
-        logging.info("grpo: env step budget %d reached after %d iterations", budget, iteration)
+      affordable = tasks_within_budget(budget, ledger.get("env_steps", 0), cfg.group_size, cfg.tasks_per_iteration,
+                                       cfg.max_steps)
+      if not affordable:
+        logging.info("grpo: env step budget %d spent to %d after %d iterations (one more task could take %d)",
+                     budget, ledger.get("env_steps", 0), iteration, cfg.group_size * cfg.max_steps)
         break
       began = time.perf_counter()
       rng = np.random.default_rng([cfg.seed, iteration])
       tasks = [task_pool[i] for i in rng.choice(len(task_pool), cfg.tasks_per_iteration, replace=False)]
-      tasks = tasks[:tasks_within_budget(budget, ledger, cfg.group_size, len(tasks), cfg.max_steps)]
+      tasks = tasks[:affordable]
       policy.update_params(state.params)
       episodes = play_episodes(policy, make_env, tasks, num_samples=cfg.group_size, max_steps=cfg.max_steps,
                                sampling=sampling, history_length=cfg.history_length,
@@ -336,7 +346,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                    " ".join(f"{key} {value:.4g}" for key, value in scalars.items()))
       bar.set_postfix(success=f"{scalars['success']:.3f}", env_steps=ledger["env_steps"], refresh=False)
       bar.update(1)
-      spent = bool(budget) and ledger["env_steps"] >= budget  # the next pass of the loop stops
+      spent = not tasks_within_budget(budget, ledger["env_steps"], cfg.group_size, 1, cfg.max_steps)  # loop stops
       if iteration % cfg.checkpoint_every == 0 or iteration == cfg.num_iterations or spent:
         ckpt.save(iteration, state, {"iteration": iteration, "ledger": ledger})  # checkpoints keyed by iteration
         if primary:
@@ -369,17 +379,13 @@ def _logprobs(logprob_fn, params, host: dict[str, np.ndarray], micro: int, shard
                          for start in range(0, rows, micro)])
 
 
-def tasks_within_budget(budget: int, ledger: dict, group_size: int, tasks: int, max_steps: int) -> int:
-  """How many of this iteration's tasks to play so that the budget is about used up, not overshot.
-
-  A group's env steps are estimated from the run so far (the ledger); before any play, from the worst case (every
-  episode runs `max_steps`), so a budget smaller than one iteration is not overshot by a whole iteration.
-  """
+def tasks_within_budget(budget: int, env_steps: int, group_size: int, tasks: int, max_steps: int) -> int:
+  """How many of an iteration's `tasks` fit in what is left of the budget, each at its worst case (every episode of
+  its group runs `max_steps`): the budget is never overshot. 0: not one more task fits, the run ends there.
+  No budget (0): all of them."""
   if not budget:
     return tasks
-  played = ledger.get("episodes", 0) // group_size
-  steps_per_task = ledger["env_steps"] / played if played else group_size * max_steps
-  return max(1, min(tasks, round((budget - ledger.get("env_steps", 0)) / steps_per_task)))
+  return min(tasks, max(budget - env_steps, 0) // (group_size * max_steps))
 
 
 def ledger_budget(path: str) -> int:
