@@ -74,7 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.tasks_per_iteration = 32  # distinct tasks per iteration (verl-agent train_data_size: 32 Sokoban, 16 others)
   c.group_size = 8  # episodes per task, the GRPO group (verl-agent env.rollout.n = 8)
   c.num_iterations = 150  # iterations (verl-agent total_epochs 150 with one batch each)
-  c.env_step_budget = 0  # > 0: stop once this many env steps were taken (equal interaction budget); 0 = off
+  c.env_step_budget = 0  # > 0: a hard cap on env steps (equal interaction budget; never overshot); 0 = off
   # An explore stage's ledger.json, or its stage dir (a sharded run's ledger-shard-*.json are summed), relative to
   # workdir: its env steps + replayed steps become the budget (overrides env_step_budget), so GRPO and LEAFE
   # spend the same interaction. "" = not used.
