@@ -24,5 +24,5 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def pytest_sessionfinish(session):
-  if _OWN_CACHE and not hasattr(session.config, "workerinput"):  # the process that made it (xdist's controller)
+  if _OWN_CACHE:  # only the process that made it (xdist's controller; its workers inherit the variable)
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -354,7 +354,7 @@ def test_an_iteration_plays_only_the_tasks_whose_worst_case_fits_the_remaining_b
   assert grpo_stage.tasks_within_budget(5000, 0, 8, 32, 15) == 32
   assert grpo_stage.tasks_within_budget(500, 0, 8, 32, 15) == 4  # 480 of 500
   assert grpo_stage.tasks_within_budget(5000, 1600, 8, 32, 15) == 28  # 3400 // 120
-  # Less than one worst case left: not one more task (it played one, up to 70 steps past the budget).
+  # Less than one worst case left: not one more task (the former estimate played one: up to 70 steps past).
   assert grpo_stage.tasks_within_budget(1650, 1600, 8, 32, 15) == 0
   assert grpo_stage.tasks_within_budget(1650, 1700, 8, 32, 15) == 0
 

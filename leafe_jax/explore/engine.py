@@ -157,7 +157,7 @@ class Explorer:
   def _affords_rollout(self, starting: int = 0) -> bool:
     """Whether one more rollout fits in the interaction budget beside the live ones and `starting` rollouts being
     started now; a refusal marks the budget exhausted."""
-    if self.ledger.env_step_budget <= 0:  # no budget: skip the sum over live tasks (called per env step)
+    if not self.ledger.has_budget:  # skip the sum over live tasks (this runs per env step)
       return True
     if self.ledger.affords(self.s.max_steps, self._reserved() + starting * self.s.max_steps):
       return True

@@ -52,10 +52,14 @@ class Ledger:
   def interaction(self) -> int:
     return self.total["env_steps"] + self.total["replayed_steps"]
 
+  @property
+  def has_budget(self) -> bool:
+    return self.env_step_budget > 0
+
   def affords(self, steps: int, reserved: int = 0) -> bool:
     """Whether `steps` more interaction fit in the budget beside `reserved` steps already promised to rollouts
     alive (always, without a budget)."""
-    return self.env_step_budget <= 0 or self.interaction + reserved + steps <= self.env_step_budget
+    return not self.has_budget or self.interaction + reserved + steps <= self.env_step_budget
 
   def to_json(self) -> dict:
     return {

@@ -101,6 +101,11 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def _task_worst_case(cfg: ml_collections.ConfigDict) -> int:
+  """The most env steps one task's group can take: every episode runs max_steps."""
+  return cfg.group_size * cfg.max_steps
+
+
 def check_config(cfg: ml_collections.ConfigDict) -> None:
   def fail(field: str, why: str) -> None:
     raise ValueError(f"config field 'grpo.{field}' {why} (value {cfg[field]!r})")
@@ -119,9 +124,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
                 "micro_batch_rows_per_shard"):
     if cfg[field] < 0:
       fail(field, "must be >= 0")
-  if 0 < cfg.env_step_budget < cfg.group_size * cfg.max_steps:
+  if 0 < cfg.env_step_budget < _task_worst_case(cfg):
     fail("env_step_budget", f"holds not one task's group at its worst case (grpo.group_size x grpo.max_steps = "
-         f"{cfg.group_size * cfg.max_steps} steps): the run would play nothing")
+         f"{_task_worst_case(cfg)} steps): the run would play nothing")
   if cfg.schedule == "cosine" and (cfg.env_step_budget or cfg.budget_from_ledger):
     # The decay spans num_iterations x minibatches optimizer steps; a budget ends the run at an iteration known
     # only as it plays, so the learning rate would stop wherever the budget ran out.
@@ -195,9 +200,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
   budget = cfg.env_step_budget
   if cfg.budget_from_ledger:
     budget = ledger_budget(resolve_path(cfg.budget_from_ledger, workdir))
-    if budget < cfg.group_size * cfg.max_steps:
+    if budget < _task_worst_case(cfg):
       raise ValueError(f"grpo.budget_from_ledger={cfg.budget_from_ledger!r}: its {budget} steps hold not one task's "
-                       f"group at its worst case (grpo.group_size x grpo.max_steps = {cfg.group_size * cfg.max_steps})")
+                       f"group at its worst case (grpo.group_size x grpo.max_steps = {_task_worst_case(cfg)})")
   tokenizer_dir = resolve_path(cfg.tokenizer or cfg.init_path, workdir)
   tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
   env_config = cfg.env_config.to_dict()
@@ -283,7 +288,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, stage_dir: str) -> None
                                        cfg.max_steps)
       if not affordable:
         logging.info("grpo: env step budget %d spent to %d after %d iterations (one more task could take %d)",
-                     budget, ledger.get("env_steps", 0), iteration, cfg.group_size * cfg.max_steps)
+                     budget, ledger.get("env_steps", 0), iteration, _task_worst_case(cfg))
         break
       began = time.perf_counter()
       rng = np.random.default_rng([cfg.seed, iteration])
