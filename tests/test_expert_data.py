@@ -7,7 +7,7 @@ import ml_collections
 import pytest
 
 from leafe_jax.baselines import expert_stage
-from leafe_jax.baselines.sokoban_expert import noisy_expert_trajectory
+from leafe_jax.baselines.sokoban_expert import best_other_action, noisy_expert_trajectory
 from leafe_jax.envs.sokoban import SokobanEnv, load_xsb, solve
 from leafe_jax.explore import reflection
 
@@ -153,3 +153,52 @@ def test_end_on_irreversible_stops_at_the_deadlocking_push_which_is_the_fatal_st
     assert same.turns[: len(trajectory.turns)] == trajectory.turns
     assert len(same.turns) == 8 or same.success
   assert ended_at_deadlock > 0
+
+
+# The wall above the player's start makes "up" a wasted step there, one shorter than any real detour.
+WALLED = load_xsb("#######\n###   #\n# @$ .#\n#     #\n#######")[0]
+
+
+def _walled_env(max_steps):
+  env = SokobanEnv(level=WALLED, max_steps=max_steps, compact_prompt=True)
+  env.reset("level")
+  return env
+
+
+def test_best_other_move_is_the_shortest_real_detour_and_leaves_the_env_as_it_was():
+  # From the start, avoiding "right": "up" bumps the wall (never chosen although one step shorter), "down" and
+  # "left" each need 3 more moves; ACTIONS order picks "down".
+  env = _walled_env(4)
+  before = env.snapshot()
+  assert best_other_action(env, avoid="right") == "down"
+  assert env.snapshot() == before
+  # With 3 steps in all, no detour finishes in time.
+  assert best_other_action(_walled_env(3), avoid="right") is None
+  # Walls on every side but the right: nothing else is a move.
+  env = SokobanEnv(level=load_xsb("######\n#@$ .#\n######")[0], max_steps=6, compact_prompt=True)
+  env.reset("level")
+  assert best_other_action(env, avoid="right") is None
+
+
+def test_overriding_experience_examples_avoid_the_solver_move_and_answer_the_best_other():
+  env = _walled_env(4)
+  trajectory = noisy_expert_trajectory(env, "level", 0.0, random.Random(0))
+  assert [t.action for t in trajectory.turns] == ["right", "right"]
+  examples = expert_stage.build_examples(
+      env, _cfg(experience_examples_per_task=0, overriding_experience_examples_per_task=2), trajectory,
+      random.Random(0))
+  turn_of_grid = {t.observation: t for t in trajectory.turns}
+  with_e = {turn_of_grid[m[-1]["content"].split("\n\n")[0]].step: (m[-1]["content"], r, e)
+            for m, r, e in examples if e}
+  assert sorted(with_e) == [1, 2]
+  assert all(e == "avoid right" and "avoid right" in prompt for prompt, _, e in with_e.values())
+  # Hand-computed: at the start as above; after one push (3 steps left) "up", then down and right, finishes.
+  assert with_e[1][1] == "<action>down</action>" and with_e[2][1] == "<action>up</action>"
+
+
+def test_no_overriding_experience_examples_by_default():
+  env = _walled_env(4)
+  trajectory = noisy_expert_trajectory(env, "level", 0.0, random.Random(0))
+  examples = expert_stage.build_examples(env, _cfg(experience_examples_per_task=2), trajectory, random.Random(0))
+  with_e = [r for m, r, e in examples if e]
+  assert with_e == ["<action>right</action>"] * 2  # "avoid <a mistake>" -> the solver's move, never a detour

@@ -6,7 +6,8 @@ all rendered through the same prompt builders the explorer uses, so the warm pol
 1. acting: every turn of every trajectory (mistakes included, so the policy is imperfect on purpose; with
    `acting_in_lost_states` off, not the random moves of states the solver already calls lost);
 2. acting with experience: at fatal steps, the action prompt with e = "avoid <bad action>" -> the solver's action
-   (teaches the policy to use e, the contextual intervention of a'_tau ~ pi(.|h_tau, q, e));
+   (teaches the policy to use e, the contextual intervention of a'_tau ~ pi(.|h_tau, q, e)); optionally also
+   e = "avoid <the solver's action>" -> the best other move, where e changes the answer the grid alone gives;
 3. reflecting: for failed trajectories, the reflection prompt -> <rollback_step>fatal step</rollback_step>
    <experience>avoid <bad action></experience>.
 
@@ -26,7 +27,7 @@ import ml_collections
 from absl import logging
 
 from leafe_jax import envs, stage_settings
-from leafe_jax.baselines.sokoban_expert import ExpertTrajectory, noisy_expert_trajectory
+from leafe_jax.baselines.sokoban_expert import ExpertTrajectory, best_other_action, noisy_expert_trajectory, replay_to
 from leafe_jax.baselines.tiny_tokenizer import train_tokenizer
 from leafe_jax.envs.prompts import build_action_prompt
 from leafe_jax.explore import reflection
@@ -35,7 +36,8 @@ from leafe_jax.policy.chat import encode_turns
 CONFIG_SECTION = "expert_data"
 _FREE_FIELDS = ("shard_size",)  # how the records are split into files, not which records
 # Recorded settings that predate a field ran with this value.
-_ADDED_FIELDS = {"end_on_irreversible": False, "acting_in_lost_states": True}
+_ADDED_FIELDS = {"end_on_irreversible": False, "acting_in_lost_states": True,
+                 "overriding_experience_examples_per_task": 0}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -54,6 +56,9 @@ def default_config() -> ml_collections.ConfigDict:
   # moves are random: off, the policy imitates only moves made while the room could still be solved.
   c.acting_in_lost_states = True
   c.experience_examples_per_task = 1  # extra "avoid X" -> solver action examples at random on-plan states
+  # Extra "avoid <solver action>" -> best other move examples at random on-plan states. In the examples above the
+  # grid alone already gives the answer, so a small policy learns to ignore e; here e overrides it.
+  c.overriding_experience_examples_per_task = 0
   c.history_length = 0  # (observation, action) pairs in the action prompt; match explore.history_length
   # Copies of each reflection example: reflections are ~1 in 15 examples, and a from-scratch model trained on
   # that mix keeps answering the reflection prompt with an action.
@@ -95,6 +100,13 @@ def build_examples(env, cfg, trajectory: ExpertTrajectory, rng: random.Random) -
     bad = rng.choice([a for a in env.admissible_actions() if a != turns[i].optimal_action])
     e = cfg.experience_template.format(action=bad)
     examples.append((_acting_messages(env, cfg, turns, i, e), respond(turns[i].optimal_action), e))
+  if cfg.overriding_experience_examples_per_task:
+    for i in rng.sample(on_plan, min(cfg.overriding_experience_examples_per_task, len(on_plan))):
+      replay_to(env, trajectory, i)
+      other = best_other_action(env, avoid=turns[i].optimal_action)
+      if other is not None:
+        e = cfg.experience_template.format(action=turns[i].optimal_action)
+        examples.append((_acting_messages(env, cfg, turns, i, e), respond(other), e))
   if trajectory.fatal_step is not None:
     fatal = turns[trajectory.fatal_step - 1]
     e = cfg.experience_template.format(action=fatal.action)

@@ -74,6 +74,44 @@ def noisy_expert_trajectory(env: SokobanEnv, task_id: str, mistake_prob: float, 
   return ExpertTrajectory(task_id, tuple(turns), success, fatal_step, observation)
 
 
+def best_other_action(env: SokobanEnv, avoid: str) -> str | None:
+  """The move other than `avoid` after which the room is solved soonest within the remaining steps.
+
+  None when no other move keeps the room solvable. Moves that change nothing (into a wall or an unpushable box)
+  are never chosen: one wasted step ties with a real detour and is not a move worth teaching. Ties go to the
+  first of ACTIONS. The env is restored to the state it was in.
+  """
+  before = env.snapshot()
+  best, best_length = None, None
+  for action in ACTIONS:
+    if action == avoid:
+      continue
+    result = env.step(action)
+    after = env.snapshot()
+    moved = after.player != before.player
+    length = None
+    if moved and result.success:
+      length = 0
+    elif moved and not result.done:
+      plan = solve(dataclasses.replace(env.level, player=after.player, boxes=after.boxes),
+                   max_steps=env.max_steps - after.steps)
+      length = None if plan is None else len(plan)
+    env.restore(before)
+    if length is not None and (best_length is None or length < best_length):
+      best, best_length = action, length
+  return best
+
+
+def replay_to(env: SokobanEnv, trajectory: ExpertTrajectory, index: int) -> None:
+  """Puts `env` in the state of `trajectory.turns[index]` (reset + replay of the turns before it)."""
+  observation = env.reset(trajectory.task_id)
+  for turn in trajectory.turns[:index]:
+    observation = env.step(turn.action).observation
+  if observation != trajectory.turns[index].observation:
+    raise RuntimeError(f"replay of {trajectory.task_id} to turn {index + 1} reached another state than the "
+                       "trajectory recorded")
+
+
 def optimal_action_after(env: SokobanEnv, result) -> str | None:
   """Like `optimal_action`, but None at once when the episode is over."""
   if result.done:
