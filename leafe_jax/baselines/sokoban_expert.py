@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from leafe_jax.envs.pool import replay_prefix
 from leafe_jax.envs.sokoban import ACTIONS, SokobanEnv, solve
 from leafe_jax.envs.sokoban.level import ACTION_OF_LETTER
 
@@ -34,11 +35,16 @@ class ExpertTrajectory:
   final_observation: str = ""  # what the agent saw after its last action (the explorer's reflection shows it)
 
 
-def optimal_action(env: SokobanEnv) -> str | None:
-  """The first move of a move-optimal solution from the env's current state within its remaining steps."""
+def _plan_from_here(env: SokobanEnv) -> str | None:
+  """A move-optimal solution (LURD letters) from the env's current state within its remaining steps, or None."""
   snap = env.snapshot()
   state = dataclasses.replace(env.level, player=snap.player, boxes=snap.boxes)
-  plan = solve(state, max_steps=env.max_steps - snap.steps)
+  return solve(state, max_steps=env.max_steps - snap.steps)
+
+
+def optimal_action(env: SokobanEnv) -> str | None:
+  """The first move of a move-optimal solution from the env's current state within its remaining steps."""
+  plan = _plan_from_here(env)
   if not plan:
     return None
   return ACTION_OF_LETTER[plan[0].lower()]
@@ -87,14 +93,12 @@ def best_other_action(env: SokobanEnv, avoid: str) -> str | None:
     if action == avoid:
       continue
     result = env.step(action)
-    after = env.snapshot()
-    moved = after.player != before.player
+    moved = env.snapshot().player != before.player
     length = None
     if moved and result.success:
       length = 0
     elif moved and not result.done:
-      plan = solve(dataclasses.replace(env.level, player=after.player, boxes=after.boxes),
-                   max_steps=env.max_steps - after.steps)
+      plan = _plan_from_here(env)
       length = None if plan is None else len(plan)
     env.restore(before)
     if length is not None and (best_length is None or length < best_length):
@@ -104,10 +108,9 @@ def best_other_action(env: SokobanEnv, avoid: str) -> str | None:
 
 def replay_to(env: SokobanEnv, trajectory: ExpertTrajectory, index: int) -> None:
   """Puts `env` in the state of `trajectory.turns[index]` (reset + replay of the turns before it)."""
-  observation = env.reset(trajectory.task_id)
-  for turn in trajectory.turns[:index]:
-    observation = env.step(turn.action).observation
-  if observation != trajectory.turns[index].observation:
+  observations, _ = replay_prefix(env, trajectory.task_id, [t.action for t in trajectory.turns[:index]],
+                                  stop_on_done=False)
+  if observations[-1] != trajectory.turns[index].observation:
     raise RuntimeError(f"replay of {trajectory.task_id} to turn {index + 1} reached another state than the "
                        "trajectory recorded")
 
