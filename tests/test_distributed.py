@@ -263,6 +263,7 @@ def _tiny_policy_dir(path):
   return path
 
 
+@pytest.mark.slow  # ~70 s (three processes); the default suite had reached 593-650 s of its 600 s on 2 cores
 def test_two_processes_explore_and_evaluate_as_one_process_on_the_same_global_mesh(tmp_path):
   from leafe_jax.explore.tree import load_trees
 
