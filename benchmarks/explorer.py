@@ -12,6 +12,8 @@ tau = half the steps taken, so branches replay real prefixes):
   * batching: the same explorer with a fake policy that sleeps `--latency-s` per generate call: generate calls
     (counted at the policy) per explorer tick (1: a tick's actions and reflections share one call) and wall time
     vs ticks x latency.
+  * floor: the least per-step work any CPython explorer that saves JSONL trees adds (one prompt format, one
+    action regex, one json.dumps of the step), over the same turns: a lower bound for the bookkeeping goal.
 The last line is one JSON object: explorer seconds per env step (everything but the policy) vs bare stepping.
 Goals: bookkeeping <= 20% of bare stepping; with a 50 ms policy, wall time within 1.2x of ticks x 50 ms.
 """
@@ -23,6 +25,7 @@ import collections
 import gc
 import json
 import os
+import re
 import tempfile
 import time
 import zlib
@@ -43,6 +46,9 @@ STEP_MARK = " action]: "  # how the full reflection prompt lists each step taken
 TOKENIZER_VOCAB = 512  # tiny BPE for the records row (a real vocabulary only changes the tokenizer's cost)
 TOKENIZER_MAX_LEN = 8192  # above any prompt here, so nothing is truncated
 TOKENIZER_CORPUS_TREES = 4  # trees whose prompts train the tokenizer
+# The floor row's prompt: the least an LLM policy can be shown (the grid and the answer format), no history.
+FLOOR_PROMPT = "Step {step}. Current observation:\n{observation}\nAnswer with <action>up|down|left|right</action>."
+FLOOR_ACTION = re.compile(r"<action>(.*?)</action>", re.DOTALL)
 
 
 def _args() -> argparse.Namespace:
@@ -142,6 +148,22 @@ def bare_stepping(trees: list[Tree], env_config: dict) -> tuple[float, int]:
       env.step(action)
     steps += len(actions)
   return time.perf_counter() - start, steps
+
+
+def python_floor(trees: list[Tree]) -> tuple[float, int]:
+  """Seconds of the least per-step work ANY CPython explorer that saves the issue's JSONL trees must do, over the
+  explorer's own executed turns: format the step's prompt (one `str.format`), parse the action (one compiled regex)
+  and encode the step's observation, response and action as JSON (one `json.dumps`, kept in a list). No history,
+  no ledger, no reflection, no replay check, no records: a lower bound on the explorer loop and tree store rows."""
+  turns = [(turn.step, turn.observation, turn.response) for t in trees for n in t.nodes for turn in n.turns]
+  lines = []
+  _collected()
+  start = time.perf_counter()
+  for step, observation, response in turns:
+    FLOOR_PROMPT.format(step=step, observation=observation)
+    match = FLOOR_ACTION.search(response)
+    lines.append(json.dumps([observation, response, match.group(1) if match else ""]))
+  return time.perf_counter() - start, len(turns)
 
 
 def explore_timed(args, tasks: list[str], tree_path: str) -> dict:
@@ -272,6 +294,8 @@ def main() -> None:
     steps = total["env_steps"] + total["replayed_steps"]
     assert steps == bare_steps, (steps, bare_steps)  # the bare side made exactly the explorer's env calls
     loop = run["wall"] - run["policy"] - run["store"]
+    floor_s, floor_steps = python_floor(trees)
+    floor_fraction = (floor_s / floor_steps) / (bare_s / steps)
     distill_s = 0.0 if args.skip_distill else distill_records(tree_dir, workdir)
     ours = loop + run["store"] + distill_s
     nodes = sum(len(t.nodes) for t in trees)
@@ -288,6 +312,9 @@ def main() -> None:
              "skipped" if args.skip_distill else f"{distill_s:.2f}s, tiny BPE tokenizer"),
         _row("explorer total (all but the policy)", ours / steps, bare_s / steps, "s/step",
              f"overhead {(ours - bare_s) / bare_s:.0%} of bare (goal <= 20%)"),
+        _row("floor: 1 format + 1 regex + 1 json.dumps per step", floor_s / floor_steps, bare_s / steps, "s/step",
+             f"{floor_fraction:.0%} of bare: the least any CPython explorer saving JSONL trees adds "
+             f"({floor_steps} executed turns)"),
     ]
     pooled = None
     if args.pool_workers > 0:
@@ -316,7 +343,8 @@ def main() -> None:
       "name": "explorer_bookkeeping_overhead", "ours": _sig(ours / steps), "reference": _sig(bare_s / steps),
       "unit": "s/step",
       "ratio": round(ours / bare_s, 3), "overhead_fraction": round((ours - bare_s) / bare_s, 3),
-      "loop_overhead_fraction": round((loop - bare_s) / bare_s, 3), "env_steps": steps,
+      "loop_overhead_fraction": round((loop - bare_s) / bare_s, 3),
+      "floor_overhead_fraction": round(floor_fraction, 3), "env_steps": steps,
       "policy_calls_per_tick": round(per_tick, 3),
       "latency_wall_over_ticks": round(latency["wall"] / (latency["ticks"] * args.latency_s), 3),
   }

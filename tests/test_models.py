@@ -135,6 +135,45 @@ def test_logits_positions_give_those_rows_of_the_full_logits_and_the_same_cache(
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.parametrize("impl", ["dense", "rowwise"])
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_a_prefill_into_an_empty_cache_attending_only_its_tokens_gives_the_same_logits_cache_and_decode(
+    tiny, impl, scan_layers):
+  """empty_cache=True skips the cache's empty slots (and, causally, future keys): same logits, cache and decode."""
+  config, _, params = tiny
+  config = dataclasses.replace(config, attention_impl=impl, scan_layers=scan_layers)
+  model = models.Decoder(config)
+  params = _stack_layers(params, 2) if scan_layers else params
+  ids = jnp.asarray(np.random.RandomState(7).randint(1, 64, (3, 6)))
+  mask = jnp.asarray([[1] * 6, [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]], jnp.int32)  # left padding
+  apply = jax.jit(model.apply, static_argnames="empty_cache")
+  outs = {}
+  for empty_cache in (False, True):
+    logits, cache = apply({"params": params}, ids, attention_mask=mask, cache=models.init_cache(config, 3, 16),
+                          empty_cache=empty_cache)
+    step, _ = apply({"params": params}, ids[:, :1], cache=cache)  # one decode step reads what the prefill wrote
+    outs[empty_cache] = (logits, cache, step)
+  (logits, cache, step), (fast_logits, fast_cache, fast_step) = outs[False], outs[True]
+  real = np.asarray(mask).astype(bool)
+  np.testing.assert_allclose(np.asarray(fast_logits)[real], np.asarray(logits)[real], atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(fast_cache.valid), np.asarray(cache.valid))
+  # Keys and values of the real tokens; padding slots hold garbage either way and are never attended to.
+  slot_ok = np.asarray(cache.valid)
+  for a, b in zip(jax.tree.leaves((fast_cache.k, fast_cache.v)), jax.tree.leaves((cache.k, cache.v))):
+    a, b = np.asarray(a), np.asarray(b)
+    a, b = (np.moveaxis(x, -2, 1 if x.ndim == 4 else 2) for x in (a, b))  # [(L,) B, S, K, H]
+    ok = slot_ok if a.ndim == 4 else np.broadcast_to(slot_ok, a.shape[:3])
+    np.testing.assert_allclose(a[ok], b[ok], atol=1e-5)
+  np.testing.assert_allclose(np.asarray(fast_step), np.asarray(step), atol=1e-5)
+  assert int(fast_cache.index) == 6
+
+
+def test_empty_cache_without_a_cache_is_refused(tiny):
+  _, model, params = tiny
+  with pytest.raises(ValueError, match="empty_cache=True needs the cache"):
+    model.apply({"params": params}, jnp.ones((1, 2), jnp.int32), empty_cache=True)
+
+
 def test_cache_repeat_rows_copies_each_row_n_times_in_place(tiny):
   config, model, params = tiny
   ids = jnp.asarray(np.random.RandomState(6).randint(1, 64, (2, 5)))

@@ -101,16 +101,20 @@ class Decoder(nn.Module):
     logits_positions: int32 [B, N]: compute logits only at these positions of each row, [B, N, V] (a prefill
     needs the last one only; SFT needs those that predict a target). The LM head over every position is the
     largest matmul of a prefill and, with a 150k vocabulary, the largest tensor of a training step.
+    empty_cache: static; the cache holds no token yet (index 0, the first prefill chunk): the T new tokens attend
+    to each other only, not to every slot of the cache (same result, less work).
   """
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, input_ids_BxT, positions=None, attention_mask=None, segment_ids=None, cache=None,
-               logits_positions=None):
+               logits_positions=None, empty_cache: bool = False):
     cfg = self.config
     if segment_ids is not None and cache is not None:
       raise ValueError("Decoder: segment_ids (packed training rows) cannot be combined with a KV cache")
+    if empty_cache and cache is None:
+      raise ValueError("Decoder: empty_cache=True needs the cache it describes")
     if positions is None:
       positions = _default_positions(input_ids_BxT, attention_mask, segment_ids, cache)
     mask, valid_BxS = _attention_mask(input_ids_BxT, attention_mask, segment_ids, cache)
@@ -131,7 +135,7 @@ class Decoder(nn.Module):
           in_axes=(nn.broadcast, nn.broadcast, kv_axis, nn.broadcast),
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"},
-      )(cfg, name="layers")
+      )(cfg, empty_cache, name="layers")
       if cache is not None and isinstance(cache.k, tuple):
         raise ValueError("Decoder: a model under nn.scan (scan_layers=True) takes a stacked KV cache; build it "
                          "with init_cache(config, ...) of this model's config")
@@ -145,7 +149,7 @@ class Decoder(nn.Module):
       new_k, new_v = [], []
       for i in range(cfg.num_layers):
         kv = None if cache is None else (cache.k[i], cache.v[i])
-        x_BxTxD, layer_kv = block(cfg, name=f"layers_{i}")(x_BxTxD, positions, mask, kv, write_index)
+        x_BxTxD, layer_kv = block(cfg, empty_cache, name=f"layers_{i}")(x_BxTxD, positions, mask, kv, write_index)
         if cache is not None:
           new_k.append(layer_kv[0])
           new_v.append(layer_kv[1])

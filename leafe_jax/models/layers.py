@@ -144,10 +144,13 @@ class Attention(nn.Module):
   """Grouped-query attention with an optional KV cache `kv`, returned updated as the second output.
 
   `kv` is None (no cache) or this layer's cache (k, v, each [B, K, S, H]): the new tokens go in at
-  `write_index` and the updated pair is returned.
+  `write_index` and the updated pair is returned. `empty_cache`: the cache holds no token yet (a prefill at
+  index 0), so the new tokens attend to each other only, as without a cache, not to all S slots of which all but
+  the first T are empty (half a bucketed prefill's attention work, and the causal path skips future keys too).
   """
 
   config: ModelConfig
+  empty_cache: bool = False
 
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, mask: attention.Mask, kv, write_index):
@@ -185,9 +188,14 @@ class Attention(nn.Module):
       k_BxKxSxH = update_slice(cache_k, k_BxKxTxH, (0, 0, write_index, 0))
       v_BxKxSxH = update_slice(cache_v, v_BxKxTxH, (0, 0, write_index, 0))
       new_kv = (k_BxKxSxH, v_BxKxSxH)
-      # A prefill's queries in blocks (a decode step is one query): see `blocked_dense_attention`.
-      out_BxTxKxGxH = attention.blocked_dense_attention(q_BxTxKxGxH, k_BxKxSxH.astype(q_BxTxNxH.dtype), v_BxKxSxH,
-                                                        mask, cfg.attention_block, cfg.compute_dtype)
+      if self.empty_cache:  # slots [0, t) of the mask are the new tokens': the no-cache causal attention
+        out_BxTxKxGxH = attention.causal_attention(
+            cfg.resolved_attention_impl, q_BxTxKxGxH, k_BxTxKxH.astype(q_BxTxNxH.dtype),
+            v_BxTxKxH.astype(cfg.compute_dtype), mask.slice(0, t, t), cfg.attention_block or t, cfg.compute_dtype)
+      else:
+        # A prefill's queries in blocks (a decode step is one query): see `blocked_dense_attention`.
+        out_BxTxKxGxH = attention.blocked_dense_attention(q_BxTxKxGxH, k_BxKxSxH.astype(q_BxTxNxH.dtype),
+                                                          v_BxKxSxH, mask, cfg.attention_block, cfg.compute_dtype)
     out_LxNxH = out_BxTxKxGxH.reshape(b * t, n, h)
     out_LxD = nn.DenseGeneral(
         cfg.d_model, axis=(-2, -1), use_bias=cfg.o_bias, dtype=cfg.compute_dtype, param_dtype=cfg.weights_dtype,
@@ -219,13 +227,14 @@ class Block(nn.Module):
   """One pre-norm decoder layer. Returns (x, new_kv) so it can run under nn.scan."""
 
   config: ModelConfig
+  empty_cache: bool = False  # see Attention
 
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, mask: attention.Mask, kv, write_index):
     cfg = self.config
     norm = lambda name: RMSNorm(cfg.norm_eps, cfg.compute_dtype, cfg.weights_dtype, name=name)
-    attn_out, new_kv = Attention(cfg, name="self_attn")(norm("input_layernorm")(x_BxTxD), positions_BxT,
-                                                       mask, kv, write_index)
+    attn_out, new_kv = Attention(cfg, self.empty_cache, name="self_attn")(
+        norm("input_layernorm")(x_BxTxD), positions_BxT, mask, kv, write_index)
     x_BxTxD = x_BxTxD + attn_out
     x_BxTxD = x_BxTxD + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_BxTxD))
     return x_BxTxD, new_kv
