@@ -68,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   expert.reflection_repeats = 4  # reflections are rare in the mix; a tiny model needs them repeated
   expert.mistake_prob = 0.2  # the base policy should fail often enough for reflection to matter
   expert.end_on_irreversible = False  # on: more reflections parse, but Base and LEAFE fall (README, demo section)
-  expert.overriding_experience_examples_per_task = 0  # 2 did not make the policy read e (README, demo section)
+  expert.overriding_experience_examples_per_task = 8  # makes the policy read e (2 did not: README, demo section)
   expert.acting_in_lost_states = False  # the expert's moves in rooms already lost are random: not imitated
   expert.history_length = HISTORY_LENGTH  # as explore and eval prompt
   expert.tokenizer_vocab_size = 384  # byte-level BPE: the grid symbols, actions and tags
